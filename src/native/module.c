@@ -1,0 +1,31 @@
+#include "native.h"
+
+static PyMethodDef *method_tables[] = {serentak_proc_methods, serentak_sync_methods, NULL};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "serentak._native",
+    .m_doc = "OS primitives Python has no binding for: futex locks, fork, prctl.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    PyObject *module = PyModule_Create(&native_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    for (PyMethodDef **table = method_tables; *table != NULL; table++) {
+        if (PyModule_AddFunctions(module, *table) < 0) {
+            goto error;
+        }
+    }
+    if (serentak_proc_init(module) < 0 || serentak_sync_init(module) < 0) {
+        goto error;
+    }
+    return module;
+error:
+    Py_DECREF(module);
+    return NULL;
+}

@@ -1,0 +1,226 @@
+/* Process-level primitives: fork, parent-death signal, shm names, liveness. */
+#include "native.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+/* ---- pid / tid caches --------------------------------------------------
+ * Locks record their owner by pid (and tid for RLock) on every acquire, so
+ * both are cached. A fork bumps the generation, which invalidates every
+ * thread's cached tid and the process-wide pid at once. */
+
+static atomic_uint fork_generation = 1;
+static pid_t cached_pid = 0;
+static unsigned cached_pid_generation = 0;
+static __thread pid_t cached_tid = 0;
+static __thread unsigned cached_tid_generation = 0;
+
+static void
+after_fork_in_child(void)
+{
+    atomic_fetch_add(&fork_generation, 1);
+}
+
+pid_t
+serentak_getpid(void)
+{
+    unsigned generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    if (cached_pid_generation != generation) {
+        cached_pid = getpid();
+        cached_pid_generation = generation;
+    }
+    return cached_pid;
+}
+
+pid_t
+serentak_gettid(void)
+{
+    unsigned generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    if (cached_tid_generation != generation) {
+#ifdef SYS_gettid
+        cached_tid = (pid_t)syscall(SYS_gettid);
+#else
+        cached_tid = (pid_t)(uintptr_t)pthread_self();
+#endif
+        cached_tid_generation = generation;
+    }
+    return cached_tid;
+}
+
+/* ---- liveness ----------------------------------------------------------
+ * kill(pid, 0) succeeds on a zombie, and a lock holder SIGKILLed by its
+ * parent stays a zombie until that same parent reaps it, which it may be
+ * blocked from doing because it waits for the lock. A pidfd polls readable
+ * as soon as the process has exited, zombie or not. */
+
+int
+serentak_pid_gone(pid_t pid)
+{
+    if (pid <= 0) {
+        return 1;
+    }
+#if defined(__linux__) && defined(SYS_pidfd_open)
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd >= 0) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int ready = poll(&pfd, 1, 0);
+        close(fd);
+        if (ready < 0) {
+            return -1;
+        }
+        return ready > 0 ? 1 : 0;
+    }
+    if (errno == ESRCH || errno == EINVAL) {
+        /* EINVAL: the pid now names a thread that is not a process leader,
+         * so the process that had it is certainly gone. */
+        return 1;
+    }
+    if (errno != ENOSYS && errno != EPERM) {
+        return -1;
+    }
+#endif
+    if (kill(pid, 0) == 0 || errno == EPERM) {
+        return 0;
+    }
+    return errno == ESRCH ? 1 : -1;
+}
+
+static PyObject *
+native_pid_gone(PyObject *self, PyObject *arg)
+{
+    long pid = PyLong_AsLong(arg);
+    if (pid == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int gone = serentak_pid_gone((pid_t)pid);
+    if (gone < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyBool_FromLong(gone);
+}
+
+/* ---- fork --------------------------------------------------------------
+ * os.fork() warns (DeprecationWarning, 3.12+) when the process has threads.
+ * The 'fork' start method is the user's explicit choice and the pool forks
+ * from its manager thread by design, so the launcher forks through here: the
+ * same interpreter hooks as os.fork() (at-fork callbacks, lock re-init), no
+ * warning. */
+
+static PyObject *
+native_fork(PyObject *self, PyObject *unused)
+{
+    PyOS_BeforeFork();
+    pid_t pid = fork();
+    int saved_errno = errno;
+    if (pid == 0) {
+        PyOS_AfterFork_Child();
+        return PyLong_FromLong(0);
+    }
+    PyOS_AfterFork_Parent();
+    if (pid < 0) {
+        errno = saved_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong((long)pid);
+}
+
+/* ---- parent-death signal ------------------------------------------------ */
+
+static PyObject *
+native_set_pdeathsig(PyObject *self, PyObject *arg)
+{
+    long sig = PyLong_AsLong(arg);
+    if (sig == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+#ifdef PR_SET_PDEATHSIG
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_TRUE;
+#else
+    (void)sig;
+    Py_RETURN_FALSE; /* no such facility: the caller falls back to watching the parent */
+#endif
+}
+
+/* ---- POSIX shared-memory names ------------------------------------------ */
+
+static PyObject *
+native_shm_open(PyObject *self, PyObject *args)
+{
+    const char *name;
+    int flags;
+    int mode = 0600;
+    if (!PyArg_ParseTuple(args, "si|i:shm_open", &name, &flags, &mode)) {
+        return NULL;
+    }
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    fd = shm_open(name, flags | O_CLOEXEC, (mode_t)mode);
+    Py_END_ALLOW_THREADS
+    if (fd < 0) {
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+    }
+    return PyLong_FromLong(fd);
+}
+
+static PyObject *
+native_shm_unlink(PyObject *self, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL) {
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = shm_unlink(name);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+native_gettid(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromLong((long)serentak_gettid());
+}
+
+PyMethodDef serentak_proc_methods[] = {
+    {"fork", native_fork, METH_NOARGS, "fork() with the interpreter's hooks and no thread warning."},
+    {"set_pdeathsig", native_set_pdeathsig, METH_O,
+     "Signal to receive when the parent thread dies; False where the OS has no such facility."},
+    {"pid_gone", native_pid_gone, METH_O, "True if the process has exited (zombies count as gone)."},
+    {"shm_open", native_shm_open, METH_VARARGS, "shm_open(name, flags, mode=0o600) -> fd."},
+    {"shm_unlink", native_shm_unlink, METH_O, "shm_unlink(name)."},
+    {"gettid", native_gettid, METH_NOARGS, "The calling thread's kernel thread id."},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+serentak_proc_init(PyObject *module)
+{
+    static int registered = 0;
+    if (!registered) {
+        if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+            PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+            return -1;
+        }
+        registered = 1;
+    }
+    return 0;
+}

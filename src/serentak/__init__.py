@@ -1,0 +1,1 @@
+"""serentak: process-based parallelism with the multiprocessing API."""

@@ -1,0 +1,202 @@
+"""Pickling between serentak processes: what goes by value, and fds that travel along.
+
+By reference or by value
+    Objects the receiving process can import (module-level functions and
+    classes of importable modules) are pickled by reference, as pickle does.
+    Functions and classes it cannot import (defined in ``__main__``, in a REPL
+    or notebook cell, lambdas, closures, classes defined in a function, and
+    modules registered with ``cloudpickle.register_pickle_by_value``) are
+    pickled by value with cloudpickle. A child never re-runs the parent's main
+    module, so this is what makes a script without an ``if __name__ ==
+    "__main__":`` guard work under spawn and forkserver.
+
+    The pickler is the C ``pickle.Pickler``; its ``reducer_override`` is not
+    called for builtin containers and scalars, so plain data pays nothing for
+    the by-value machinery.
+
+File descriptors that travel with a pickle
+    A handle (a Lock, a shared-memory segment, a Connection end) pickles the fd
+    it is built on. The fd does not go in the bytes: the handle registers it
+    with the channel that is being pickled for and records its index::
+
+        sender                                     receiver
+        with sending_fds(spawning=True) as fds:    with receiving_fds(fds):
+            data = dumps(obj)                          obj = loads(data)
+              handle.__reduce__:                         rebuild(index):
+                index = fd_to_send(fd, ...)                fd = os.dup(fd_received(index))
+        ship data, and fds beside it                   (receiving_fds closes what it was given)
+
+    The fds go by ``pass_fds`` to a spawned child, by SCM_RIGHTS to the fork
+    server or over a socket. Outside a ``sending_fds`` block a handle that
+    needs inheritance raises the stdlib's RuntimeError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+PROTOCOL: Final = 5
+
+_BY_VALUE_TYPES: Final = (types.FunctionType, type, types.ModuleType)
+_MAIN_NAMES: Final = frozenset({"__main__", "__mp_main__"})
+
+
+def _importable(obj: Any) -> bool:
+    """True if the receiver finds ``obj`` again by ``module.qualname``."""
+    if isinstance(obj, types.ModuleType):
+        name = obj.__name__
+        return name not in _MAIN_NAMES and sys.modules.get(name) is obj and not _registered(name)
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(module_name, str) or not isinstance(qualname, str):
+        return False
+    if module_name in _MAIN_NAMES or "<" in qualname or _registered(module_name):
+        return False
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            return False
+    return found is obj
+
+
+def _registered(module_name: str) -> bool:
+    """Has the user asked cloudpickle to ship this module's contents by value?"""
+    cloudpickle = sys.modules.get("cloudpickle")
+    if cloudpickle is None:
+        return False
+    registry: Callable[[], Sequence[str]] = cloudpickle.list_registry_pickle_by_value
+    return any(module_name == m or module_name.startswith(m + ".") for m in registry())
+
+
+class Pickler(pickle.Pickler):
+    """The C pickler, shipping by value what the receiver could not import."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, _BY_VALUE_TYPES) and not _importable(obj):
+            import cloudpickle
+
+            # A nested pickle: cloudpickle keeps class identity across separate
+            # pickles by its own tracking ids, so nothing is lost by nesting.
+            return pickle.loads, (cloudpickle.dumps(obj, protocol=PROTOCOL),)
+        return NotImplemented
+
+
+def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
+    """Pickle ``obj`` for another serentak process (protocol 5)."""
+    stream = io.BytesIO()
+    Pickler(stream, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return stream.getvalue()
+
+
+def loads(data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> Any:
+    """Unpickle what :func:`dumps` produced."""
+    return pickle.loads(data, buffers=buffers)
+
+
+# ---- file descriptors travelling with a pickle ------------------------------
+
+
+class _Outgoing:
+    """The fds registered while pickling one message; each fd once."""
+
+    __slots__ = ("fds", "spawning")
+
+    def __init__(self, *, spawning: bool) -> None:
+        self.fds: list[int] = []
+        self.spawning = spawning
+
+    def add(self, fd: int) -> int:
+        try:
+            return self.fds.index(fd)
+        except ValueError:
+            self.fds.append(fd)
+            return len(self.fds) - 1
+
+
+class _ThreadState(threading.local):
+    outgoing: _Outgoing | None = None
+    incoming: Sequence[int] | None = None
+
+
+_state: Final = _ThreadState()
+
+
+@contextlib.contextmanager
+def sending_fds(*, spawning: bool) -> Iterator[list[int]]:
+    """Collect the fds of the handles pickled in this block.
+
+    Args:
+        spawning: True while pickling a child's start-up data. Handles that the
+            stdlib shares only by inheritance (locks, queues, shared ctypes)
+            refuse to pickle otherwise.
+
+    Yields:
+        The list the fds are appended to, in index order.
+    """
+    outer = _state.outgoing
+    outgoing = _Outgoing(spawning=spawning)
+    _state.outgoing = outgoing
+    try:
+        yield outgoing.fds
+    finally:
+        _state.outgoing = outer
+
+
+def is_spawning() -> bool:
+    """True while pickling a child's start-up data."""
+    outgoing = _state.outgoing
+    return outgoing is not None and outgoing.spawning
+
+
+def fd_to_send(fd: int, what: str, *, inheritance_only: bool = True) -> int:
+    """Register ``fd`` to travel with the pickle being made; return its index.
+
+    Args:
+        fd: the descriptor the handle is built on; it stays open here.
+        what: the handle's type name, for the error message.
+        inheritance_only: refuse unless a child's start-up data is being
+            pickled, as the stdlib does for locks, queues and shared ctypes.
+
+    Raises:
+        RuntimeError: with the stdlib's message, when the handle may not travel
+            this way.
+    """
+    outgoing = _state.outgoing
+    if outgoing is None or (inheritance_only and not outgoing.spawning):
+        raise RuntimeError(
+            f"{what} objects should only be shared between processes through inheritance"
+        )
+    return outgoing.add(fd)
+
+
+@contextlib.contextmanager
+def receiving_fds(fds: Sequence[int]) -> Iterator[None]:
+    """Make ``fds`` available to handles rebuilt in this block; close them after.
+
+    A handle that keeps a descriptor must ``os.dup`` the one it is given.
+    """
+    outer = _state.incoming
+    _state.incoming = fds
+    try:
+        yield
+    finally:
+        _state.incoming = outer
+        for fd in fds:
+            os.close(fd)
+
+
+def fd_received(index: int) -> int:
+    """The descriptor registered at ``index`` by the sender (borrowed, not owned)."""
+    incoming = _state.incoming
+    if incoming is None:
+        raise RuntimeError("a serentak handle was unpickled outside of serentak's transport")
+    return incoming[index]

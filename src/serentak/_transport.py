@@ -1,0 +1,400 @@
+"""Connections: framed messages over a Unix socket, with fds riding along.
+
+Wire format, one frame per message::
+
+    u32 little-endian word   bit 31: SCM_RIGHTS fds came with this frame
+                             bits 0-30: payload length, or 0x7FFFFFFF when
+                             a u64 length follows (messages of 2 GiB and more)
+    [u64 length]
+    payload
+
+Reading is buffered: one ``recvmsg`` usually brings in several small frames,
+so a stream of small messages costs one system call per batch, not two per
+message. Big payloads are read straight into their own buffer.
+
+File descriptors: the sender attaches them to the ``sendmsg`` that carries the
+frame's header. The kernel hands them over with the ``recvmsg`` that reads the
+first byte of that ``sendmsg`` and never joins two fd-carrying sends in one
+read, so each read yields at most one group of fds. Groups queue in arrival
+order and a frame flagged in bit 31 takes the oldest; that holds however the
+frames fall across reads.
+
+A Connection is not thread-safe, as the stdlib's is not: one reader and one
+writer at a time (the queue and pool layers add their own locks).
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, TypeVar
+
+from . import _posix
+from ._exceptions import BufferTooShort
+from ._serialize import dumps, fd_received, fd_to_send, loads, receiving_fds, sending_fds
+
+_WORD: Final = struct.Struct("<I")
+_LONG: Final = struct.Struct("<Q")
+_HAS_FDS: Final = 0x8000_0000
+_LONG_FOLLOWS: Final = 0x7FFF_FFFF
+_BUFFER_SIZE: Final = 256 * 1024
+# The kernel passes at most SCM_MAX_FD (253) descriptors in one message.
+MAX_FDS: Final = 253
+_ANCILLARY_SIZE: Final = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+
+
+def _header(length: int, has_fds: bool) -> bytes:
+    flag = _HAS_FDS if has_fds else 0
+    if length < _LONG_FOLLOWS:
+        return _WORD.pack(length | flag)
+    return _WORD.pack(_LONG_FOLLOWS | flag) + _LONG.pack(length)
+
+
+_C = TypeVar("_C", bound="Connection")
+
+
+class Connection:
+    """One end of a connection: send and receive picklable objects or bytes.
+
+    Args:
+        handle: a connected ``AF_UNIX`` stream socket's file descriptor (or a
+            pipe end), owned by the Connection from now on.
+        readable: whether this end may receive.
+        writable: whether this end may send.
+    """
+
+    _fd: int | None = None  # so that __del__ of a half-built Connection has nothing to do
+
+    def __init__(self, handle: int, readable: bool = True, writable: bool = True) -> None:
+        if not readable and not writable:
+            raise ValueError("at least one of `readable` and `writable` must be True")
+        if handle < 0:
+            raise ValueError(f"invalid handle {handle!r}")
+        self._fd = handle
+        self._readable = readable
+        self._writable = writable
+        self._socket: socket.socket | None = None
+        try:
+            self._socket = socket.socket(fileno=handle)
+        except OSError:
+            self._socket = None  # a pipe end: plain read/write, no fds
+        self._buffer = bytearray(_BUFFER_SIZE)
+        self._view = memoryview(self._buffer)
+        self._start = 0
+        self._end = 0
+        self._fd_groups: collections.deque[list[int]] = collections.deque()
+
+    # ---- state -------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True if the connection is closed."""
+        return self._fd is None
+
+    @property
+    def readable(self) -> bool:
+        """True if the connection is readable."""
+        return self._readable
+
+    @property
+    def writable(self) -> bool:
+        """True if the connection is writable."""
+        return self._writable
+
+    def fileno(self) -> int:
+        """The file descriptor used by the connection."""
+        return self._check_open()
+
+    def close(self) -> None:
+        """Close the connection; further use raises OSError."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        while self._fd_groups:
+            for unclaimed in self._fd_groups.popleft():
+                _posix.close_quietly(unclaimed)
+        if self._socket is not None:
+            self._socket.close()
+        else:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd is None else f"fd={self._fd}"
+        return f"<{type(self).__name__} {state}>"
+
+    def _check_open(self) -> int:
+        if self._fd is None:
+            raise OSError("handle is closed")
+        return self._fd
+
+    def _check_readable(self) -> int:
+        fd = self._check_open()
+        if not self._readable:
+            raise OSError("connection is write-only")
+        return fd
+
+    def _check_writable(self) -> int:
+        fd = self._check_open()
+        if not self._writable:
+            raise OSError("connection is read-only")
+        return fd
+
+    # ---- sending -----------------------------------------------------------
+
+    def send(self, obj: Any) -> None:
+        """Send a picklable object (and the fds of any handles in it, over a socket)."""
+        self._check_writable()
+        with sending_fds(spawning=False) as fds:
+            data = dumps(obj)
+        self.send_frame(data, fds)
+
+    def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
+        """Send bytes from a bytes-like object as one message.
+
+        Args:
+            buf: any object supporting the buffer protocol.
+            offset: where in ``buf`` to start.
+            size: how many bytes to send; by default all after ``offset``.
+        """
+        self._check_writable()
+        view = memoryview(buf).cast("B")
+        length = len(view)
+        if offset < 0:
+            raise ValueError("offset is negative")
+        if length < offset:
+            raise ValueError("buffer length < offset")
+        if size is None:
+            size = length - offset
+        elif size < 0:
+            raise ValueError("size is negative")
+        elif offset + size > length:
+            raise ValueError("buffer length < offset + size")
+        self.send_frame(view[offset : offset + size])
+
+    def send_frame(self, payload: Any, fds: Sequence[int] = ()) -> None:
+        """Send one frame: ``payload`` (bytes-like) with ``fds`` attached."""
+        fd = self._check_writable()
+        if len(fds) > MAX_FDS:
+            raise ValueError(f"a message can carry at most {MAX_FDS} file descriptors")
+        payload = memoryview(payload).cast("B")
+        header = _header(len(payload), bool(fds))
+        if fds:
+            if self._socket is None:
+                raise TypeError("file descriptors can only travel over a socket connection")
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            sent = self._socket.sendmsg([header, payload], ancillary)
+        elif len(payload) <= 64 * 1024:
+            # Small frames: one copy into a single buffer beats a scatter list.
+            sent = os.write(fd, header + payload)
+        else:
+            sent = os.writev(fd, [header, payload])
+        self._write_rest(fd, header, payload, sent)
+
+    @staticmethod
+    def _write_rest(fd: int, header: bytes, payload: memoryview, sent: int) -> None:
+        total = len(header) + len(payload)
+        while sent < total:
+            if sent < len(header):
+                sent += os.writev(fd, [header[sent:], payload])
+            else:
+                sent += os.write(fd, payload[sent - len(header) :])
+
+    # ---- receiving ---------------------------------------------------------
+
+    def recv(self) -> Any:
+        """Receive an object sent with :meth:`send`.
+
+        Raises:
+            EOFError: the other end is closed and nothing is left to read.
+        """
+        self._check_readable()
+        payload, fds = self.recv_frame()
+        with receiving_fds(fds):
+            return loads(payload)
+
+    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+        """Receive one message as bytes.
+
+        Raises:
+            EOFError: the other end is closed and nothing is left to read.
+            OSError: the message is longer than ``maxlength`` (it is discarded).
+        """
+        self._check_readable()
+        if maxlength is not None and maxlength < 0:
+            raise ValueError("negative maxlength")
+        payload, fds = self.recv_frame()
+        for fd in fds:
+            os.close(fd)
+        if maxlength is not None and len(payload) > maxlength:
+            raise OSError("bad message length")
+        return bytes(payload)
+
+    def recv_bytes_into(self, buf: Any, offset: int = 0) -> int:
+        """Receive one message into ``buf`` at ``offset``; return its length.
+
+        Raises:
+            BufferTooShort: the message does not fit; it is in ``args[0]``.
+        """
+        self._check_readable()
+        view = memoryview(buf).cast("B")
+        if offset < 0:
+            raise ValueError("negative offset")
+        if offset > len(view):
+            raise ValueError("offset too large")
+        payload, fds = self.recv_frame()
+        for fd in fds:
+            os.close(fd)
+        size = len(payload)
+        if size > len(view) - offset:
+            raise BufferTooShort(bytes(payload))
+        view[offset : offset + size] = payload
+        return size
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether there is anything to read, waiting up to ``timeout`` seconds.
+
+        ``None`` waits forever. True also when the other end has closed, so that
+        the next receive raises EOFError instead of blocking.
+        """
+        fd = self._check_readable()
+        if self._end > self._start:
+            return True
+        return _posix.fd_readable(fd, timeout)
+
+    def has_buffered_data(self) -> bool:
+        """True if a message (or part of one) was read ahead and awaits a receive."""
+        return self._end > self._start
+
+    def recv_frame(self) -> tuple[memoryview | bytes, list[int]]:
+        """Receive one frame: its payload and the fds that came with it (the caller owns them)."""
+        fd = self._check_readable()
+        word = _WORD.unpack(self._take(fd, _WORD.size, first=True))[0]
+        length = word & _LONG_FOLLOWS
+        if length == _LONG_FOLLOWS:
+            length = _LONG.unpack(self._take(fd, _LONG.size))[0]
+        payload = self._take(fd, length)
+        fds = self._fd_groups.popleft() if word & _HAS_FDS else []
+        return payload, fds
+
+    def _take(self, fd: int, size: int, *, first: bool = False) -> memoryview | bytes:
+        """The next ``size`` bytes of the stream."""
+        available = self._end - self._start
+        if available >= size:
+            start = self._start
+            self._start += size
+            return bytes(self._view[start : start + size])
+        if size <= len(self._buffer):
+            if self._start + size > len(self._buffer):
+                # Not enough room after the data: move it to the front.
+                self._view[:available] = self._view[self._start : self._end]
+                self._start, self._end = 0, available
+            while self._end - self._start < size:
+                got = self._read_into(fd, self._view[self._end :])
+                if got == 0:
+                    self._eof(first and self._end == self._start)
+                self._end += got
+            start = self._start
+            self._start += size
+            return bytes(self._view[start : start + size])
+        # A big payload: read it straight into a buffer of its own.
+        out = bytearray(size)
+        out[:available] = self._view[self._start : self._end]
+        self._start = self._end = 0
+        view = memoryview(out)
+        filled = available
+        while filled < size:
+            got = self._read_into(fd, view[filled:])
+            if got == 0:
+                self._eof(False)
+            filled += got
+        return view
+
+    def _read_into(self, fd: int, view: memoryview) -> int:
+        if self._socket is None:
+            return os.readv(fd, [view])
+        nbytes, ancillary, _flags, _address = self._socket.recvmsg_into([view], _ANCILLARY_SIZE)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                self._fd_groups.append(list(fds))
+        return nbytes
+
+    @staticmethod
+    def _eof(clean: bool) -> None:
+        if clean:
+            raise EOFError
+        raise OSError("got end of file during message")
+
+    # ---- travelling to a child -----------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        index = fd_to_send(self._check_open(), type(self).__name__, inheritance_only=False)
+        return _rebuild_connection, (index, self._readable, self._writable)
+
+
+def _rebuild_connection(index: int, readable: bool, writable: bool) -> Connection:
+    return Connection(os.dup(fd_received(index)), readable, writable)
+
+
+def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
+    """A pair of connected :class:`Connection` objects.
+
+    Args:
+        duplex: if False, the first end can only receive and the second only send.
+
+    Returns:
+        ``(conn1, conn2)``.
+    """
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    left_fd, right_fd = left.detach(), right.detach()
+    if duplex:
+        return Connection(left_fd), Connection(right_fd)
+    return Connection(left_fd, writable=False), Connection(right_fd, readable=False)
+
+
+def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
+    """Wait until one or more of the objects is ready; return the ready ones.
+
+    Args:
+        object_list: Connections, objects with ``fileno()``, or integer fds
+            (a Process's ``sentinel``).
+        timeout: seconds to wait; None waits forever.
+
+    Returns:
+        The ready objects, in the order given; empty on timeout.
+    """
+    objects = list(object_list)
+    ready = [o for o in objects if isinstance(o, Connection) and o.has_buffered_data()]
+    if ready:
+        return ready
+    if not objects:
+        if timeout is not None and timeout > 0:
+            time.sleep(timeout)  # an empty wait still waits its timeout, as the stdlib's does
+        return []
+
+    poller = select.poll()
+    by_fd: dict[int, list[Any]] = {}
+    for obj in objects:
+        fd = obj if isinstance(obj, int) else obj.fileno()
+        by_fd.setdefault(fd, []).append(obj)
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    millis = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    events = poller.poll(millis)
+    ready_fds = {fd for fd, _event in events}
+    return [o for o in objects if (o if isinstance(o, int) else o.fileno()) in ready_fds]
