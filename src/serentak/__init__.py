@@ -1,1 +1,69 @@
-"""serentak: process-based parallelism with the multiprocessing API."""
+"""serentak: process-based parallelism with the ``multiprocessing`` API.
+
+``import serentak as multiprocessing`` and the stdlib's programs run
+unchanged. The functions here are bound to the default context, as the
+stdlib's are; ``get_context(method)`` gives the same API bound to a start
+method.
+"""
+
+from __future__ import annotations
+
+from ._context import Process as Process
+from ._context import default_context as _default
+from ._exceptions import AuthenticationError as AuthenticationError
+from ._exceptions import BufferTooShort as BufferTooShort
+from ._exceptions import LockOwnerDiedWarning as LockOwnerDiedWarning
+from ._exceptions import ProcessError as ProcessError
+from ._exceptions import TimeoutError as TimeoutError
+from ._exceptions import WorkerLostError as WorkerLostError
+
+__version__ = "0.1.0"
+
+Barrier = _default.Barrier
+BoundedSemaphore = _default.BoundedSemaphore
+Condition = _default.Condition
+Event = _default.Event
+Lock = _default.Lock
+Pipe = _default.Pipe
+RLock = _default.RLock
+Semaphore = _default.Semaphore
+active_children = _default.active_children
+cpu_count = _default.cpu_count
+current_process = _default.current_process
+freeze_support = _default.freeze_support
+get_all_start_methods = _default.get_all_start_methods
+get_context = _default.get_context
+get_start_method = _default.get_start_method
+parent_process = _default.parent_process
+set_executable = _default.set_executable
+set_forkserver_preload = _default.set_forkserver_preload
+set_start_method = _default.set_start_method
+
+__all__ = [
+    "AuthenticationError",
+    "Barrier",
+    "BoundedSemaphore",
+    "BufferTooShort",
+    "Condition",
+    "Event",
+    "Lock",
+    "LockOwnerDiedWarning",
+    "Pipe",
+    "Process",
+    "ProcessError",
+    "RLock",
+    "Semaphore",
+    "TimeoutError",
+    "WorkerLostError",
+    "active_children",
+    "cpu_count",
+    "current_process",
+    "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_start_method",
+    "parent_process",
+    "set_executable",
+    "set_forkserver_preload",
+    "set_start_method",
+]

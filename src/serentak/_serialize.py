@@ -90,11 +90,55 @@ class Pickler(pickle.Pickler):
         return NotImplemented
 
 
+class _ThreadPickler(threading.local):
+    """A pickler and stream per thread, reused: building them costs more than a small dump."""
+
+    def __init__(self) -> None:
+        self.stream = io.BytesIO()
+        self.pickler = Pickler(self.stream, protocol=PROTOCOL)
+        self.busy = False
+
+
+_thread_pickler: Final = _ThreadPickler()
+
+
 def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
     """Pickle ``obj`` for another serentak process (protocol 5)."""
-    stream = io.BytesIO()
-    Pickler(stream, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
-    return stream.getvalue()
+    reusable = _thread_pickler
+    if buffer_callback is not None or reusable.busy:
+        # A __reduce__ that pickles something itself re-enters here: give it its own.
+        stream = io.BytesIO()
+        Pickler(stream, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+        return stream.getvalue()
+    reusable.busy = True
+    stream = reusable.stream
+    try:
+        reusable.pickler.dump(obj)
+        return stream.getvalue()
+    finally:
+        reusable.pickler.clear_memo()
+        stream.seek(0)
+        stream.truncate()
+        reusable.busy = False
+
+
+def dumps_with_fds(obj: Any, *, spawning: bool = False) -> tuple[bytes, list[int]]:
+    """Pickle ``obj``; also return the fds its handles registered (see :func:`sending_fds`)."""
+    outer = _state.outgoing
+    outgoing = _Outgoing(spawning=spawning)
+    _state.outgoing = outgoing
+    try:
+        return dumps(obj), outgoing.fds
+    finally:
+        _state.outgoing = outer
+
+
+def loads_with_fds(data: bytes | bytearray | memoryview, fds: Sequence[int]) -> Any:
+    """Unpickle what :func:`dumps_with_fds` produced, given the fds that came with it."""
+    if not fds:
+        return pickle.loads(data)
+    with receiving_fds(fds):
+        return pickle.loads(data)
 
 
 def loads(data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> Any:

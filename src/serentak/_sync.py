@@ -51,6 +51,7 @@ from typing import Any, ClassVar, Final, TypeVar
 
 from . import _native, _shm
 from ._exceptions import LockOwnerDiedWarning
+from ._process import current_process
 from ._serialize import fd_to_send
 
 __all__ = [
@@ -86,13 +87,7 @@ def _inheritance_only(obj: object, block: _shm.Block) -> None:
 
 def _holder_name() -> str:
     """The calling process's name, and thread's unless main, as the stdlib's reprs show."""
-    import importlib
-
-    # The process layer sits above this one and imports it; look it up late.
-    try:
-        name: str = importlib.import_module("serentak._process").current_process().name
-    except ImportError:  # the process layer has not landed yet
-        name = f"pid {os.getpid()}"
+    name = current_process().name
     thread = threading.current_thread()
     if thread is not threading.main_thread():
         name += "|" + thread.name

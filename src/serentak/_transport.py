@@ -37,7 +37,7 @@ from typing import Any, Final, TypeVar
 
 from . import _posix
 from ._exceptions import BufferTooShort
-from ._serialize import dumps, fd_received, fd_to_send, loads, receiving_fds, sending_fds
+from ._serialize import dumps_with_fds, fd_received, fd_to_send, loads_with_fds
 
 _WORD: Final = struct.Struct("<I")
 _LONG: Final = struct.Struct("<Q")
@@ -124,6 +124,14 @@ class Connection:
         else:
             os.close(fd)
 
+    def detach(self) -> int:
+        """Give up ownership of the descriptor and return it; the Connection is closed."""
+        fd = self._check_open()
+        self._fd = None
+        if self._socket is not None:
+            self._socket.detach()
+        return fd
+
     def __del__(self) -> None:
         self.close()
 
@@ -158,9 +166,7 @@ class Connection:
 
     def send(self, obj: Any) -> None:
         """Send a picklable object (and the fds of any handles in it, over a socket)."""
-        self._check_writable()
-        with sending_fds(spawning=False) as fds:
-            data = dumps(obj)
+        data, fds = dumps_with_fds(obj)
         self.send_frame(data, fds)
 
     def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
@@ -191,7 +197,8 @@ class Connection:
         fd = self._check_writable()
         if len(fds) > MAX_FDS:
             raise ValueError(f"a message can carry at most {MAX_FDS} file descriptors")
-        payload = memoryview(payload).cast("B")
+        if type(payload) is not bytes:
+            payload = memoryview(payload).cast("B")
         header = _header(len(payload), bool(fds))
         if fds:
             if self._socket is None:
@@ -206,7 +213,7 @@ class Connection:
         self._write_rest(fd, header, payload, sent)
 
     @staticmethod
-    def _write_rest(fd: int, header: bytes, payload: memoryview, sent: int) -> None:
+    def _write_rest(fd: int, header: bytes, payload: bytes | memoryview, sent: int) -> None:
         total = len(header) + len(payload)
         while sent < total:
             if sent < len(header):
@@ -224,8 +231,7 @@ class Connection:
         """
         self._check_readable()
         payload, fds = self.recv_frame()
-        with receiving_fds(fds):
-            return loads(payload)
+        return loads_with_fds(payload, fds)
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         """Receive one message as bytes.
@@ -280,41 +286,57 @@ class Connection:
         """True if a message (or part of one) was read ahead and awaits a receive."""
         return self._end > self._start
 
-    def recv_frame(self) -> tuple[memoryview | bytes, list[int]]:
-        """Receive one frame: its payload and the fds that came with it (the caller owns them)."""
+    def recv_frame(self) -> tuple[memoryview, list[int]]:
+        """Receive one frame: its payload and the fds that came with it (the caller owns them).
+
+        The payload may be a view of the connection's read buffer: use it
+        before the next receive on this connection.
+        """
         fd = self._check_readable()
-        word = _WORD.unpack(self._take(fd, _WORD.size, first=True))[0]
+        if self._end - self._start < _WORD.size:
+            self._fill(fd, _WORD.size, first=True)
+        word = _WORD.unpack_from(self._buffer, self._start)[0]
+        header = _WORD.size
         length = word & _LONG_FOLLOWS
         if length == _LONG_FOLLOWS:
-            length = _LONG.unpack(self._take(fd, _LONG.size))[0]
-        payload = self._take(fd, length)
+            header += _LONG.size
+            self._fill(fd, header)
+            length = _LONG.unpack_from(self._buffer, self._start + _WORD.size)[0]
+        # The fds arrived with the frame's first byte, which has been read by now.
         fds = self._fd_groups.popleft() if word & _HAS_FDS else []
-        return payload, fds
+        total = header + length
+        if total > len(self._buffer):
+            self._start += header
+            return self._read_big(fd, length), fds
+        if self._end - self._start < total:
+            self._fill(fd, total)
+        start = self._start + header
+        self._start += total
+        if self._start == self._end:
+            self._start = self._end = 0  # the view stays valid until the next read
+        return self._view[start : start + length], fds
 
-    def _take(self, fd: int, size: int, *, first: bool = False) -> memoryview | bytes:
-        """The next ``size`` bytes of the stream."""
-        available = self._end - self._start
-        if available >= size:
-            start = self._start
-            self._start += size
-            return bytes(self._view[start : start + size])
-        if size <= len(self._buffer):
-            if self._start + size > len(self._buffer):
-                # Not enough room after the data: move it to the front.
-                self._view[:available] = self._view[self._start : self._end]
-                self._start, self._end = 0, available
-            while self._end - self._start < size:
-                got = self._read_into(fd, self._view[self._end :])
-                if got == 0:
-                    self._eof(first and self._end == self._start)
-                self._end += got
-            start = self._start
-            self._start += size
-            return bytes(self._view[start : start + size])
-        # A big payload: read it straight into a buffer of its own.
+    def _fill(self, fd: int, size: int, *, first: bool = False) -> None:
+        """Read until at least ``size`` bytes are buffered."""
+        if self._start + size > len(self._buffer):
+            # Not enough room after the buffered bytes: move them to the front.
+            available = self._end - self._start
+            self._buffer[:available] = self._buffer[self._start : self._end]
+            self._start, self._end = 0, available
+        while self._end - self._start < size:
+            got = self._read_into(fd, self._view[self._end :])
+            if got == 0:
+                self._eof(first and self._end == self._start)
+            self._end += got
+
+    def _read_big(self, fd: int, size: int) -> memoryview:
+        """A payload too big for the read buffer, read into a buffer of its own."""
         out = bytearray(size)
-        out[:available] = self._view[self._start : self._end]
-        self._start = self._end = 0
+        available = min(self._end - self._start, size)
+        out[:available] = self._view[self._start : self._start + available]
+        self._start += available
+        if self._start == self._end:
+            self._start = self._end = 0
         view = memoryview(out)
         filled = available
         while filled < size:

@@ -1,0 +1,286 @@
+"""Contexts: the whole API bound to a start method, as ``multiprocessing.get_context`` returns.
+
+``serentak.Lock``, ``serentak.Queue``, ... are the methods of the default
+context, whose start method is fixed the first time something needs it (the
+stdlib's rule: after that, ``set_start_method`` needs ``force=True``).
+``get_context("spawn")`` gives a context whose Process always spawns.
+
+Each factory imports its module on first use, so ``import serentak`` (which
+every spawned child pays for) loads only the process layer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from . import _exceptions, _process
+from ._launch import (
+    ALL_START_METHODS,
+    DEFAULT_START_METHOD,
+    StartMethod,
+    parse_start_method,
+    settings,
+)
+from ._process import BaseProcess
+from ._transport import Connection
+from ._transport import Pipe as _Pipe
+
+if TYPE_CHECKING:
+    from . import _sync
+
+
+def fixed_start_method() -> StartMethod:
+    """The default start method, fixing it to the platform default if it was not set."""
+    if settings.start_method is None:
+        settings.start_method = DEFAULT_START_METHOD
+    return settings.start_method
+
+
+class Process(BaseProcess):
+    """A process started with the default context's start method."""
+
+    @property
+    def _start_method(self) -> StartMethod:  # type: ignore[override]
+        return fixed_start_method()
+
+
+class ForkProcess(BaseProcess):
+    """A process started by ``fork()``: a copy of the parent, nothing pickled."""
+
+    _start_method = StartMethod.FORK
+
+
+class SpawnProcess(BaseProcess):
+    """A process started as a fresh interpreter, its target and arguments pickled."""
+
+    _start_method = StartMethod.SPAWN
+
+
+class ForkServerProcess(BaseProcess):
+    """A process forked by this process's fork server, its target and arguments pickled."""
+
+    _start_method = StartMethod.FORKSERVER
+
+
+Process.__module__ = "serentak"
+
+
+class BaseContext:
+    """The API shared by every context."""
+
+    ProcessError = _exceptions.ProcessError
+    BufferTooShort = _exceptions.BufferTooShort
+    TimeoutError = _exceptions.TimeoutError
+    AuthenticationError = _exceptions.AuthenticationError
+
+    Process: ClassVar[type[BaseProcess]]
+
+    @staticmethod
+    def current_process() -> BaseProcess:
+        """The Process object of the calling process."""
+        return _process.current_process()
+
+    @staticmethod
+    def parent_process() -> BaseProcess | None:
+        """The Process object of the parent, None in the main process."""
+        return _process.parent_process()
+
+    @staticmethod
+    def active_children() -> list[BaseProcess]:
+        """The live children of the calling process."""
+        return _process.active_children()
+
+    @staticmethod
+    def cpu_count() -> int:
+        """The number of CPUs in the system.
+
+        Raises:
+            NotImplementedError: the number cannot be determined.
+        """
+        count = os.cpu_count()
+        if count is None:
+            raise NotImplementedError("cannot determine number of cpus")
+        return count
+
+    @staticmethod
+    def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
+        """A pair of connected Connections; see :func:`serentak.connection.Pipe`."""
+        return _Pipe(duplex)
+
+    # ---- synchronisation ----------------------------------------------------------
+
+    def Lock(self) -> _sync.Lock:
+        """A non-recursive lock shared between processes."""
+        from ._sync import Lock
+
+        return Lock(ctx=self.get_context())
+
+    def RLock(self) -> _sync.RLock:
+        """A recursive lock shared between processes."""
+        from ._sync import RLock
+
+        return RLock(ctx=self.get_context())
+
+    def Condition(self, lock: _sync.Lock | _sync.RLock | None = None) -> _sync.Condition:
+        """A condition variable shared between processes."""
+        from ._sync import Condition
+
+        return Condition(lock, ctx=self.get_context())
+
+    def Semaphore(self, value: int = 1) -> _sync.Semaphore:
+        """A semaphore shared between processes."""
+        from ._sync import Semaphore
+
+        return Semaphore(value, ctx=self.get_context())
+
+    def BoundedSemaphore(self, value: int = 1) -> _sync.BoundedSemaphore:
+        """A bounded semaphore shared between processes."""
+        from ._sync import BoundedSemaphore
+
+        return BoundedSemaphore(value, ctx=self.get_context())
+
+    def Event(self) -> _sync.Event:
+        """An event shared between processes."""
+        from ._sync import Event
+
+        return Event(ctx=self.get_context())
+
+    def Barrier(
+        self,
+        parties: int,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
+    ) -> _sync.Barrier:
+        """A barrier shared between processes."""
+        from ._sync import Barrier
+
+        return Barrier(parties, action, timeout, ctx=self.get_context())
+
+    # ---- start methods --------------------------------------------------------------
+
+    def get_context(self, method: str | None = None) -> BaseContext:
+        """The context for ``method``, or this one.
+
+        Raises:
+            ValueError: ``method`` names no start method.
+        """
+        if method is None:
+            return self
+        return _CONTEXTS[parse_start_method(method)]
+
+    def get_start_method(self, allow_none: bool = False) -> str | None:
+        """The name of this context's start method."""
+        raise NotImplementedError
+
+    def set_start_method(self, method: str | None, force: bool = False) -> None:
+        """Only the default context's start method can be set.
+
+        Raises:
+            ValueError: always, for a concrete context.
+        """
+        raise ValueError("cannot set start method of concrete context")
+
+    @staticmethod
+    def get_all_start_methods() -> list[str]:
+        """The start methods this platform supports, the default first."""
+        return [method.value for method in ALL_START_METHODS]
+
+    @staticmethod
+    def set_forkserver_preload(module_names: Sequence[str]) -> None:
+        """Modules the fork server imports once, so that its children start with them loaded.
+
+        Raises:
+            TypeError: ``module_names`` is not a list of strings.
+        """
+        names = list(module_names)
+        if not all(type(name) is str for name in names):
+            raise TypeError("module_names must be a list of strings")
+        settings.forkserver_preload = tuple(names)
+
+    @staticmethod
+    def set_executable(executable: str | os.PathLike[str]) -> None:
+        """The Python interpreter that spawn and the fork server start."""
+        settings.executable = os.fsdecode(executable)
+
+    @staticmethod
+    def freeze_support() -> None:
+        """Nothing to do: frozen Windows executables are not a target of serentak."""
+
+    @property
+    def _name(self) -> str:
+        return str(self.get_start_method())
+
+    def __repr__(self) -> str:
+        return f"<serentak context {self._name!r}>"
+
+
+class DefaultContext(BaseContext):
+    """The context of the ``serentak`` module: its start method can be set once."""
+
+    Process = Process
+
+    def get_context(self, method: str | None = None) -> BaseContext:
+        if method is None:
+            return _CONTEXTS[fixed_start_method()]
+        return super().get_context(method)
+
+    def get_start_method(self, allow_none: bool = False) -> str | None:
+        """The default start method's name (fixing it unless ``allow_none``)."""
+        if settings.start_method is None and allow_none:
+            return None
+        return fixed_start_method().value
+
+    def set_start_method(self, method: str | None, force: bool = False) -> None:
+        """Set the default start method, once (or again with ``force=True``).
+
+        Raises:
+            RuntimeError: it was already set (or fixed by use) and ``force`` is False.
+            ValueError: ``method`` names no start method.
+        """
+        if settings.start_method is not None and not force:
+            raise RuntimeError("context has already been set")
+        if method is None and force:
+            settings.start_method = None
+            return
+        if method is None:
+            raise ValueError("method must be a start method name, or None with force=True")
+        settings.start_method = parse_start_method(method)
+
+
+class _ConcreteContext(BaseContext):
+    _method: ClassVar[StartMethod]
+
+    def get_start_method(self, allow_none: bool = False) -> str:
+        return self._method.value
+
+
+class ForkContext(_ConcreteContext):
+    """Everything started with ``fork``."""
+
+    _method = StartMethod.FORK
+    Process = ForkProcess
+
+
+class SpawnContext(_ConcreteContext):
+    """Everything started with ``spawn``."""
+
+    _method = StartMethod.SPAWN
+    Process = SpawnProcess
+
+
+class ForkServerContext(_ConcreteContext):
+    """Everything started with ``forkserver``."""
+
+    _method = StartMethod.FORKSERVER
+    Process = ForkServerProcess
+
+
+_CONTEXTS: dict[StartMethod, BaseContext] = {
+    StartMethod.FORK: ForkContext(),
+    StartMethod.SPAWN: SpawnContext(),
+    StartMethod.FORKSERVER: ForkServerContext(),
+}
+
+default_context = DefaultContext()

@@ -1,0 +1,142 @@
+"""Shared fixtures: every start method, and a leak check after every test.
+
+``ctx`` runs a test under fork, spawn and forkserver. The autouse leak check
+fails a test that leaves behind a descendant process (a fork server's
+children included), a file descriptor, or a /dev/shm entry. It polls for a
+few seconds first: a child that was just killed takes a moment to be reaped,
+and that is the condition waited for, not a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import serentak
+from serentak import _launch
+
+START_METHODS = ("fork", "spawn", "forkserver")
+LEAK_GRACE_SECONDS = 5.0
+# Descriptors a process keeps on purpose once it has used the feature: the
+# arena's shared segments (reused for every later Lock, Value, ...).
+KEPT_FD_TARGETS = ("/memfd:serentak-arena",)
+
+
+@pytest.fixture(params=START_METHODS)
+def ctx(request: pytest.FixtureRequest) -> Any:
+    """The serentak context of each start method in turn."""
+    return serentak.get_context(request.param)
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    """The name of each start method in turn (for tests that run scripts)."""
+    method: str = request.param
+    return method
+
+
+def _children_of() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it exited while we looked
+        # The command name may hold spaces and parentheses: split after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def descendants(exclude: set[int]) -> list[int]:
+    """Pids below this process, not descending into ``exclude`` but into their children."""
+    children = _children_of()
+    found: list[int] = []
+    stack = [os.getpid()]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in exclude:
+                found.append(child)
+            stack.append(child)
+    return found
+
+
+def open_fds() -> dict[int, str]:
+    fds: dict[int, str] = {}
+    for entry in Path("/proc/self/fd").iterdir():
+        try:
+            fds[int(entry.name)] = os.readlink(entry)
+        except OSError:
+            continue  # the directory's own fd, closed by now
+    return fds
+
+
+def shm_entries() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except FileNotFoundError:
+        return set()
+
+
+def _describe(pid: int) -> str:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} state={state} {command.strip()}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server() -> None:
+    """Start the fork server before any test, so that it is part of every baseline."""
+    _launch.ensure_fork_server()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Iterator[None]:
+    server = _launch.fork_server_pid()
+    exclude = {server} if server is not None else set()
+    fds_before = open_fds()
+    shm_before = shm_entries()
+    yield
+    deadline = time.monotonic() + LEAK_GRACE_SECONDS
+    while True:
+        gc.collect()
+        serentak.active_children()  # reaps children that have ended
+        server = _launch.fork_server_pid()
+        exclude = {server} if server is not None else set()
+        processes = descendants(exclude)
+        fds_now = open_fds()
+        extra_fds = {
+            fd: target
+            for fd, target in fds_now.items()
+            if fds_before.get(fd) != target and not target.startswith(KEPT_FD_TARGETS)
+        }
+        extra_shm = shm_entries() - shm_before
+        if not (processes or extra_fds or extra_shm) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    for pid in processes:
+        try:
+            os.kill(pid, signal.SIGKILL)  # do not let one leak cascade into the next tests
+        except ProcessLookupError:
+            pass
+    problems = []
+    if processes:
+        problems.append("processes left behind: " + "; ".join(_describe(p) for p in processes))
+    if extra_fds:
+        problems.append(f"file descriptors left open: {extra_fds}")
+    if extra_shm:
+        problems.append(f"/dev/shm entries left behind: {sorted(extra_shm)}")
+    if problems:
+        pytest.fail("\n".join(problems))
