@@ -19,14 +19,21 @@ from ._exceptions import WorkerLostError as WorkerLostError
 
 __version__ = "0.1.0"
 
+Array = _default.Array
 Barrier = _default.Barrier
 BoundedSemaphore = _default.BoundedSemaphore
 Condition = _default.Condition
 Event = _default.Event
+JoinableQueue = _default.JoinableQueue
 Lock = _default.Lock
 Pipe = _default.Pipe
+Queue = _default.Queue
 RLock = _default.RLock
+RawArray = _default.RawArray
+RawValue = _default.RawValue
 Semaphore = _default.Semaphore
+SimpleQueue = _default.SimpleQueue
+Value = _default.Value
 active_children = _default.active_children
 cpu_count = _default.cpu_count
 current_process = _default.current_process
@@ -40,20 +47,27 @@ set_forkserver_preload = _default.set_forkserver_preload
 set_start_method = _default.set_start_method
 
 __all__ = [
+    "Array",
     "AuthenticationError",
     "Barrier",
     "BoundedSemaphore",
     "BufferTooShort",
     "Condition",
     "Event",
+    "JoinableQueue",
     "Lock",
     "LockOwnerDiedWarning",
     "Pipe",
     "Process",
     "ProcessError",
+    "Queue",
     "RLock",
+    "RawArray",
+    "RawValue",
     "Semaphore",
+    "SimpleQueue",
     "TimeoutError",
+    "Value",
     "WorkerLostError",
     "active_children",
     "cpu_count",

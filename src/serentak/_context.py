@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _exceptions, _process
 from ._launch import (
@@ -28,7 +28,7 @@ from ._transport import Connection
 from ._transport import Pipe as _Pipe
 
 if TYPE_CHECKING:
-    from . import _sync
+    from . import _queues, _sync
 
 
 def fixed_start_method() -> StartMethod:
@@ -157,6 +157,54 @@ class BaseContext:
         from ._sync import Barrier
 
         return Barrier(parties, action, timeout, ctx=self.get_context())
+
+    # ---- shared memory ------------------------------------------------------------------
+
+    def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
+        """A ctypes object in shared memory, synchronized by a lock unless ``lock=False``."""
+        from ._sharedctypes import Value
+
+        return Value(typecode_or_type, *args, lock=lock, ctx=self.get_context())
+
+    def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
+        """A ctypes array in shared memory, synchronized by a lock unless ``lock=False``."""
+        from ._sharedctypes import Array
+
+        return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
+
+    @staticmethod
+    def RawValue(typecode_or_type: Any, *args: Any) -> Any:
+        """A ctypes object in shared memory, without a lock."""
+        from ._sharedctypes import RawValue
+
+        return RawValue(typecode_or_type, *args)
+
+    @staticmethod
+    def RawArray(typecode_or_type: Any, size_or_initializer: Any) -> Any:
+        """A ctypes array in shared memory, without a lock."""
+        from ._sharedctypes import RawArray
+
+        return RawArray(typecode_or_type, size_or_initializer)
+
+    # ---- queues ---------------------------------------------------------------------------
+
+    def Queue(self, maxsize: int = 0) -> _queues.Queue:
+        """A process-shared FIFO queue."""
+        from ._queues import Queue
+
+        return Queue(maxsize, ctx=self.get_context())
+
+    def JoinableQueue(self, maxsize: int = 0) -> _queues.JoinableQueue:
+        """A Queue with task_done() and join()."""
+        from ._queues import JoinableQueue
+
+        return JoinableQueue(maxsize, ctx=self.get_context())
+
+    def SimpleQueue(self) -> _queues.SimpleQueue:
+        """A simplified queue: put, get, empty, close."""
+        from ._queues import SimpleQueue
+
+        return SimpleQueue(ctx=self.get_context())
 
     # ---- start methods --------------------------------------------------------------
 

@@ -412,6 +412,7 @@ class _State:
     def reset(self) -> None:
         self.children = set()
         self.counter = itertools.count(1)
+        _before_exit_hooks.clear()  # the parent's hooks are the parent's business
 
 
 _state: Final = _State()
@@ -454,8 +455,27 @@ def active_children() -> list[BaseProcess]:
     return list(_state.children)
 
 
+_before_exit_hooks: list[Callable[[], None]] = []
+
+
+def register_before_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook()`` when this process exits normally: after its target (in a child) or at
+    interpreter exit (in the main process), before the children are joined.
+
+    Used by upper layers, e.g. to flush what a Queue still buffers. Hooks run
+    last-registered first; an exception in one is printed and the rest still run.
+    """
+    _before_exit_hooks.append(hook)
+
+
 def _exit_children() -> None:
-    """At exit: terminate daemonic children, then wait for all children."""
+    """At exit: run the before-exit hooks, terminate daemonic children, wait for all children."""
+    while _before_exit_hooks:
+        hook = _before_exit_hooks.pop()
+        try:
+            hook()
+        except Exception:
+            traceback.print_exc()
     for process in active_children():
         if process.daemon:
             process.terminate()
