@@ -60,9 +60,27 @@ class StartMethod(enum.Enum):
     FORKSERVER = "forkserver"
 
 
-# The default first, as the stdlib orders get_all_start_methods().
+# The platform default first, as the stdlib orders get_all_start_methods().
 ALL_START_METHODS: Final = (StartMethod.FORKSERVER, StartMethod.FORK, StartMethod.SPAWN)
-DEFAULT_START_METHOD: Final = StartMethod.FORKSERVER
+
+
+def _default_start_method() -> StartMethod:
+    """forkserver (as CPython 3.14 on Linux), unless SERENTAK_START_METHOD names another.
+
+    The variable lets an unchanged program run under any start method, which
+    is how the seed's examples are run under each one.
+    """
+    name = os.environ.get("SERENTAK_START_METHOD", "")
+    try:
+        return StartMethod(name) if name else StartMethod.FORKSERVER
+    except ValueError:
+        raise ValueError(
+            f"SERENTAK_START_METHOD={name!r} names no start method "
+            f"(choose from {', '.join(m.value for m in ALL_START_METHODS)})"
+        ) from None
+
+
+DEFAULT_START_METHOD: Final = _default_start_method()
 
 
 class _Settings:
@@ -125,6 +143,9 @@ class _HandleBase:
         # A Process that is never close()d still gives its descriptors back
         # when it is collected.
         self._finalizer = weakref.finalize(self, _close_all, {sentinel, pidfd})
+        # Not at interpreter exit: the exit hooks still signal and join children
+        # then, and the kernel closes everything after.
+        self._finalizer.atexit = False
 
     def _collect(self, block: bool) -> int | None:
         raise NotImplementedError

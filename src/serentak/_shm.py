@@ -54,6 +54,7 @@ class Segment:
         # The fd is what travels to children; close it when this object goes.
         # The mapping itself lives as long as any view of it does.
         self._finalizer = weakref.finalize(self, _posix.close_quietly, self.fd)
+        self._finalizer.atexit = False  # children still being started at exit may need it
 
     def close(self) -> None:
         """Release this process's fd and, once no view remains, its mapping."""
