@@ -13,6 +13,7 @@ from ._context import default_context as _default
 from ._exceptions import AuthenticationError as AuthenticationError
 from ._exceptions import BufferTooShort as BufferTooShort
 from ._exceptions import LockOwnerDiedWarning as LockOwnerDiedWarning
+from ._exceptions import PoolTerminatedError as PoolTerminatedError
 from ._exceptions import ProcessError as ProcessError
 from ._exceptions import TimeoutError as TimeoutError
 from ._exceptions import WorkerLostError as WorkerLostError
@@ -27,6 +28,7 @@ Event = _default.Event
 JoinableQueue = _default.JoinableQueue
 Lock = _default.Lock
 Pipe = _default.Pipe
+Pool = _default.Pool
 Queue = _default.Queue
 RLock = _default.RLock
 RawArray = _default.RawArray
@@ -58,6 +60,8 @@ __all__ = [
     "Lock",
     "LockOwnerDiedWarning",
     "Pipe",
+    "Pool",
+    "PoolTerminatedError",
     "Process",
     "ProcessError",
     "Queue",

@@ -28,7 +28,7 @@ from ._transport import Connection
 from ._transport import Pipe as _Pipe
 
 if TYPE_CHECKING:
-    from . import _queues, _sync
+    from . import _pool, _queues, _sync
 
 
 def fixed_start_method() -> StartMethod:
@@ -205,6 +205,20 @@ class BaseContext:
         from ._queues import SimpleQueue
 
         return SimpleQueue(ctx=self.get_context())
+
+    # ---- pools -----------------------------------------------------------------------------
+
+    def Pool(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Sequence[Any] = (),
+        maxtasksperchild: int | None = None,
+    ) -> _pool.Pool:
+        """A pool of worker processes started with this context's start method."""
+        from ._pool import Pool
+
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context())
 
     # ---- start methods --------------------------------------------------------------
 

@@ -7,13 +7,15 @@
           ├── BufferTooShort           recv_bytes_into: the message is in args[0]
           ├── AuthenticationError      a peer failed the authkey challenge
           ├── TimeoutError             also a builtin TimeoutError
-          └── WorkerLostError          a pool worker died holding its task
+          ├── WorkerLostError          a pool worker died holding its task
+          └── PoolTerminatedError      the pool was terminated before the task finished
+     └── RemoteTraceback               a worker's traceback, chained as __cause__
     Warning
      └── RuntimeWarning
           └── LockOwnerDiedWarning     a lock was taken over from a process that died holding it
 
 The first four are the stdlib's ``multiprocessing`` exceptions with the same
-names and meaning; ``WorkerLostError`` and ``LockOwnerDiedWarning`` are ours.
+names and meaning, ``RemoteTraceback`` is the stdlib pool's; the rest are ours.
 """
 
 from __future__ import annotations
@@ -45,6 +47,25 @@ class WorkerLostError(ProcessError):
     """
 
 
+class PoolTerminatedError(ProcessError):
+    """The pool was terminated (``terminate()``, or leaving its ``with``) before the task ran."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text.
+
+    A task's exception is re-raised in the caller with this as its
+    ``__cause__``, so the worker's file and line show in the caller's traceback.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
 class LockOwnerDiedWarning(RuntimeWarning):
     """A lock was acquired from a process that died while holding it.
 
@@ -61,6 +82,8 @@ for _cls in (
     AuthenticationError,
     TimeoutError,
     WorkerLostError,
+    PoolTerminatedError,
+    RemoteTraceback,
     LockOwnerDiedWarning,
 ):
     _cls.__module__ = "serentak"

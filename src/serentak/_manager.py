@@ -1,0 +1,449 @@
+"""The pool's manager thread: the one owner of workers, tasks and their fate.
+
+::
+
+    callers / feeder thread            manager thread                        workers
+    -----------------------            --------------                        -------
+    Submit(tasks)  --> commands --+
+    Close / Terminate             |    one selector waits on:
+                    wake-up pipe -+--> - the wake-up pipe (commands queued)
+                                       - each worker's connection  <------- DONE / FAILED / READY
+                                       - each worker's sentinel (pidfd) <--- death
+                                       then: dispatch pending tasks --------> FUNCTION / task frames
+                                             fail overdue tasks (kill their worker)
+                                             replace dead workers
+
+The wake-up pipe is separate from the workers' connections so that a worker
+dying in the middle of a write garbles only its own channel, never the path
+commands take.
+
+The task-to-worker table is each worker's ``in_flight`` queue: the first entry
+is running (a worker runs tasks in arrival order), the rest were sent ahead so
+the worker never idles between tasks. When a worker dies, exactly its running
+task fails (WorkerLostError naming the exit code or signal); the ones sent
+ahead never started and go back to the front of the queue, so nothing is lost
+and nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import os
+import selectors
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from ._exceptions import PoolTerminatedError, TimeoutError, WorkerLostError
+from ._process import BaseProcess
+from ._results import Outcome, ResultSink
+from ._tasks import Frame, Kind, describe_exit, monotonic, worker_main
+from ._transport import Connection, Pipe
+
+# Tasks sent to a worker beyond the one it runs: enough that it never waits for
+# the next one, few enough that a death re-queues little.
+PREFETCH: Final = 2
+# Callables a worker keeps; past that, the least recently used is forgotten.
+WORKER_FUNCTION_CACHE: Final = 128
+# After terminate(): SIGTERM, then SIGKILL for a worker still there this much later.
+KILL_GRACE: Final = 0.5
+
+
+class PoolState(enum.Enum):
+    """A pool's lifecycle."""
+
+    RUN = "RUN"
+    CLOSE = "CLOSE"
+    TERMINATE = "TERMINATE"
+
+
+@dataclasses.dataclass(frozen=True)
+class Function:
+    """A callable, pickled once, and the id workers cache it under."""
+
+    func_id: int
+    payload: bytes
+
+
+@dataclasses.dataclass(eq=False)
+class Task:
+    """A task as the manager tracks it (owned by the manager thread once submitted).
+
+    Attributes:
+        task_id: unique in the pool.
+        kind: APPLY, MAP or STARMAP.
+        function: the callable to run.
+        payload: the pickled arguments.
+        sink: where the outcome goes, at position ``index``.
+        index: the chunk's position in its map (0 for apply).
+        timeout: seconds the task may run before its worker is killed.
+        started: when it began running (became first in its worker's queue).
+    """
+
+    task_id: int
+    kind: Kind
+    function: Function
+    payload: bytes
+    sink: ResultSink
+    index: int
+    timeout: float | None
+    started: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Submit:
+    """Queue these tasks."""
+
+    tasks: tuple[Task, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Close:
+    """No more tasks will come: finish the queued ones, then stop the workers."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Terminate:
+    """Stop now: fail every unfinished task, kill the workers."""
+
+
+Command = Submit | Close | Terminate
+
+
+class _Worker:
+    """One worker process as the manager sees it."""
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.pid = process.pid or 0
+        self.sentinel = process.sentinel
+        self.in_flight: collections.deque[Task] = collections.deque()
+        self.known: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.completed = 0
+        self.retiring = False  # reached maxtasksperchild: gets no more tasks
+        self.timed_out: Task | None = None  # killed by us because this task overran
+
+
+class Manager:
+    """The engine behind a Pool. Every attribute is owned by the manager thread,
+    except ``commands`` and the wake-up pipe, which other threads only append to.
+
+    Args:
+        make_process: builds (not starts) a worker process for a target and args.
+        processes: how many workers to keep.
+        initializer: run by each worker before its first task.
+        initargs: arguments for ``initializer``.
+        maxtasksperchild: tasks a worker runs before it is replaced (None: no limit).
+    """
+
+    def __init__(
+        self,
+        make_process: Callable[[Callable[..., object], tuple[Any, ...]], BaseProcess],
+        processes: int,
+        initializer: Callable[..., object] | None,
+        initargs: Sequence[Any],
+        maxtasksperchild: int | None,
+    ) -> None:
+        self._make_process = make_process
+        self._size = processes
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._maxtasks = maxtasksperchild
+        self.commands: collections.deque[Command] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._workers: dict[int, _Worker] = {}  # by pid
+        self._pending: collections.deque[Task] = collections.deque()
+        self._state = PoolState.RUN
+        self._broken: BaseException | None = None  # the initializer failed
+        self._kill_deadline: float | None = None
+        self._thread = threading.Thread(target=self._run, name="serentak-pool-manager", daemon=True)
+
+    # ---- other threads ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers (here, so that start-up errors reach the caller), then the thread."""
+        try:
+            for _ in range(self._size):
+                self._start_worker()
+        except BaseException:
+            for worker in self._workers.values():
+                worker.process.kill()
+                worker.process.join()
+                self._forget(worker)
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
+        self._thread.start()
+
+    def send(self, command: Command) -> None:
+        """Queue a command for the manager thread and wake it."""
+        self.commands.append(command)
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already: the manager will look
+        except OSError:
+            pass  # the manager has finished and closed it
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the manager thread to finish."""
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the current workers (a snapshot, for tests and stats)."""
+        return list(self._workers)
+
+    # ---- the manager thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._workers or (self._state is PoolState.RUN and self._broken is None):
+                for key, _events in self._selector.select(self._next_timeout()):
+                    if key.data is None:
+                        self._take_commands()
+                    else:
+                        kind, worker = key.data
+                        if kind == "conn":
+                            self._read_results(worker)
+                        else:
+                            self._worker_exited(worker)
+                self._check_deadlines()
+                self._dispatch()
+                self._maybe_finish()
+        finally:
+            self._fail_everything(PoolTerminatedError("the pool stopped before the task ran"))
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _take_commands(self) -> None:
+        try:
+            os.read(self._wake_r, 65536)
+        except BlockingIOError:
+            pass
+        while self.commands:
+            command = self.commands.popleft()
+            if isinstance(command, Submit):
+                if self._state is PoolState.TERMINATE or self._broken is not None:
+                    reason = self._broken or PoolTerminatedError("the pool was terminated")
+                    for task in command.tasks:
+                        task.sink._complete_chunk(task.index, Outcome.of_exception(reason))
+                else:
+                    self._pending.extend(command.tasks)
+            elif isinstance(command, Close):
+                if self._state is PoolState.RUN:
+                    self._state = PoolState.CLOSE
+            else:
+                self._terminate()
+
+    def _terminate(self) -> None:
+        if self._state is PoolState.TERMINATE:
+            return
+        self._state = PoolState.TERMINATE
+        self._fail_everything(
+            PoolTerminatedError("the pool was terminated before the task finished")
+        )
+        for worker in self._workers.values():
+            worker.process.terminate()
+        self._kill_deadline = monotonic() + KILL_GRACE
+
+    def _fail_everything(self, reason: BaseException) -> None:
+        while self._pending:
+            task = self._pending.popleft()
+            task.sink._complete_chunk(task.index, Outcome.of_exception(reason))
+        for worker in self._workers.values():
+            while worker.in_flight:
+                task = worker.in_flight.popleft()
+                task.sink._complete_chunk(task.index, Outcome.of_exception(reason))
+
+    def _maybe_finish(self) -> None:
+        """After Close: once nothing is queued or running, tell the workers to stop."""
+        if self._state is not PoolState.CLOSE or self._pending:
+            return
+        for worker in self._workers.values():
+            if not worker.in_flight and not worker.retiring:
+                worker.retiring = True
+                self._send(worker, Frame(Kind.STOP))
+
+    # ---- workers ----------------------------------------------------------------------
+
+    def _start_worker(self) -> _Worker:
+        ours, theirs = Pipe()
+        process = self._make_process(worker_main, (theirs, self._initializer, self._initargs))
+        try:
+            process.start()
+        finally:
+            theirs.close()
+        worker = _Worker(process, ours)
+        self._workers[worker.pid] = worker
+        self._selector.register(ours.fileno(), selectors.EVENT_READ, ("conn", worker))
+        self._selector.register(worker.sentinel, selectors.EVENT_READ, ("exit", worker))
+        return worker
+
+    def _forget(self, worker: _Worker) -> None:
+        for fd in (worker.conn.fileno(), worker.sentinel):
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        self._workers.pop(worker.pid, None)
+        worker.conn.close()
+        worker.process.join()
+        worker.process.close()
+
+    def _replace_if_needed(self) -> None:
+        if self._state is not PoolState.RUN or self._broken is not None:
+            return
+        active = sum(1 for w in self._workers.values() if not w.retiring)
+        for _ in range(self._size - active):
+            self._start_worker()
+
+    def _worker_exited(self, worker: _Worker) -> None:
+        # Results it sent before dying are still in the socket: take them first.
+        self._read_results(worker, until_eof=True)
+        worker.process.join()
+        exitcode = worker.process.exitcode
+        if worker.in_flight:
+            lost = worker.in_flight.popleft()
+            error: BaseException
+            if worker.timed_out is lost:
+                error = TimeoutError(
+                    f"the task ran longer than its timeout of {lost.timeout} s; "
+                    f"its worker process {worker.pid} was killed"
+                )
+            else:
+                error = WorkerLostError(
+                    f"{describe_exit(worker.pid, exitcode)} while running the task"
+                )
+            lost.sink._complete_chunk(lost.index, Outcome.of_exception(error))
+            # Sent ahead but never started: back to the front, in order.
+            self._pending.extendleft(reversed(worker.in_flight))
+            worker.in_flight.clear()
+        self._forget(worker)
+        self._replace_if_needed()
+
+    def _read_results(self, worker: _Worker, *, until_eof: bool = False) -> None:
+        conn = worker.conn
+        while conn.has_buffered_data() or conn.poll(0):
+            try:
+                frame = Frame.receive(conn)
+            except (EOFError, OSError):
+                return  # it died, possibly mid-frame: the sentinel handles the rest
+            self._handle(worker, frame)
+            if not until_eof and not conn.has_buffered_data():
+                return
+
+    def _handle(self, worker: _Worker, frame: Frame) -> None:
+        kind = frame.kind
+        if kind is Kind.READY:
+            return
+        if kind is Kind.INIT_FAILED:
+            outcome = Outcome(False, bytes(frame.payload))
+            try:
+                outcome.value()
+            except BaseException as exc:
+                self._broken = exc
+            self._fail_everything(self._broken or RuntimeError("the initializer failed"))
+            return
+        if not worker.in_flight or worker.in_flight[0].task_id != frame.task_id:
+            return  # a result for a task already failed (terminate, timeout): drop it
+        task = worker.in_flight.popleft()
+        task.sink._complete_chunk(task.index, Outcome(kind is Kind.DONE, bytes(frame.payload)))
+        worker.completed += 1
+        if worker.in_flight:
+            worker.in_flight[0].started = monotonic()
+        if (
+            self._maxtasks is not None
+            and worker.completed >= self._maxtasks
+            and not worker.retiring
+        ):
+            worker.retiring = True
+            if not worker.in_flight:
+                self._send(worker, Frame(Kind.STOP))
+            self._replace_if_needed()
+        elif worker.retiring and not worker.in_flight:
+            self._send(worker, Frame(Kind.STOP))
+
+    def _send(self, worker: _Worker, frame: Frame) -> None:
+        try:
+            frame.send(worker.conn)
+        except OSError:
+            pass  # it died: its sentinel will say so and its tasks are handled there
+
+    # ---- dispatch and deadlines ------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        if not self._pending or self._state is PoolState.TERMINATE:
+            return
+        for worker in self._workers.values():
+            capacity = 1 + PREFETCH - len(worker.in_flight)
+            if worker.retiring:
+                continue
+            if self._maxtasks is not None:
+                capacity = min(capacity, self._maxtasks - worker.completed - len(worker.in_flight))
+            while capacity > 0 and self._pending:
+                task = self._pending.popleft()
+                self._send_task(worker, task)
+                capacity -= 1
+            if not self._pending:
+                return
+
+    def _send_task(self, worker: _Worker, task: Task) -> None:
+        function = task.function
+        if function.func_id in worker.known:
+            worker.known.move_to_end(function.func_id)
+        else:
+            self._send(worker, Frame(Kind.FUNCTION, 0, function.func_id, function.payload))
+            worker.known[function.func_id] = None
+            if len(worker.known) > WORKER_FUNCTION_CACHE:
+                forgotten, _ = worker.known.popitem(last=False)
+                self._send(worker, Frame(Kind.FORGET, 0, forgotten))
+        if not worker.in_flight:
+            task.started = monotonic()
+        worker.in_flight.append(task)
+        self._send(worker, Frame(task.kind, task.task_id, function.func_id, task.payload))
+
+    def _next_timeout(self) -> float | None:
+        deadlines = [
+            w.in_flight[0].started + w.in_flight[0].timeout
+            for w in self._workers.values()
+            if w.in_flight
+            and w.in_flight[0].timeout is not None
+            and w.timed_out is None
+            and w.in_flight[0].started is not None
+        ]
+        if self._kill_deadline is not None:
+            deadlines.append(self._kill_deadline)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - monotonic())
+
+    def _check_deadlines(self) -> None:
+        now = monotonic()
+        if self._kill_deadline is not None and now >= self._kill_deadline:
+            self._kill_deadline = None
+            for worker in self._workers.values():
+                worker.process.kill()
+        for worker in self._workers.values():
+            task = worker.in_flight[0] if worker.in_flight else None
+            if (
+                task is not None
+                and task.timeout is not None
+                and task.started is not None
+                and worker.timed_out is None
+                and now >= task.started + task.timeout
+            ):
+                worker.timed_out = task
+                os.kill(worker.pid, signal.SIGKILL)

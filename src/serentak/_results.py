@@ -1,0 +1,388 @@
+"""What ``apply_async``, ``map_async``, ``imap`` and ``imap_unordered`` hand back.
+
+::
+
+    manager thread (or a ThreadPool worker)        caller threads
+    ---------------------------------------        --------------
+    result._complete(outcome)    ---------------->  get() / wait() / ready()
+    map_result._complete_chunk(i, outcome)  ------>  get(): every chunk, in order
+    iterator._complete_chunk(i, outcome)  -------->  next(): chunk by chunk
+                    |
+                    +--> callback thread: callback(value) or error_callback(exc),
+                         then the result becomes ready (as in the stdlib, get()
+                         returns after the callback has run)
+
+An :class:`Outcome` keeps a worker's reply pickled until someone asks for the
+value: unpickling happens in the thread that wants the result, never in the
+manager thread, whose only job is moving frames.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Protocol
+
+from ._exceptions import ProcessError, TimeoutError
+from ._serialize import loads
+from ._tasks import Failure
+
+_NOT_LOADED: Final = object()
+
+
+class Outcome:
+    """A task's result or exception, pickled as it arrived or already a Python object."""
+
+    __slots__ = ("_lock", "_payload", "_value", "ok")
+
+    def __init__(self, ok: bool, payload: bytes | None = None, value: Any = _NOT_LOADED) -> None:
+        self.ok = ok
+        self._payload = payload
+        self._value = value
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of_exception(cls, exc: BaseException) -> Outcome:
+        return cls(False, value=exc)
+
+    @classmethod
+    def of_value(cls, value: Any) -> Outcome:
+        return cls(True, value=value)
+
+    def value(self) -> Any:
+        """The task's result; raises the task's exception if it failed."""
+        with self._lock:
+            if self._value is _NOT_LOADED:
+                self._value = self._load()
+                self._payload = None
+        if self.ok:
+            return self._value
+        raise self._value
+
+    def _load(self) -> Any:
+        payload = self._payload
+        if payload is None:
+            raise ProcessError("result lost")  # unreachable: every outcome has one or the other
+        try:
+            loaded = loads(payload)
+        except Exception as exc:
+            what = "result" if self.ok else "exception"
+            self.ok = False
+            error = ProcessError(f"the task's {what} could not be unpickled here: {exc!r}")
+            error.__cause__ = exc
+            return error
+        if self.ok:
+            return loaded
+        if isinstance(loaded, Failure):
+            return loaded.to_exception()
+        return ProcessError(f"a worker sent an unexpected failure: {loaded!r}")
+
+
+class CallbackRunner:
+    """One thread that runs result callbacks in completion order, so that no
+    callback ever blocks the thread that moves results."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._idle = threading.Condition(self._lock)
+
+    def submit(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="serentak-pool-callbacks", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(call)
+
+    def _run(self) -> None:
+        while True:
+            call = self._queue.get()
+            if call is None:
+                return
+            try:
+                call()
+            finally:
+                with self._lock:
+                    self._pending -= 1
+                    if not self._pending:
+                        self._idle.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every submitted callback has run."""
+        with self._lock:
+            while self._pending:
+                self._idle.wait()
+
+    def stop(self) -> None:
+        """Let the thread exit once the queued callbacks have run."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            if thread is not threading.current_thread():
+                thread.join()
+
+
+class ResultSink(Protocol):
+    """What the pool delivers a task's outcome to."""
+
+    def _complete_chunk(self, index: int, outcome: Outcome) -> None: ...
+
+
+def _call_safely(callback: Callable[[Any], object], argument: Any) -> None:
+    try:
+        callback(argument)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()  # a failing callback must not take the pool's thread down
+
+
+class ApplyResult:
+    """The result of ``apply_async``: the stdlib's ``AsyncResult``.
+
+    Args:
+        callback: called with the result once it succeeds.
+        error_callback: called with the exception if the task fails.
+        runner: the thread that runs callbacks.
+    """
+
+    def __init__(
+        self,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        runner: CallbackRunner,
+    ) -> None:
+        self._event = threading.Event()
+        self._outcome: Outcome | None = None
+        self._callback = callback
+        self._error_callback = error_callback
+        self._runner = runner
+
+    def ready(self) -> bool:
+        """Whether the task has finished."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether the task finished without raising.
+
+        Raises:
+            ValueError: the task has not finished.
+        """
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        outcome = self._outcome
+        if outcome is None:
+            return False
+        try:
+            outcome.value()
+        except BaseException:
+            return False
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the task has finished, or ``timeout`` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The task's result; re-raises its exception, the worker's traceback as cause.
+
+        Raises:
+            serentak.TimeoutError: not ready within ``timeout`` seconds.
+        """
+        if not self._event.wait(timeout):
+            raise TimeoutError
+        outcome = self._outcome
+        if outcome is None:
+            raise ProcessError("result lost")
+        return outcome.value()
+
+    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+        self._outcome = outcome
+        if self._callback is None and self._error_callback is None:
+            self._event.set()
+        else:
+            self._runner.submit(self._finish_with_callbacks)
+
+    def _finish_with_callbacks(self) -> None:
+        outcome = self._outcome
+        try:
+            if outcome is None:
+                return
+            try:
+                value = outcome.value()
+            except BaseException as exc:
+                if self._error_callback is not None:
+                    _call_safely(self._error_callback, exc)
+            else:
+                if self._callback is not None:
+                    _call_safely(self._callback, value)
+        finally:
+            self._event.set()
+
+    def __repr__(self) -> str:
+        state = "ready" if self.ready() else "pending"
+        return f"<{type(self).__name__} {state}>"
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """The result of ``map_async``/``starmap_async``: a list, in input order.
+
+    The first failing chunk makes the whole result fail at once (as the
+    stdlib's), even while other chunks still run.
+    """
+
+    def __init__(
+        self,
+        chunks: int,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        runner: CallbackRunner,
+    ) -> None:
+        super().__init__(callback, error_callback, runner)
+        self._chunks: list[Outcome | None] = [None] * chunks
+        self._missing = chunks
+        self._lock = threading.Lock()
+        self._done = False
+        if chunks == 0:
+            self._done = True
+            super()._complete_chunk(0, Outcome.of_value([]))
+
+    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+        with self._lock:
+            if self._done:
+                return
+            if not outcome.ok:
+                self._done = True
+                final: Outcome | None = outcome
+            else:
+                self._chunks[index] = outcome
+                self._missing -= 1
+                final = _Concatenated(self._chunks) if not self._missing else None
+                self._done = final is not None
+        if final is not None:
+            super()._complete_chunk(0, final)
+
+
+class _Concatenated(Outcome):
+    """The chunks of a map, unpickled and joined only when the value is asked for."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: list[Outcome | None]) -> None:
+        super().__init__(True)
+        self._parts = parts
+
+    def _load(self) -> Any:
+        values: list[Any] = []
+        for part in self._parts:
+            if part is None:
+                raise ProcessError("a chunk of the map is missing")
+            try:
+                values.extend(part.value())
+            except BaseException as exc:
+                self.ok = False
+                return exc
+        self._parts = []
+        return values
+
+
+class _Job(Protocol):
+    """The feeder's side of a lazily consumed map: told when a chunk is consumed."""
+
+    def consumed(self) -> None: ...
+
+
+class IMapIterator:
+    """The iterator ``imap`` returns: results in input order, as they become available."""
+
+    def __init__(self, runner: CallbackRunner) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._outcomes: dict[int, Outcome] = {}
+        self._length: int | None = None  # chunks, once the input is exhausted
+        self._next_chunk = 0
+        self._items: collections.deque[Any] = collections.deque()
+        self._job: _Job | None = None
+        self._runner = runner
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result; waits up to ``timeout`` seconds for it.
+
+        Raises:
+            StopIteration: all results have been returned.
+            serentak.TimeoutError: the next result did not come in time.
+            Exception: the exception of the task that produced this position.
+        """
+        if self._items:
+            return self._items.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while True:
+                outcome = self._take()
+                if outcome is not None:
+                    break
+                if self._length is not None and self._next_chunk >= self._length:
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                self._condition.wait(remaining)
+        if self._job is not None:
+            self._job.consumed()
+        self._items.extend(outcome.value())
+        if self._items:
+            return self._items.popleft()
+        return self.next(timeout)  # an empty chunk cannot happen, but must not end iteration
+
+    def _take(self) -> Outcome | None:
+        """The next chunk's outcome, if it has arrived (holding the condition)."""
+        outcome = self._outcomes.pop(self._next_chunk, None)
+        if outcome is not None:
+            self._next_chunk += 1
+        return outcome
+
+    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+        with self._condition:
+            self._outcomes[index] = outcome
+            self._condition.notify()
+
+    def _set_length(self, chunks: int) -> None:
+        with self._condition:
+            self._length = chunks
+            self._condition.notify()
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """The iterator ``imap_unordered`` returns: results in completion order."""
+
+    def __init__(self, runner: CallbackRunner) -> None:
+        super().__init__(runner)
+        self._arrived: collections.deque[Outcome] = collections.deque()
+
+    def _take(self) -> Outcome | None:
+        if not self._arrived:
+            return None
+        self._next_chunk += 1
+        return self._arrived.popleft()
+
+    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+        with self._condition:
+            self._arrived.append(outcome)
+            self._condition.notify()

@@ -1,0 +1,247 @@
+"""Pool tasks on the wire, and the worker process that runs them.
+
+Each worker has a connection of its own to the pool's manager thread, so a
+worker that dies in the middle of a write can only garble its own channel::
+
+    manager thread                                   worker process
+    --------------                                   --------------
+                                            <------  READY            (initializer done)
+                                            <------  INIT_FAILED      (initializer raised)
+    FUNCTION  func_id, pickled callable     ------>  cache it
+    APPLY     task_id, func_id, (args, kwds) ----->  run, in arrival order
+    MAP       task_id, func_id, [item, ...] ------>  run each item
+    STARMAP   task_id, func_id, [args, ...] ------>  run each item
+                                            <------  DONE   task_id, pickled result(s)
+                                            <------  FAILED task_id, pickled Failure
+    FORGET    func_id                       ------>  drop it from the cache
+    STOP                                    ------>  exit
+
+A frame is a fixed 16-byte header (kind, func_id, task_id) and a payload: the
+envelope costs a ``struct.unpack``, not a pickle, and the payload stays raw
+bytes until whoever needs the value unpickles it (the caller's ``get()``, not
+the manager thread).
+
+A task's exception comes back whole: the exception itself if it survives a
+pickle round trip, with the worker's formatted traceback; if it does not, a
+ProcessError naming its type and message. A result that cannot be pickled
+fails its task the same way. Nothing a task does, BaseExceptions included,
+takes the worker loop down: only the process dying does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+import os
+import signal
+import struct
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from ._exceptions import ProcessError, RemoteTraceback
+from ._serialize import dumps, loads
+from ._transport import Connection
+
+_HEADER: Final = struct.Struct("<BxxxIQ")
+HEADER_SIZE: Final = _HEADER.size
+
+
+class Kind(enum.IntEnum):
+    """What a frame carries."""
+
+    FUNCTION = 1
+    FORGET = 2
+    APPLY = 3
+    MAP = 4
+    STARMAP = 5
+    STOP = 6
+    READY = 7
+    DONE = 8
+    FAILED = 9
+    INIT_FAILED = 10
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Frame:
+    """One message between the manager and a worker.
+
+    Attributes:
+        kind: what the frame carries.
+        task_id: the task it is about (task and result frames).
+        func_id: the callable it refers to (FUNCTION, FORGET and task frames).
+        payload: pickled data; a view of the receive buffer on arrival, valid
+            until the next receive on the same connection.
+    """
+
+    kind: Kind
+    task_id: int = 0
+    func_id: int = 0
+    payload: bytes | memoryview = b""
+
+    def send(self, conn: Connection) -> None:
+        """Write the frame to ``conn``."""
+        conn.send_frame(_HEADER.pack(self.kind, self.func_id, self.task_id) + self.payload)
+
+    @classmethod
+    def receive(cls, conn: Connection) -> Frame:
+        """Read one frame from ``conn``.
+
+        Raises:
+            EOFError: the other end has closed.
+            OSError: the other end died in the middle of a frame.
+        """
+        data, fds = conn.recv_frame()
+        for fd in fds:
+            os.close(fd)  # pool frames carry no descriptors
+        kind, func_id, task_id = _HEADER.unpack_from(data)
+        return cls(Kind(kind), task_id, func_id, data[HEADER_SIZE:])
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A task's exception as it travels back to the caller.
+
+    Attributes:
+        exception: the exception, if it survived a pickle round trip; else None.
+        type_name: its qualified type name.
+        message: ``str()`` of it.
+        traceback: the worker's formatted traceback.
+    """
+
+    exception: BaseException | None
+    type_name: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def of(cls, exc: BaseException, *, note: str = "") -> Failure:
+        """Capture ``exc`` (being handled) with its traceback, keeping it only if it pickles."""
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if note:
+            text = f"{note}\n{text}"
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        try:
+            kept: BaseException | None = exc
+            loads(dumps(exc))  # the caller must be able to unpickle it, too
+        except Exception as problem:
+            kept = None
+            text += f"\n(the exception could not be sent back whole: {problem!r})"
+        return cls(kept, name, str(exc), text)
+
+    def to_exception(self) -> BaseException:
+        """The exception to raise in the caller, the worker's traceback as its cause."""
+        exc = self.exception
+        if exc is None:
+            exc = ProcessError(
+                f"a task raised {self.type_name}: {self.message} "
+                "(its exception could not be pickled, see the remote traceback)"
+            )
+        exc.__cause__ = RemoteTraceback(self.traceback)
+        return exc
+
+
+def encode_failure(failure: Failure) -> bytes:
+    """Pickle ``failure``, falling back to a plain ProcessError if even that fails."""
+    try:
+        return dumps(failure)
+    except Exception:
+        return dumps(dataclasses.replace(failure, exception=None))
+
+
+def run_task(kind: Kind, func: Callable[..., Any], args: Any) -> Any:
+    """Run one task: an apply, or a chunk of a map or starmap."""
+    if kind is Kind.APPLY:
+        positional, keywords = args
+        return func(*positional, **keywords)
+    if kind is Kind.MAP:
+        return list(map(func, args))
+    return list(itertools.starmap(func, args))
+
+
+class _Worker:
+    """The worker's state: its connection and the callables the manager sent."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.functions: dict[int, Callable[..., Any]] = {}
+
+    def serve(self) -> None:
+        while True:
+            try:
+                frame = Frame.receive(self.conn)
+            except (EOFError, OSError):
+                return  # the manager is gone: nothing left to do
+            kind = frame.kind
+            if kind is Kind.STOP:
+                return
+            if kind is Kind.FUNCTION:
+                self.functions[frame.func_id] = loads(frame.payload)
+            elif kind is Kind.FORGET:
+                self.functions.pop(frame.func_id, None)
+            else:
+                self.run(frame)
+
+    def run(self, frame: Frame) -> None:
+        task_id = frame.task_id
+        try:
+            result = run_task(frame.kind, self.functions[frame.func_id], loads(frame.payload))
+        except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task
+            self.reply(Kind.FAILED, task_id, encode_failure(Failure.of(exc)))
+            return
+        try:
+            payload = dumps(result)
+        except BaseException as exc:
+            note = f"the result ({type(result).__qualname__}) could not be pickled"
+            self.reply(Kind.FAILED, task_id, encode_failure(Failure.of(exc, note=note)))
+            return
+        self.reply(Kind.DONE, task_id, payload)
+
+    def reply(self, kind: Kind, task_id: int, payload: bytes) -> None:
+        Frame(kind, task_id, 0, payload).send(self.conn)
+
+
+def worker_main(
+    conn: Connection,
+    initializer: Callable[..., object] | None,
+    initargs: Sequence[Any],
+) -> None:
+    """The target of every pool worker process."""
+    # Ctrl-C reaches the whole process group; the parent decides what it means
+    # (its pool terminates us), and workers print no KeyboardInterrupt tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            note = f"the pool's initializer {initializer!r} raised"
+            payload = encode_failure(Failure.of(exc, note=note))
+            Frame(Kind.INIT_FAILED, 0, 0, payload).send(conn)
+            return
+    Frame(Kind.READY).send(conn)
+    _Worker(conn).serve()
+
+
+def describe_exit(pid: int, exitcode: int | None) -> str:
+    """How a worker ended, for WorkerLostError messages."""
+    if exitcode is None:
+        return f"worker process {pid} ended (exit code unknown)"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = (
+            " (SIGKILL: often the kernel's out-of-memory killer)"
+            if -exitcode == signal.SIGKILL
+            else ""
+        )
+        return f"worker process {pid} was killed by {name}{hint}"
+    return f"worker process {pid} exited with code {exitcode}"
+
+
+def monotonic() -> float:
+    """The clock the pool measures task times and deadlines with."""
+    return time.monotonic()

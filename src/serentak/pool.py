@@ -1,0 +1,21 @@
+"""Pools of workers: the stdlib's ``multiprocessing.pool``."""
+
+from __future__ import annotations
+
+from ._exceptions import RemoteTraceback as RemoteTraceback
+from ._pool import Pool as Pool
+from ._results import ApplyResult as ApplyResult
+from ._results import AsyncResult as AsyncResult
+from ._results import IMapIterator as IMapIterator
+from ._results import IMapUnorderedIterator as IMapUnorderedIterator
+from ._results import MapResult as MapResult
+
+__all__ = [
+    "ApplyResult",
+    "AsyncResult",
+    "IMapIterator",
+    "IMapUnorderedIterator",
+    "MapResult",
+    "Pool",
+    "RemoteTraceback",
+]
