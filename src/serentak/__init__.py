@@ -17,6 +17,7 @@ from ._exceptions import PoolTerminatedError as PoolTerminatedError
 from ._exceptions import ProcessError as ProcessError
 from ._exceptions import TimeoutError as TimeoutError
 from ._exceptions import WorkerLostError as WorkerLostError
+from ._executor import ProcessPoolExecutor as ProcessPoolExecutor
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,7 @@ __all__ = [
     "PoolTerminatedError",
     "Process",
     "ProcessError",
+    "ProcessPoolExecutor",
     "Queue",
     "RLock",
     "RawArray",

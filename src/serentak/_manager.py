@@ -39,8 +39,8 @@ from typing import Any, Final
 
 from ._exceptions import PoolTerminatedError, TimeoutError, WorkerLostError
 from ._process import BaseProcess
-from ._results import Outcome, ResultSink
-from ._tasks import Frame, Kind, describe_exit, monotonic, worker_main
+from ._results import Outcome
+from ._tasks import Frame, Kind, Task, describe_exit, monotonic, worker_main
 from ._transport import Connection, Pipe
 
 # Tasks sent to a worker beyond the one it runs: enough that it never waits for
@@ -58,39 +58,6 @@ class PoolState(enum.Enum):
     RUN = "RUN"
     CLOSE = "CLOSE"
     TERMINATE = "TERMINATE"
-
-
-@dataclasses.dataclass(frozen=True)
-class Function:
-    """A callable, pickled once, and the id workers cache it under."""
-
-    func_id: int
-    payload: bytes
-
-
-@dataclasses.dataclass(eq=False)
-class Task:
-    """A task as the manager tracks it (owned by the manager thread once submitted).
-
-    Attributes:
-        task_id: unique in the pool.
-        kind: APPLY, MAP or STARMAP.
-        function: the callable to run.
-        payload: the pickled arguments.
-        sink: where the outcome goes, at position ``index``.
-        index: the chunk's position in its map (0 for apply).
-        timeout: seconds the task may run before its worker is killed.
-        started: when it began running (became first in its worker's queue).
-    """
-
-    task_id: int
-    kind: Kind
-    function: Function
-    payload: bytes
-    sink: ResultSink
-    index: int
-    timeout: float | None
-    started: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +93,7 @@ class _Worker:
         self.completed = 0
         self.retiring = False  # reached maxtasksperchild: gets no more tasks
         self.timed_out: Task | None = None  # killed by us because this task overran
+        self.gone = False  # exit handled, descriptors closed
 
 
 class Manager:
@@ -215,6 +183,8 @@ class Manager:
                         self._take_commands()
                     else:
                         kind, worker = key.data
+                        if worker.gone:
+                            continue  # its exit, earlier in this batch, was handled
                         if kind == "conn":
                             self._read_results(worker)
                         else:
@@ -293,6 +263,7 @@ class Manager:
         return worker
 
     def _forget(self, worker: _Worker) -> None:
+        worker.gone = True
         for fd in (worker.conn.fileno(), worker.sentinel):
             try:
                 self._selector.unregister(fd)
@@ -394,13 +365,15 @@ class Manager:
             if self._maxtasks is not None:
                 capacity = min(capacity, self._maxtasks - worker.completed - len(worker.in_flight))
             while capacity > 0 and self._pending:
-                task = self._pending.popleft()
-                self._send_task(worker, task)
-                capacity -= 1
+                if self._send_task(worker, self._pending.popleft()):
+                    capacity -= 1
             if not self._pending:
                 return
 
-    def _send_task(self, worker: _Worker, task: Task) -> None:
+    def _send_task(self, worker: _Worker, task: Task) -> bool:
+        """Send ``task`` to ``worker``; False if its sink withdrew it (cancelled)."""
+        if not task.sink._claim():
+            return False
         function = task.function
         if function.func_id in worker.known:
             worker.known.move_to_end(function.func_id)
@@ -414,6 +387,7 @@ class Manager:
             task.started = monotonic()
         worker.in_flight.append(task)
         self._send(worker, Frame(task.kind, task.task_id, function.func_id, task.payload))
+        return True
 
     def _next_timeout(self) -> float | None:
         deadlines = [

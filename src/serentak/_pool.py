@@ -2,21 +2,20 @@
 
 ::
 
-    caller threads                 feeder thread                 manager thread (_manager.py)
-    --------------                 -------------                 --------------
-    apply_async: pickle args  ---------------------------------> Submit(task)
+    caller threads                 feeder thread (_feeder.py)       engine
+    --------------                 -------------                    ------
+    apply_async: encode args  -------------------------------->    dispatch(task)
     map / imap / starmap:
-      a MapJob  ---------------->  pull chunks from the input,
-                                   pickle them, at most `window`
-                                   ahead of what was consumed ->  Submit(tasks)
-    close()  ------------------->  after the last job  -------->  Close
-    terminate()  ----------------------------------------------> Terminate
-    get() / next(): unpickle results  <--------------------------  outcomes
+      a MapJob  ---------------->  chunks, encoded, with
+                                   bounded look-ahead  --------->    dispatch(task)
+    close()  ------------------->  after the last job  --------->    close()
+    terminate()  --------------------------------------------->    terminate()
+    get() / next(): decode results  <-----------------------------   outcomes
 
-Pickling happens in the caller's thread or the feeder's, never in the manager
-thread, and so do the user's iterables: a slow generator never stalls the
-movement of results. Input is consumed with bounded look-ahead, so
-``imap(f, itertools.count())`` runs in constant memory.
+:class:`BasePool` is the API; an engine runs the tasks. :class:`Pool`'s engine
+is the manager thread of ``_manager.py`` and worker processes (tasks pickled
+in the caller's or the feeder's thread, never in the manager's);
+``ThreadPool``'s is a set of threads (nothing pickled).
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ import itertools
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
-from ._exceptions import PoolTerminatedError
-from ._manager import Close, Function, Manager, PoolState, Submit, Task, Terminate
+from ._feeder import Feeder, MapJob, chunks
+from ._manager import Close, Manager, PoolState, Submit, Terminate
 from ._process import BaseProcess
 from ._results import (
     ApplyResult,
@@ -38,16 +37,42 @@ from ._results import (
     IMapUnorderedIterator,
     MapResult,
     Outcome,
-    ResultSink,
 )
 from ._serialize import dumps
-from ._tasks import Kind
+from ._tasks import Function, Kind, ResultSink, Task
 
 _T = TypeVar("_T")
-_P = TypeVar("_P", bound="Pool")
-# Registered callables a pool keeps pickled (by identity); a program that makes
-# a new lambda per call does not grow the cache past this.
+_P = TypeVar("_P", bound="BasePool")
+# Callables a pool keeps pickled (by identity); a program that makes a new
+# lambda per call does not grow the cache past this.
 FUNCTION_CACHE: Final = 256
+
+
+class Engine(Protocol):
+    """What runs a pool's tasks. Holds no reference to the pool, so that a pool
+    dropped while running can be collected and its finalizer stop the engine."""
+
+    @property
+    def kills_overdue_tasks(self) -> bool:
+        """Whether ``timeout=`` can be enforced (a thread cannot be stopped)."""
+
+    def function(self, func: Callable[..., Any]) -> Function:
+        """``func`` as workers receive it."""
+
+    def encode(self, obj: Any) -> Any:
+        """A task's arguments as workers receive them."""
+
+    def dispatch(self, task: Task) -> None:
+        """Run ``task`` (thread-safe; returns at once)."""
+
+    def close(self) -> None:
+        """No more tasks: stop the workers once the queued ones are done."""
+
+    def terminate(self) -> None:
+        """Fail every unfinished task and stop the workers, now; return when stopped."""
+
+    def join(self) -> None:
+        """Wait until the workers have stopped."""
 
 
 class _FunctionRegistry:
@@ -62,6 +87,7 @@ class _FunctionRegistry:
         self._ids = itertools.count(1)
 
     def register(self, func: Callable[..., Any]) -> Function:
+        """``func`` pickled, once per pool for as long as it stays in the cache."""
         key = id(func)
         with self._lock:
             entry = self._entries.get(key)
@@ -76,187 +102,33 @@ class _FunctionRegistry:
         return function
 
 
-class _MapJob:
-    """One map-family call being fed: its input, chunked, and how far ahead it may go.
+class _ProcessEngine:
+    """Worker processes behind a manager thread: see ``_manager.py``."""
 
-    Look-ahead is counted in chunks submitted and not yet released. A map
-    releases a chunk when its result arrives; an imap when the caller consumes
-    it, so an unread imap stops pulling its input (until the pool is closed:
-    then, as in the stdlib, everything is computed so that join() returns).
-    An imap whose iterator the caller dropped is abandoned.
-    """
+    kills_overdue_tasks = True
 
-    def __init__(
-        self,
-        feeder: _Feeder,
-        kind: Kind,
-        function: Function,
-        chunks: Iterator[list[Any]],
-        sink: ResultSink,
-        timeout: float | None,
-        window: int,
-        *,
-        lazy: bool,
-    ) -> None:
-        self.feeder = feeder
-        self.kind = kind
-        self.function = function
-        self.chunks = chunks
-        self.timeout = timeout
-        self.window = window
-        self.lazy = lazy
-        self.submitted = 0
-        self.released = 0
-        self.completed = 0
-        self._strong_sink: ResultSink | None = None
-        self._weak_sink: weakref.ref[Any] | None = None
-        if lazy:
-            self._weak_sink = weakref.ref(sink, lambda _: feeder.wake())
-        else:
-            self._strong_sink = sink
-
-    @property
-    def sink(self) -> ResultSink | None:
-        """Where outcomes go; None once the caller dropped its imap iterator."""
-        if self._weak_sink is not None:
-            sink: ResultSink | None = self._weak_sink()
-            return sink
-        return self._strong_sink
-
-    def consumed(self) -> None:
-        """The caller consumed a chunk's result (imap)."""
-        self.feeder.release(self, consumed=True)
-
-    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
-        sink = self.sink
-        if sink is not None:
-            sink._complete_chunk(index, outcome)
-        self.feeder.release(self, consumed=False)
-
-
-class _Feeder:
-    """The thread that turns map inputs into pickled tasks, round-robin across calls."""
-
-    def __init__(self, manager: Manager, next_task_id: Callable[[], int]) -> None:
+    def __init__(self, manager: Manager) -> None:
         self._manager = manager
-        self._next_task_id = next_task_id
-        self._condition = threading.Condition()
-        self._jobs: collections.deque[_MapJob] = collections.deque()
-        self._closing = False
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="serentak-pool-feeder", daemon=True)
-        self._thread.start()
+        self._functions = _FunctionRegistry()
 
-    def add(self, job: _MapJob) -> None:
-        with self._condition:
-            self._jobs.append(job)
-            self._condition.notify()
+    def function(self, func: Callable[..., Any]) -> Function:
+        return self._functions.register(func)
 
-    def release(self, job: _MapJob, *, consumed: bool) -> None:
-        """A chunk of ``job`` completed (consumed=False) or was consumed (True)."""
-        with self._condition:
-            if consumed:
-                job.released += 1
-            else:
-                job.completed += 1
-            self._condition.notify()
+    def encode(self, obj: Any) -> bytes:
+        return dumps(obj)
 
-    def wake(self) -> None:
-        with self._condition:
-            self._condition.notify()
-
-    def _may_feed(self, job: _MapJob) -> bool:
-        # A map releases on completion; an imap on consumption, or on
-        # completion once the pool is closing (nobody may read before join()).
-        released = job.released if job.lazy and not self._closing else job.completed
-        return job.sink is None or job.submitted - released < job.window
-
-    def close(self) -> None:
-        """Feed what was added, then tell the manager no more tasks will come."""
-        with self._condition:
-            self._closing = True
-            self._condition.notify()
-
-    def stop(self) -> None:
-        """Abandon the jobs (terminate): their unsent chunks fail."""
-        with self._condition:
-            self._stopped = True
-            self._condition.notify()
-
-    def join(self) -> None:
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def _next_job(self) -> _MapJob | None:
-        """The next job allowed to feed a chunk; None when the feeder should exit."""
-        with self._condition:
-            while True:
-                if self._stopped:
-                    return None
-                for _ in range(len(self._jobs)):
-                    job = self._jobs[0]
-                    self._jobs.rotate(-1)
-                    if self._may_feed(job):
-                        return job
-                if not self._jobs and self._closing:
-                    return None
-                self._condition.wait()
-
-    def _run(self) -> None:
-        while (job := self._next_job()) is not None:
-            self._feed_one(job)
-        with self._condition:
-            abandoned = list(self._jobs)
-            self._jobs.clear()
-        reason = PoolTerminatedError("the pool was terminated before the task was sent")
-        for job in abandoned:
-            self._finish(job, failure=reason)
-        if not self._stopped:
-            self._manager.send(Close())
-
-    def _feed_one(self, job: _MapJob) -> None:
-        sink = job.sink
-        if sink is None:
-            self._finish(job)  # the caller dropped its imap iterator
-            return
-        index = job.submitted
-        try:
-            chunk = next(job.chunks)
-        except StopIteration:
-            self._finish(job)
-            return
-        except BaseException as exc:  # the user's iterable raised: that position fails
-            job.submitted += 1
-            sink._complete_chunk(index, Outcome.of_exception(exc))
-            self._finish(job)
-            return
-        job.submitted += 1
-        try:
-            payload = dumps(chunk)
-        except BaseException as exc:
-            job._complete_chunk(index, Outcome.of_exception(exc))
-            return
-        task = Task(self._next_task_id(), job.kind, job.function, payload, job, index, job.timeout)
+    def dispatch(self, task: Task) -> None:
         self._manager.send(Submit((task,)))
 
-    def _finish(self, job: _MapJob, failure: BaseException | None = None) -> None:
-        with self._condition:
-            if job in self._jobs:
-                self._jobs.remove(job)
-        sink = job.sink
-        if sink is None:
-            return
-        if failure is not None:
-            sink._complete_chunk(job.submitted, Outcome.of_exception(failure))
-            job.submitted += 1
-        if isinstance(sink, IMapIterator):
-            sink._set_length(job.submitted)
+    def close(self) -> None:
+        self._manager.send(Close())
 
+    def terminate(self) -> None:
+        self._manager.send(Terminate())
+        self._manager.join()
 
-def _chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(iterable)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
+    def join(self) -> None:
+        self._manager.join()
 
 
 def _default_chunksize(length: int, processes: int) -> int:
@@ -265,77 +137,41 @@ def _default_chunksize(length: int, processes: int) -> int:
     return chunksize + 1 if extra else max(chunksize, 1)
 
 
-class Pool:
-    """A pool of worker processes: the stdlib's ``multiprocessing.Pool`` API.
+def _shutdown(engine: Engine, feeder: Feeder) -> None:
+    feeder.stop()
+    engine.terminate()
+    feeder.join()
+
+
+class BasePool:
+    """The stdlib's Pool API over an engine.
 
     Args:
-        processes: number of workers; by default ``os.cpu_count()``.
-        initializer: called with ``initargs`` in each worker when it starts.
-        initargs: arguments for ``initializer``.
-        maxtasksperchild: tasks (chunks) a worker runs before it is replaced.
-        context: the context (start method) to start workers with.
-
-    Raises:
-        ValueError: ``processes`` < 1 or ``maxtasksperchild`` < 1.
-        TypeError: ``initializer`` is not callable.
-
-    Beyond the stdlib: a worker that dies fails only the task it was running
-    (:class:`serentak.WorkerLostError`), is replaced, and every other result
-    arrives; ``timeout=`` on the submitting methods bounds how long one task
-    may run (for chunked maps, one chunk), after which its worker is killed
-    and the task fails with :class:`serentak.TimeoutError`.
+        engine: what runs the tasks.
+        processes: how many workers the engine has.
     """
 
-    _Process: Callable[..., BaseProcess] | None = None
-
-    def __init__(
-        self,
-        processes: int | None = None,
-        initializer: Callable[..., object] | None = None,
-        initargs: Sequence[Any] = (),
-        maxtasksperchild: int | None = None,
-        context: Any = None,
-    ) -> None:
-        from ._context import default_context
-
-        ctx = context if context is not None else default_context.get_context()
-        if processes is None:
-            processes = ctx.cpu_count()
-        if not isinstance(processes, int) or processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None and (
-            not isinstance(maxtasksperchild, int) or maxtasksperchild < 1
-        ):
-            raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+    def __init__(self, engine: Engine, processes: int) -> None:
+        self._engine = engine
         self._processes = processes
-        self._ctx = ctx
         self._task_ids = itertools.count(1)
-        self._functions = _FunctionRegistry()
         self._callbacks = CallbackRunner()
         self._state = PoolState.RUN
         self._state_lock = threading.Lock()
-        process_class = ctx.Process
-        worker_names = itertools.count(1)
-
-        def make_process(target: Callable[..., object], args: tuple[Any, ...]) -> BaseProcess:
-            process: BaseProcess = process_class(target=target, args=args, daemon=True)
-            process.name = process.name.rsplit("-", 1)[0].replace("Process", "PoolWorker")
-            process.name += f"-{next(worker_names)}"
-            return process
-
-        self._manager = Manager(make_process, processes, initializer, initargs, maxtasksperchild)
-        self._manager.start()
-        self._feeder = _Feeder(self._manager, self._next_task_id)
-        # A pool dropped while running is terminated, not leaked.
-        self._finalizer = weakref.finalize(self, _terminate, self._manager, self._feeder)
+        self._feeder = Feeder(engine.dispatch, engine.encode, self._task_ids.__next__, engine.close)
+        # A pool dropped while running is stopped, not leaked.
+        self._finalizer = weakref.finalize(self, _shutdown, engine, self._feeder)
 
     # ---- lifecycle ------------------------------------------------------------------
 
-    def _check_running(self) -> None:
+    def _check_running(self, timeout: float | None = None) -> None:
         if self._state is not PoolState.RUN:
             raise ValueError("Pool not running")
+        if timeout is not None:
+            if not self._engine.kills_overdue_tasks:
+                raise ValueError(f"{type(self).__name__} cannot stop a running task: no timeout=")
+            if timeout <= 0:
+                raise ValueError(f"timeout must be positive, got {timeout!r}")
 
     def close(self) -> None:
         """Accept no more tasks; the workers exit once the queued ones are done."""
@@ -360,7 +196,7 @@ class Pool:
         if self._state is PoolState.RUN:
             raise ValueError("Pool is still running")
         self._feeder.join()
-        self._manager.join()
+        self._engine.join()
         self._callbacks.drain()
         self._callbacks.stop()
 
@@ -374,9 +210,6 @@ class Pool:
     def __repr__(self) -> str:
         name = f"{type(self).__module__}.{type(self).__qualname__}"
         return f"<{name} state={self._state.value} pool_size={self._processes}>"
-
-    def _next_task_id(self) -> int:
-        return next(self._task_ids)
 
     # ---- apply ------------------------------------------------------------------------
 
@@ -412,19 +245,31 @@ class Pool:
             error_callback: called with the exception if the task fails.
             timeout: seconds the task may run before its worker is killed.
         """
-        self._check_running()
+        self._check_running(timeout)
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
         result = ApplyResult(callback, error_callback, self._callbacks)
-        try:
-            function = self._functions.register(func)
-            payload = dumps((tuple(args), dict(kwds or {})))
-        except BaseException as exc:  # this task alone fails, as the stdlib reports it
-            result._complete_chunk(0, Outcome.of_exception(exc))
-            return result
-        task = Task(self._next_task_id(), Kind.APPLY, function, payload, result, 0, timeout)
-        self._manager.send(Submit((task,)))
+        self._apply_to(result, func, args, kwds, timeout)
         return result
+
+    def _apply_to(
+        self,
+        sink: ResultSink,
+        func: Callable[..., Any],
+        args: Iterable[Any],
+        kwds: Mapping[str, Any] | None,
+        timeout: float | None,
+    ) -> None:
+        """Run ``func(*args, **kwds)``; its outcome goes to ``sink``."""
+        try:
+            function = self._engine.function(func)
+            payload = self._engine.encode((tuple(args), dict(kwds or {})))
+        except BaseException as exc:  # this task alone fails, as the stdlib reports it
+            sink._complete_chunk(0, Outcome.of_exception(exc))
+            return
+        self._engine.dispatch(
+            Task(next(self._task_ids), Kind.APPLY, function, payload, sink, 0, timeout)
+        )
 
     # ---- map family --------------------------------------------------------------------
 
@@ -491,7 +336,7 @@ class Pool:
         timeout: float | None = None,
     ) -> IMapIterator:
         """A lazy map(): results in order as they come, the input read with bounded look-ahead."""
-        return self._imap(IMapIterator, func, iterable, chunksize, timeout)
+        return self._imap(IMapIterator, Kind.MAP, func, iterable, chunksize, timeout)
 
     def imap_unordered(
         self,
@@ -502,7 +347,7 @@ class Pool:
         timeout: float | None = None,
     ) -> IMapIterator:
         """Like imap(), results in the order they complete."""
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, timeout)
+        return self._imap(IMapUnorderedIterator, Kind.MAP, func, iterable, chunksize, timeout)
 
     def _map_async(
         self,
@@ -514,7 +359,7 @@ class Pool:
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> MapResult:
-        self._check_running()
+        self._check_running(timeout)
         function = self._register(func)
         items = iterable if isinstance(iterable, Sequence) else list(iterable)
         if chunksize is None:
@@ -524,31 +369,32 @@ class Pool:
         count = (len(items) + chunksize - 1) // chunksize
         result = MapResult(count, callback, error_callback, self._callbacks)
         if count:
-            self._add_job(kind, function, _chunks(items, chunksize), result, timeout, lazy=False)
+            self._add_job(kind, function, chunks(items, chunksize), result, timeout, lazy=False)
         return result
 
     def _imap(
         self,
         iterator_class: type[IMapIterator],
+        kind: Kind,
         func: Callable[..., Any],
         iterable: Iterable[Any],
         chunksize: int,
         timeout: float | None,
     ) -> IMapIterator:
-        self._check_running()
+        self._check_running(timeout)
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
         function = self._register(func)
         result = iterator_class(self._callbacks)
         result._job = self._add_job(
-            Kind.MAP, function, _chunks(iterable, chunksize), result, timeout, lazy=True
+            kind, function, chunks(iterable, chunksize), result, timeout, lazy=True
         )
         return result
 
     def _register(self, func: Callable[..., Any]) -> Function:
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
-        return self._functions.register(func)
+        return self._engine.function(func)
 
     def _add_job(
         self,
@@ -559,16 +405,77 @@ class Pool:
         timeout: float | None,
         *,
         lazy: bool,
-    ) -> _MapJob:
+    ) -> MapJob:
         # Enough chunks ahead to keep every worker busy with some to spare.
         window = 4 * self._processes + 4
-        job = _MapJob(self._feeder, kind, function, chunks, sink, timeout, window, lazy=lazy)
+        job = MapJob(self._feeder, kind, function, chunks, sink, timeout, window, lazy=lazy)
         self._feeder.add(job)
         return job
 
 
-def _terminate(manager: Manager, feeder: _Feeder) -> None:
-    feeder.stop()
-    manager.send(Terminate())
-    feeder.join()
-    manager.join()
+class Pool(BasePool):
+    """A pool of worker processes: the stdlib's ``multiprocessing.Pool`` API.
+
+    Args:
+        processes: number of workers; by default ``os.cpu_count()``.
+        initializer: called with ``initargs`` in each worker when it starts.
+        initargs: arguments for ``initializer``.
+        maxtasksperchild: tasks (chunks) a worker runs before it is replaced.
+        context: the context (start method) to start workers with.
+
+    Raises:
+        ValueError: ``processes`` < 1 or ``maxtasksperchild`` < 1.
+        TypeError: ``initializer`` is not callable.
+
+    Beyond the stdlib: a worker that dies fails only the task it was running
+    (:class:`serentak.WorkerLostError`), is replaced, and every other result
+    arrives; ``timeout=`` on the submitting methods bounds how long one task
+    may run (for chunked maps, one chunk), after which its worker is killed
+    and the task fails with :class:`serentak.TimeoutError`.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Sequence[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+    ) -> None:
+        from ._context import default_context
+
+        ctx = context if context is not None else default_context.get_context()
+        processes = check_pool_arguments(processes, initializer, maxtasksperchild, ctx.cpu_count)
+        process_class = ctx.Process
+        worker_names = itertools.count(1)
+
+        def make_process(target: Callable[..., object], args: tuple[Any, ...]) -> BaseProcess:
+            process: BaseProcess = process_class(target=target, args=args, daemon=True)
+            prefix = process.name.rsplit("-", 1)[0].replace("Process", "PoolWorker")
+            process.name = f"{prefix}-{next(worker_names)}"
+            return process
+
+        manager = Manager(make_process, processes, initializer, initargs, maxtasksperchild)
+        manager.start()
+        super().__init__(_ProcessEngine(manager), processes)
+        self._manager = manager
+
+
+def check_pool_arguments(
+    processes: int | None,
+    initializer: Callable[..., object] | None,
+    maxtasksperchild: int | None,
+    cpu_count: Callable[[], int],
+) -> int:
+    """Validate the constructor's arguments as the stdlib does; the worker count."""
+    if processes is None:
+        processes = cpu_count()
+    if not isinstance(processes, int) or processes < 1:
+        raise ValueError("Number of processes must be at least 1")
+    if maxtasksperchild is not None and (
+        not isinstance(maxtasksperchild, int) or maxtasksperchild < 1
+    ):
+        raise ValueError("maxtasksperchild must be a positive int or None")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    return processes

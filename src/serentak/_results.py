@@ -131,12 +131,6 @@ class CallbackRunner:
                 thread.join()
 
 
-class ResultSink(Protocol):
-    """What the pool delivers a task's outcome to."""
-
-    def _complete_chunk(self, index: int, outcome: Outcome) -> None: ...
-
-
 def _call_safely(callback: Callable[[Any], object], argument: Any) -> None:
     try:
         callback(argument)
@@ -204,6 +198,9 @@ class ApplyResult:
         if outcome is None:
             raise ProcessError("result lost")
         return outcome.value()
+
+    def _claim(self) -> bool:
+        return True
 
     def _complete_chunk(self, index: int, outcome: Outcome) -> None:
         self._outcome = outcome
@@ -357,6 +354,9 @@ class IMapIterator:
         if outcome is not None:
             self._next_chunk += 1
         return outcome
+
+    def _claim(self) -> bool:
+        return True
 
     def _complete_chunk(self, index: int, outcome: Outcome) -> None:
         with self._condition:

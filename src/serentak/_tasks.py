@@ -39,11 +39,14 @@ import struct
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._exceptions import ProcessError, RemoteTraceback
 from ._serialize import dumps, loads
 from ._transport import Connection
+
+if TYPE_CHECKING:
+    from ._results import Outcome
 
 _HEADER: Final = struct.Struct("<BxxxIQ")
 HEADER_SIZE: Final = _HEADER.size
@@ -62,6 +65,50 @@ class Kind(enum.IntEnum):
     DONE = 8
     FAILED = 9
     INIT_FAILED = 10
+
+
+class ResultSink(Protocol):
+    """Where a task's outcome goes: a result object, a map job, a future."""
+
+    def _claim(self) -> bool:
+        """Called just before the task is handed to a worker; False drops it (cancelled)."""
+
+    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+        """The task at position ``index`` ended with ``outcome``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Function:
+    """A callable as workers receive it: pickled once (processes) or as is (threads),
+    and the id workers cache it under."""
+
+    func_id: int
+    payload: Any
+
+
+@dataclasses.dataclass(eq=False)
+class Task:
+    """A task as the engine tracks it (owned by the engine's thread once submitted).
+
+    Attributes:
+        task_id: unique in the pool.
+        kind: APPLY, MAP or STARMAP.
+        function: the callable to run.
+        payload: the arguments: pickled for processes, as is for threads.
+        sink: where the outcome goes, at position ``index``.
+        index: the chunk's position in its map (0 for apply).
+        timeout: seconds the task may run before its worker is killed.
+        started: when it began running (became first in its worker's queue).
+    """
+
+    task_id: int
+    kind: Kind
+    function: Function
+    payload: Any
+    sink: ResultSink
+    index: int
+    timeout: float | None
+    started: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -9,13 +9,6 @@ from ._results import AsyncResult as AsyncResult
 from ._results import IMapIterator as IMapIterator
 from ._results import IMapUnorderedIterator as IMapUnorderedIterator
 from ._results import MapResult as MapResult
+from ._threadpool import ThreadPool as ThreadPool
 
-__all__ = [
-    "ApplyResult",
-    "AsyncResult",
-    "IMapIterator",
-    "IMapUnorderedIterator",
-    "MapResult",
-    "Pool",
-    "RemoteTraceback",
-]
+__all__ = ["Pool", "ThreadPool"]

@@ -1,0 +1,151 @@
+"""``ProcessPoolExecutor``: the ``concurrent.futures`` interface on serentak's pool.
+
+::
+
+    submit(fn, *args)  -> Future  ---- the Pool's engine runs it ---->  outcome
+    Future: RUNNING when handed to a worker (cancel() works until then),
+            then result or exception, set from the pool's callback thread
+
+Unlike the stdlib's, a worker that dies fails only its own future
+(:class:`serentak.WorkerLostError`); the executor carries on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from ._exceptions import TimeoutError
+from ._pool import Pool
+from ._results import CallbackRunner, IMapIterator, Outcome
+from ._tasks import Kind
+
+_T = TypeVar("_T")
+
+
+class _FutureSink:
+    """Delivers a task's outcome to a Future."""
+
+    def __init__(self, future: concurrent.futures.Future[Any], runner: CallbackRunner) -> None:
+        self._future = future
+        self._runner = runner
+
+    def _claim(self) -> bool:
+        # Claimed again when a task sent ahead to a worker that died is re-queued.
+        return self._future.running() or self._future.set_running_or_notify_cancel()
+
+    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+        # Setting a Future runs its done-callbacks: not in the pool's manager thread.
+        self._runner.submit(lambda: self._settle(outcome))
+
+    def _settle(self, outcome: Outcome) -> None:
+        if self._future.cancelled():
+            return
+        try:
+            value = outcome.value()
+        except BaseException as exc:
+            self._future.set_exception(exc)
+        else:
+            self._future.set_result(value)
+
+
+class ProcessPoolExecutor(concurrent.futures.Executor):
+    """An Executor running calls in worker processes.
+
+    Args:
+        max_workers: number of workers; by default ``os.cpu_count()``.
+        mp_context: the context (start method) to start workers with.
+        initializer: called with ``initargs`` in each worker when it starts.
+        initargs: arguments for ``initializer``.
+        max_tasks_per_child: tasks a worker runs before it is replaced.
+
+    Raises:
+        ValueError: ``max_workers`` is not positive.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Sequence[Any] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._pool = Pool(max_workers, initializer, initargs, max_tasks_per_child, mp_context)
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._unfinished: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()
+
+    def submit(
+        self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[_T]:
+        """Schedule ``fn(*args, **kwargs)``; return its Future.
+
+        Raises:
+            RuntimeError: after shutdown().
+        """
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+            self._unfinished.add(future)
+            self._pool._apply_to(_FutureSink(future, self._pool._callbacks), fn, args, kwargs, None)
+            return future
+
+    def map(
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[_T]:
+        """Like ``map(fn, *iterables)``, computed by the workers, results in order.
+
+        Raises:
+            TimeoutError: (on iteration) a result is not ready ``timeout``
+                seconds after this call.
+        """
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        end = None if timeout is None else time.monotonic() + timeout
+        arguments = zip(*iterables)  # noqa: B905 (map() stops at the shortest, as zip does)
+        results = self._pool._imap(IMapIterator, Kind.STARMAP, fn, arguments, chunksize, None)
+        return _until(results, end)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more calls; with ``wait``, return once every call has finished.
+
+        Args:
+            wait: wait for the pending calls and the workers' exit.
+            cancel_futures: cancel the calls no worker has started.
+        """
+        with self._shutdown_lock:
+            self._shutdown = True
+        if cancel_futures:
+            for future in list(self._unfinished):
+                future.cancel()
+        self._pool.close()
+        if wait:
+            self._pool.join()
+
+
+def _until(results: IMapIterator, end: float | None) -> Iterator[Any]:
+    while True:
+        remaining = None if end is None else end - time.monotonic()
+        try:
+            yield results.next(remaining)
+        except StopIteration:
+            return
+        except TimeoutError:
+            # 3.10's concurrent.futures.TimeoutError is not the builtin one.
+            if sys.version_info < (3, 11):
+                raise concurrent.futures.TimeoutError from None
+            raise

@@ -1,0 +1,234 @@
+"""The feeder thread: map inputs turned into tasks, with bounded look-ahead.
+
+::
+
+    caller                      feeder thread                              engine
+    ------                      -------------                              ------
+    map / imap / starmap  --->  MapJob: pull the next chunk of the input,
+                                encode it (pickle, for processes),
+                                while the job is under its window  ----->  dispatch(task)
+    imap consumer: next() --->  release one chunk of window
+    (map: a chunk completes --> release one chunk of window)
+    close() --------------->    after the last chunk of the last job --->  on_closed()
+
+The user's iterables run here, never in the engine's thread, so a slow or
+blocking generator cannot stall the movement of results. Several calls feed
+round-robin.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ._exceptions import PoolTerminatedError
+from ._results import IMapIterator, Outcome
+from ._tasks import Function, Kind, ResultSink, Task
+
+
+def chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``iterable`` cut into lists of ``size`` items (the last may be shorter)."""
+    iterator = iter(iterable)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+class MapJob:
+    """One map-family call being fed: its input, chunked, and how far ahead it may go.
+
+    Look-ahead counts chunks submitted and not yet released. A map releases a
+    chunk when its result arrives; an imap when the caller consumes it, so an
+    unread imap stops pulling its input (once the pool is closed, an imap
+    releases on arrival too, as nobody may read before join()). An imap whose
+    iterator the caller dropped is abandoned.
+
+    A MapJob is the sink of its own tasks: it forwards outcomes to the
+    caller's result object and counts them.
+    """
+
+    def __init__(
+        self,
+        feeder: Feeder,
+        kind: Kind,
+        function: Function,
+        chunks: Iterator[list[Any]],
+        sink: ResultSink,
+        timeout: float | None,
+        window: int,
+        *,
+        lazy: bool,
+    ) -> None:
+        self.feeder = feeder
+        self.kind = kind
+        self.function = function
+        self.chunks = chunks
+        self.timeout = timeout
+        self.window = window
+        self.lazy = lazy
+        self.submitted = 0
+        self.released = 0
+        self.completed = 0
+        self._strong_sink: ResultSink | None = None
+        self._weak_sink: weakref.ref[Any] | None = None
+        if lazy:
+            self._weak_sink = weakref.ref(sink, lambda _: feeder.wake())
+        else:
+            self._strong_sink = sink
+
+    @property
+    def sink(self) -> ResultSink | None:
+        """Where outcomes go; None once the caller dropped its imap iterator."""
+        if self._weak_sink is not None:
+            sink: ResultSink | None = self._weak_sink()
+            return sink
+        return self._strong_sink
+
+    def consumed(self) -> None:
+        """The caller consumed a chunk's result (imap)."""
+        self.feeder.release(self, consumed=True)
+
+    def _claim(self) -> bool:
+        return True
+
+    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink._complete_chunk(index, outcome)
+        self.feeder.release(self, consumed=False)
+
+
+class Feeder:
+    """The thread that turns map inputs into tasks, round-robin across calls.
+
+    Args:
+        dispatch: hands a task to the engine.
+        encode: turns a chunk into a task payload (pickles it, for processes).
+        next_task_id: the pool's task numbering.
+        on_closed: called once, after the last chunk of the last job, when
+            the pool was closed (not terminated).
+    """
+
+    def __init__(
+        self,
+        dispatch: Callable[[Task], None],
+        encode: Callable[[Any], Any],
+        next_task_id: Callable[[], int],
+        on_closed: Callable[[], None],
+    ) -> None:
+        self._dispatch = dispatch
+        self._encode = encode
+        self._next_task_id = next_task_id
+        self._on_closed = on_closed
+        self._condition = threading.Condition()
+        self._jobs: collections.deque[MapJob] = collections.deque()
+        self._closing = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="serentak-pool-feeder", daemon=True)
+        self._thread.start()
+
+    def add(self, job: MapJob) -> None:
+        with self._condition:
+            self._jobs.append(job)
+            self._condition.notify()
+
+    def release(self, job: MapJob, *, consumed: bool) -> None:
+        """A chunk of ``job`` completed (consumed=False) or was consumed (True)."""
+        with self._condition:
+            if consumed:
+                job.released += 1
+            else:
+                job.completed += 1
+            self._condition.notify()
+
+    def wake(self) -> None:
+        with self._condition:
+            self._condition.notify()
+
+    def close(self) -> None:
+        """Feed what was added, then call ``on_closed``."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
+
+    def stop(self) -> None:
+        """Abandon the jobs (terminate): their unsent chunks fail."""
+        with self._condition:
+            self._stopped = True
+            self._condition.notify()
+
+    def join(self) -> None:
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _may_feed(self, job: MapJob) -> bool:
+        released = job.released if job.lazy and not self._closing else job.completed
+        return job.sink is None or job.submitted - released < job.window
+
+    def _next_job(self) -> MapJob | None:
+        """The next job allowed to feed a chunk; None when the feeder should exit."""
+        with self._condition:
+            while True:
+                if self._stopped:
+                    return None
+                for _ in range(len(self._jobs)):
+                    job = self._jobs[0]
+                    self._jobs.rotate(-1)
+                    if self._may_feed(job):
+                        return job
+                if not self._jobs and self._closing:
+                    return None
+                self._condition.wait()
+
+    def _run(self) -> None:
+        while (job := self._next_job()) is not None:
+            self._feed_one(job)
+        with self._condition:
+            abandoned = list(self._jobs)
+            self._jobs.clear()
+        reason = PoolTerminatedError("the pool was terminated before the task was sent")
+        for job in abandoned:
+            self._finish(job, failure=reason)
+        if not self._stopped:
+            self._on_closed()
+
+    def _feed_one(self, job: MapJob) -> None:
+        sink = job.sink
+        if sink is None:
+            self._finish(job)  # the caller dropped its imap iterator
+            return
+        index = job.submitted
+        try:
+            chunk = next(job.chunks)
+        except StopIteration:
+            self._finish(job)
+            return
+        except BaseException as exc:  # the user's iterable raised: that position fails
+            job.submitted += 1
+            sink._complete_chunk(index, Outcome.of_exception(exc))
+            self._finish(job)
+            return
+        job.submitted += 1
+        try:
+            payload = self._encode(chunk)
+        except BaseException as exc:
+            job._complete_chunk(index, Outcome.of_exception(exc))
+            return
+        task = Task(self._next_task_id(), job.kind, job.function, payload, job, index, job.timeout)
+        self._dispatch(task)
+
+    def _finish(self, job: MapJob, failure: BaseException | None = None) -> None:
+        with self._condition:
+            if job in self._jobs:
+                self._jobs.remove(job)
+        sink = job.sink
+        if sink is None:
+            return
+        if failure is not None:
+            sink._complete_chunk(job.submitted, Outcome.of_exception(failure))
+            job.submitted += 1
+        if isinstance(sink, IMapIterator):
+            sink._set_length(job.submitted)

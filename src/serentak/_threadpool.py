@@ -1,0 +1,127 @@
+"""``ThreadPool``: the Pool API on threads of this process.
+
+::
+
+    callers / feeder  --dispatch(task)-->  queue  -->  worker threads: run, complete the sink
+
+Nothing is pickled: arguments and results are shared objects, as with the
+stdlib's ``multiprocessing.pool.ThreadPool``. A thread cannot be stopped from
+outside, so ``timeout=`` is refused and terminate() lets running tasks finish.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._exceptions import PoolTerminatedError
+from ._pool import BasePool, check_pool_arguments
+from ._results import Outcome
+from ._tasks import Function, Task, run_task
+
+
+class _ThreadEngine:
+    """Worker threads taking tasks from one queue."""
+
+    kills_overdue_tasks = False
+
+    def __init__(
+        self,
+        threads: int,
+        initializer: Callable[..., object] | None,
+        initargs: Sequence[Any],
+    ) -> None:
+        self._queue: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
+        self._ids = itertools.count(1)
+        self._terminated = threading.Event()
+        self._threads = [
+            threading.Thread(
+                target=self._work,
+                args=(initializer, tuple(initargs)),
+                name=f"serentak-threadpool-{n}",
+                daemon=True,
+            )
+            for n in range(1, threads + 1)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def function(self, func: Callable[..., Any]) -> Function:
+        return Function(next(self._ids), func)
+
+    def encode(self, obj: Any) -> Any:
+        return obj
+
+    def dispatch(self, task: Task) -> None:
+        if self._terminated.is_set():
+            self._fail(task)
+        else:
+            self._queue.put(task)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def terminate(self) -> None:
+        self._terminated.set()
+        self.close()
+        self.join()
+
+    def join(self) -> None:
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join()
+
+    @staticmethod
+    def _fail(task: Task) -> None:
+        reason = PoolTerminatedError("the pool was terminated before the task ran")
+        task.sink._complete_chunk(task.index, Outcome.of_exception(reason))
+
+    def _work(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+        failed: BaseException | None = None
+        if initializer is not None:
+            try:
+                initializer(*initargs)
+            except BaseException as exc:
+                failed = exc  # every task this thread takes fails with it
+        while (task := self._queue.get()) is not None:
+            if self._terminated.is_set():
+                self._fail(task)
+                continue
+            if not task.sink._claim():
+                continue
+            if failed is not None:
+                outcome = Outcome.of_exception(failed)
+            else:
+                try:
+                    outcome = Outcome.of_value(
+                        run_task(task.kind, task.function.payload, task.payload)
+                    )
+                except BaseException as exc:
+                    outcome = Outcome.of_exception(exc)
+            task.sink._complete_chunk(task.index, outcome)
+
+
+class ThreadPool(BasePool):
+    """A pool of threads with the Pool API: the stdlib's ``multiprocessing.pool.ThreadPool``.
+
+    Args:
+        processes: number of threads; by default ``os.cpu_count()``.
+        initializer: called with ``initargs`` in each thread when it starts.
+        initargs: arguments for ``initializer``.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Sequence[Any] = (),
+    ) -> None:
+        from ._context import default_context
+
+        processes = check_pool_arguments(processes, initializer, None, default_context.cpu_count)
+        super().__init__(_ThreadEngine(processes, initializer, initargs), processes)
