@@ -66,6 +66,7 @@ def test_extras_are_ours() -> None:
         "PoolTerminatedError",
         "ProcessPoolExecutor",
         "WorkerLostError",
+        "worker_state",
     }
 
 

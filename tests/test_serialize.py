@@ -54,7 +54,7 @@ def test_lambdas_closures_and_local_classes_go_by_value() -> None:
 
 def test_main_module_functions_go_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
     main = types.ModuleType("__main__")
-    exec("def triple(x):\n    return 3 * x\n", main.__dict__)  # noqa: S102 (a REPL's definition)
+    exec("def triple(x):\n    return 3 * x\n", main.__dict__)
     monkeypatch.setitem(sys.modules, "__main__", main)
     payload = _serialize.dumps(main.triple)
     assert b"cloudpickle" in payload

@@ -18,6 +18,7 @@ from ._exceptions import ProcessError as ProcessError
 from ._exceptions import TimeoutError as TimeoutError
 from ._exceptions import WorkerLostError as WorkerLostError
 from ._executor import ProcessPoolExecutor as ProcessPoolExecutor
+from ._tasks import worker_state as worker_state
 
 __version__ = "0.1.0"
 
@@ -86,4 +87,5 @@ __all__ = [
     "set_executable",
     "set_forkserver_preload",
     "set_start_method",
+    "worker_state",
 ]

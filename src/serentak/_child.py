@@ -26,13 +26,21 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from . import _posix
 
 
 class Bootstrappable(Protocol):
-    """What a launcher starts: the child calls ``_bootstrap()`` and exits with its result."""
+    """What a launcher starts: the child calls ``_bootstrap()`` and exits with its result.
+
+    ``_environ`` holds variables the child's environment gets before anything
+    of the parent's is unpickled in it (thread limits for numerical libraries
+    must be set before those are imported).
+    """
+
+    _environ: Mapping[str, str]
 
     def _bootstrap(self) -> int: ...
 
@@ -52,6 +60,7 @@ class Preparation:
         start_method: the parent's default start method, if set, so the child
             starts its own children the same way.
         forkserver_preload: modules a fork server started by the child preloads.
+        environ: variables to set in the child's environment (unless already set).
     """
 
     sys_path: tuple[str, ...]
@@ -61,6 +70,7 @@ class Preparation:
     watch_parent: bool
     start_method: str | None
     forkserver_preload: tuple[str, ...]
+    environ: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +84,12 @@ class ChildStart:
 
     preparation: Preparation
     process: bytes
+
+
+def set_environ(environ: Iterable[tuple[str, str]]) -> None:
+    """Set these variables, keeping any the environment already has."""
+    for name, value in environ:
+        os.environ.setdefault(name, value)
 
 
 def guard_parent(parent_pid: int, *, watch: bool) -> None:

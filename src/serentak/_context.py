@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import _exceptions, _process
+from . import _exceptions, _posix, _process
 from ._launch import (
     ALL_START_METHODS,
     DEFAULT_START_METHOD,
@@ -94,12 +94,16 @@ class BaseContext:
 
     @staticmethod
     def cpu_count() -> int:
-        """The number of CPUs in the system.
+        """The number of CPUs this process can use.
+
+        Unlike the stdlib's (the machine's count), this respects the CPU
+        affinity mask and the cgroup CPU quota: a container limited to one
+        CPU gets 1, and so does a Pool's default size there.
 
         Raises:
             NotImplementedError: the number cannot be determined.
         """
-        count = os.cpu_count()
+        count = _posix.usable_cpu_count()
         if count is None:
             raise NotImplementedError("cannot determine number of cpus")
         return count
@@ -214,11 +218,20 @@ class BaseContext:
         initializer: Callable[..., object] | None = None,
         initargs: Sequence[Any] = (),
         maxtasksperchild: int | None = None,
+        *,
+        max_memory_per_child: float | None = None,
     ) -> _pool.Pool:
         """A pool of worker processes started with this context's start method."""
         from ._pool import Pool
 
-        return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context())
+        return Pool(
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            context=self.get_context(),
+            max_memory_per_child=max_memory_per_child,
+        )
 
     # ---- start methods --------------------------------------------------------------
 

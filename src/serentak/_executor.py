@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ._exceptions import TimeoutError
@@ -39,7 +39,7 @@ class _FutureSink:
         # Claimed again when a task sent ahead to a worker that died is re-queued.
         return self._future.running() or self._future.set_running_or_notify_cancel()
 
-    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         # Setting a Future runs its done-callbacks: not in the pool's manager thread.
         self._runner.submit(lambda: self._settle(outcome))
 
@@ -106,8 +106,11 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool | Mapping[str, Any] | None = None,
     ) -> Iterator[_T]:
         """Like ``map(fn, *iterables)``, computed by the workers, results in order.
+
+        ``progress=True`` (or a dict of tqdm options) shows a progress bar.
 
         Raises:
             TimeoutError: (on iteration) a result is not ready ``timeout``
@@ -117,7 +120,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         end = None if timeout is None else time.monotonic() + timeout
         arguments = zip(*iterables)  # noqa: B905 (map() stops at the shortest, as zip does)
-        results = self._pool._imap(IMapIterator, Kind.STARMAP, fn, arguments, chunksize, None)
+        results = self._pool._imap(
+            IMapIterator, Kind.STARMAP, fn, arguments, chunksize, None, progress
+        )
         return _until(results, end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -22,19 +22,102 @@ import collections
 import itertools
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol
 
 from ._exceptions import PoolTerminatedError
-from ._results import IMapIterator, Outcome
-from ._tasks import Function, Kind, ResultSink, Task
+from ._results import MapSink, Outcome
+from ._tasks import Function, Kind, Task
+
+# Work per chunk the adaptive sizing aims at: long enough that a chunk's
+# round trip is a small fraction of it, short enough to balance the tail.
+CHUNK_TARGET_SECONDS: Final = 0.02
+# Items per chunk the adaptive sizing never exceeds when the input's length is unknown.
+MAX_ADAPTIVE_CHUNK: Final = 1 << 17
 
 
-def chunks(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """``iterable`` cut into lists of ``size`` items (the last may be shorter)."""
-    iterator = iter(iterable)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
+class Chunker:
+    """Cuts an input into chunks: of a fixed size, or sized from measured task time.
+
+    Adaptive sizing (no chunksize given) sends single items until the first
+    results report how long an item takes, then aims at
+    ``CHUNK_TARGET_SECONDS`` of work per chunk. When the input's length is
+    known, no chunk takes more than half of what is left per worker, so the
+    last chunks are small and the workers finish together: 200,000 tiny tasks
+    go in a few dozen chunks, 50 slow ones one by one.
+
+    Args:
+        iterable: the input.
+        size: a fixed chunk size, or None to size adaptively.
+        length: the input's length, if known.
+        workers: how many workers share the work.
+    """
+
+    def __init__(
+        self, iterable: Iterable[Any], size: int | None, length: int | None, workers: int
+    ) -> None:
+        # A sequence is sliced, not iterated: a range's chunks stay ranges, a
+        # few bytes each instead of thousands of pickled ints.
+        self._sequence = iterable if isinstance(iterable, Sequence) else None
+        self._position = 0
+        self._iterator = iter(iterable) if self._sequence is None else None
+        self._fixed = size
+        self._remaining = length
+        self._workers = workers
+        # Written by the engine's thread as results arrive, read by the feeder.
+        self._items_measured = 0
+        self._busy_us = 0
+
+    def next_chunk(self) -> Sequence[Any]:
+        """The next chunk; empty when the input is exhausted. Raises what the input raises."""
+        size = self._next_size()
+        if self._sequence is not None:
+            chunk: Sequence[Any] = self._sequence[self._position : self._position + size]
+            self._position += len(chunk)
+        else:
+            chunk = list(itertools.islice(self._iterator or (), size))
+        if self._remaining is not None:
+            self._remaining -= len(chunk)
+        return chunk
+
+    def observe(self, items: int, busy_us: int) -> None:
+        """A chunk of ``items`` items kept a worker busy for ``busy_us`` microseconds."""
+        self._items_measured += items
+        self._busy_us += busy_us
+
+    def _next_size(self) -> int:
+        if self._fixed is not None:
+            return self._fixed
+        if not self._items_measured:
+            return 1
+        per_item = max(self._busy_us, 1) / 1e6 / self._items_measured
+        target = max(1, min(int(CHUNK_TARGET_SECONDS / per_item), MAX_ADAPTIVE_CHUNK))
+        if self._remaining is None:
+            return target
+        # Smaller chunks towards the end so the workers finish together, but
+        # never below a tenth of the target: tiny chunks cost more than they balance.
+        return max(1, target // 10, min(target, self._remaining // (2 * self._workers)))
+
+
+class Progress(Protocol):
+    """A progress bar (tqdm's interface)."""
+
+    def update(self, n: int) -> object: ...
+
+    def close(self) -> None: ...
+
+
+def progress_bar(option: bool | Mapping[str, Any] | None, total: int | None) -> Progress | None:
+    """A tqdm bar for ``progress=``: True, or a dict of tqdm options; None for no bar."""
+    if not option:
+        return None
+    from tqdm.auto import tqdm
+
+    settings: dict[str, Any] = {"total": total, "unit": "task", "smoothing": 0.1}
+    if isinstance(option, Mapping):
+        settings.update(option)
+    bar: Progress = tqdm(**settings)
+    return bar
 
 
 class MapJob:
@@ -55,24 +138,28 @@ class MapJob:
         feeder: Feeder,
         kind: Kind,
         function: Function,
-        chunks: Iterator[list[Any]],
-        sink: ResultSink,
+        chunker: Chunker,
+        sink: MapSink,
         timeout: float | None,
         window: int,
         *,
         lazy: bool,
+        progress: Progress | None = None,
     ) -> None:
         self.feeder = feeder
         self.kind = kind
         self.function = function
-        self.chunks = chunks
+        self.chunker = chunker
+        self.progress = progress
+        self.sizes: dict[int, int] = {}  # items per chunk, until it completes
+        self.fed_all = False
         self.timeout = timeout
         self.window = window
         self.lazy = lazy
         self.submitted = 0
         self.released = 0
         self.completed = 0
-        self._strong_sink: ResultSink | None = None
+        self._strong_sink: MapSink | None = None
         self._weak_sink: weakref.ref[Any] | None = None
         if lazy:
             self._weak_sink = weakref.ref(sink, lambda _: feeder.wake())
@@ -80,10 +167,10 @@ class MapJob:
             self._strong_sink = sink
 
     @property
-    def sink(self) -> ResultSink | None:
+    def sink(self) -> MapSink | None:
         """Where outcomes go; None once the caller dropped its imap iterator."""
         if self._weak_sink is not None:
-            sink: ResultSink | None = self._weak_sink()
+            sink: MapSink | None = self._weak_sink()
             return sink
         return self._strong_sink
 
@@ -94,10 +181,15 @@ class MapJob:
     def _claim(self) -> bool:
         return True
 
-    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         sink = self.sink
         if sink is not None:
             sink._complete_chunk(index, outcome)
+        items = self.sizes.pop(index, 0)
+        if busy_us:
+            self.chunker.observe(items, busy_us)
+        if self.progress is not None:
+            self.progress.update(items)
         self.feeder.release(self, consumed=False)
 
 
@@ -143,6 +235,9 @@ class Feeder:
             else:
                 job.completed += 1
             self._condition.notify()
+            done = job.fed_all and job.completed >= job.submitted
+        if done and job.progress is not None:
+            job.progress.close()
 
     def wake(self) -> None:
         with self._condition:
@@ -202,15 +297,16 @@ class Feeder:
             return
         index = job.submitted
         try:
-            chunk = next(job.chunks)
-        except StopIteration:
-            self._finish(job)
-            return
+            chunk = job.chunker.next_chunk()
         except BaseException as exc:  # the user's iterable raised: that position fails
             job.submitted += 1
             sink._complete_chunk(index, Outcome.of_exception(exc))
             self._finish(job)
             return
+        if not chunk:
+            self._finish(job)
+            return
+        job.sizes[index] = len(chunk)
         job.submitted += 1
         try:
             payload = self._encode(chunk)
@@ -224,11 +320,14 @@ class Feeder:
         with self._condition:
             if job in self._jobs:
                 self._jobs.remove(job)
+            job.fed_all = True
+            done = job.completed >= job.submitted
+        if done and job.progress is not None:
+            job.progress.close()
         sink = job.sink
         if sink is None:
             return
         if failure is not None:
             sink._complete_chunk(job.submitted, Outcome.of_exception(failure))
             job.submitted += 1
-        if isinstance(sink, IMapIterator):
-            sink._set_length(job.submitted)
+        sink._set_length(job.submitted)

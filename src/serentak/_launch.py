@@ -33,6 +33,7 @@ import sys
 import threading
 import traceback
 import weakref
+from collections.abc import Mapping
 from typing import Final, Protocol
 
 from . import _posix
@@ -42,8 +43,9 @@ from ._child import (
     Preparation,
     flush_standard_streams,
     guard_parent,
+    set_environ,
 )
-from ._serialize import dumps, loads, receiving_fds, sending_fds
+from ._serialize import dumps, loads, receiving_fds, sending_fds, track_main_classes
 from ._transport import Connection
 
 EXIT_STATUS: Final = struct.Struct("<i")
@@ -204,13 +206,21 @@ class _DirectChild(_HandleBase):
 
 
 class _ServedChild(_HandleBase):
-    """A child of the fork server: the server sends its exit code on the sentinel."""
+    """A child of the fork server: the server sends its exit code on the sentinel.
+
+    The code is peeked at, not read, so the sentinel stays readable after the
+    child has ended, as a sentinel must.
+    """
 
     def _collect(self, block: bool) -> int | None:
         if not block and not _posix.fd_readable(self.sentinel, 0):
             return None
-        data = _read_exactly(self.sentinel, EXIT_STATUS.size)
-        if data is None:
+        with socket.socket(fileno=self.sentinel) as status:
+            try:
+                data = status.recv(EXIT_STATUS.size, socket.MSG_PEEK | socket.MSG_WAITALL)
+            finally:
+                status.detach()
+        if len(data) < EXIT_STATUS.size:
             return UNKNOWN_EXIT_CODE  # the server died before it could tell
         code: int = EXIT_STATUS.unpack(data)[0]
         return code
@@ -247,7 +257,7 @@ def _launched_from_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def preparation() -> Preparation:
+def preparation(environ: Mapping[str, str] | None = None) -> Preparation:
     """What a spawned or fork-server child needs to know of this process."""
     method = settings.start_method
     return Preparation(
@@ -258,6 +268,7 @@ def preparation() -> Preparation:
         watch_parent=not _launched_from_main_thread(),
         start_method=None if method is None else method.value,
         forkserver_preload=settings.forkserver_preload,
+        environ=tuple((environ or {}).items()),
     )
 
 
@@ -272,17 +283,19 @@ def apply_preparation(prep: Preparation) -> None:
     if prep.start_method is not None:
         settings.start_method = StartMethod(prep.start_method)
     settings.forkserver_preload = prep.forkserver_preload
+    set_environ(prep.environ)
 
 
 def _start_payload(process: Bootstrappable) -> tuple[bytes, list[int]]:
     with sending_fds(spawning=True) as fds:
         inner = dumps(process)
-    return dumps(ChildStart(preparation(), inner)), fds
+    return dumps(ChildStart(preparation(process._environ), inner)), fds
 
 
 def _fork(process: Bootstrappable) -> ChildHandle:
     watch = not _launched_from_main_thread()
     parent_pid = os.getpid()
+    track_main_classes()
     flush_standard_streams()
     liveness_r, liveness_w = (-1, -1) if _posix.HAS_PIDFD else os.pipe()
     pid = _posix.fork()
@@ -291,6 +304,7 @@ def _fork(process: Bootstrappable) -> ChildHandle:
         try:
             _posix.close_quietly(liveness_r)
             guard_parent(parent_pid, watch=watch)
+            set_environ(process._environ.items())
             code = process._bootstrap()
         except BaseException:
             traceback.print_exc()

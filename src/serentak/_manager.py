@@ -31,6 +31,7 @@ import collections
 import dataclasses
 import enum
 import os
+import queue
 import selectors
 import signal
 import threading
@@ -40,8 +41,9 @@ from typing import Any, Final
 from ._exceptions import PoolTerminatedError, TimeoutError, WorkerLostError
 from ._process import BaseProcess
 from ._results import Outcome
-from ._tasks import Frame, Kind, Task, describe_exit, monotonic, worker_main
+from ._tasks import Frame, Kind, Task, WorkerOptions, describe_exit, monotonic, worker_main
 from ._transport import Connection, Pipe
+from ._transport import frame as transport_frame
 
 # Tasks sent to a worker beyond the one it runs: enough that it never waits for
 # the next one, few enough that a death re-queues little.
@@ -77,7 +79,78 @@ class Terminate:
     """Stop now: fail every unfinished task, kill the workers."""
 
 
-Command = Submit | Close | Terminate
+@dataclasses.dataclass(frozen=True)
+class AskStats:
+    """Put a :class:`PoolStats` snapshot into ``reply``."""
+
+    reply: queue.SimpleQueue[PoolStats]
+
+
+Command = Submit | Close | Terminate | AskStats
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStats:
+    """What one worker process did.
+
+    Attributes:
+        pid: its process id.
+        alive: whether it is still running.
+        tasks_done: tasks (chunks, for maps) it completed.
+        tasks_failed: of those, how many raised.
+        busy_seconds: time it spent running tasks.
+        ended: how it ended, if it has ("exited with code 0", "killed by SIGKILL ...").
+    """
+
+    pid: int
+    alive: bool
+    tasks_done: int
+    tasks_failed: int
+    busy_seconds: float
+    ended: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStats:
+    """Where a pool's time went: ``pool.stats()``.
+
+    Attributes:
+        workers: every worker the pool has had, current ones first.
+        restarts: workers started to replace one that died or retired.
+        tasks_lost: tasks failed because their worker died.
+        tasks_timed_out: tasks failed because they overran their timeout.
+    """
+
+    workers: tuple[WorkerStats, ...]
+    restarts: int
+    tasks_lost: int
+    tasks_timed_out: int
+
+    @property
+    def tasks_done(self) -> int:
+        """Tasks completed, by all workers."""
+        return sum(w.tasks_done for w in self.workers)
+
+    @property
+    def tasks_failed(self) -> int:
+        """Tasks that raised, by all workers."""
+        return sum(w.tasks_failed for w in self.workers)
+
+    @property
+    def busy_seconds(self) -> float:
+        """Time spent running tasks, by all workers."""
+        return sum(w.busy_seconds for w in self.workers)
+
+    def __str__(self) -> str:
+        lines = [f"{'pid':>8} {'state':>7} {'done':>7} {'failed':>7} {'busy s':>9}  ended"]
+        for w in self.workers:
+            state = "alive" if w.alive else "gone"
+            row = f"{w.pid:>8} {state:>7} {w.tasks_done:>7} {w.tasks_failed:>7}"
+            lines.append(f"{row} {w.busy_seconds:>9.3f}  {w.ended or ''}")
+        lines.append(
+            f"restarts {self.restarts}, lost {self.tasks_lost}, timed out {self.tasks_timed_out}"
+        )
+        return "\n".join(lines)
 
 
 class _Worker:
@@ -91,9 +164,16 @@ class _Worker:
         self.in_flight: collections.deque[Task] = collections.deque()
         self.known: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.completed = 0
+        self.failed = 0
+        self.busy_us = 0
         self.retiring = False  # reached maxtasksperchild: gets no more tasks
         self.timed_out: Task | None = None  # killed by us because this task overran
         self.gone = False  # exit handled, descriptors closed
+        # Bytes not yet written to the worker: the manager never blocks on a
+        # write, or a worker writing a big result while we write it a big task
+        # would wait for us as we wait for it.
+        self.outbox: collections.deque[memoryview] = collections.deque()
+        self.waiting_to_write = False  # registered for EVENT_WRITE
 
 
 class Manager:
@@ -106,6 +186,7 @@ class Manager:
         initializer: run by each worker before its first task.
         initargs: arguments for ``initializer``.
         maxtasksperchild: tasks a worker runs before it is replaced (None: no limit).
+        options: how workers run (memory limit, environment).
     """
 
     def __init__(
@@ -115,8 +196,10 @@ class Manager:
         initializer: Callable[..., object] | None,
         initargs: Sequence[Any],
         maxtasksperchild: int | None,
+        options: WorkerOptions,
     ) -> None:
         self._make_process = make_process
+        self._options = options
         self._size = processes
         self._initializer = initializer
         self._initargs = tuple(initargs)
@@ -131,6 +214,13 @@ class Manager:
         self._state = PoolState.RUN
         self._broken: BaseException | None = None  # the initializer failed
         self._kill_deadline: float | None = None
+        self._ended: list[WorkerStats] = []  # workers that are gone
+        self._restarts = 0
+        self._lost = 0
+        self._timed_out = 0
+        self._started_workers = 0
+        self._send_lock = threading.Lock()
+        self._finished = False
         self._thread = threading.Thread(target=self._run, name="serentak-pool-manager", daemon=True)
 
     # ---- other threads ---------------------------------------------------------------
@@ -152,8 +242,16 @@ class Manager:
         self._thread.start()
 
     def send(self, command: Command) -> None:
-        """Queue a command for the manager thread and wake it."""
-        self.commands.append(command)
+        """Queue a command for the manager thread and wake it.
+
+        Once the manager thread has finished, the command is answered here:
+        a late task fails, a stats request gets the final figures.
+        """
+        with self._send_lock:
+            if self._finished:
+                self._answer_late(command)
+                return
+            self.commands.append(command)
         try:
             os.write(self._wake_w, b"!")
         except BlockingIOError:
@@ -178,25 +276,40 @@ class Manager:
     def _run(self) -> None:
         try:
             while self._workers or (self._state is PoolState.RUN and self._broken is None):
-                for key, _events in self._selector.select(self._next_timeout()):
+                for key, events in self._selector.select(self._next_timeout()):
                     if key.data is None:
                         self._take_commands()
                     else:
                         kind, worker = key.data
                         if worker.gone:
                             continue  # its exit, earlier in this batch, was handled
-                        if kind == "conn":
-                            self._read_results(worker)
-                        else:
+                        if kind == "exit":
                             self._worker_exited(worker)
+                            continue
+                        if events & selectors.EVENT_WRITE:
+                            self._flush(worker)
+                        if events & selectors.EVENT_READ:
+                            self._read_results(worker)
                 self._check_deadlines()
                 self._dispatch()
                 self._maybe_finish()
         finally:
             self._fail_everything(PoolTerminatedError("the pool stopped before the task ran"))
+            with self._send_lock:
+                self._finished = True
+                while self.commands:
+                    self._answer_late(self.commands.popleft())
             self._selector.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _answer_late(self, command: Command) -> None:
+        if isinstance(command, AskStats):
+            command.reply.put(self.stats())
+        elif isinstance(command, Submit):
+            reason = self._broken or PoolTerminatedError("the pool has stopped")
+            for task in command.tasks:
+                task.sink._complete_chunk(task.index, Outcome.of_exception(reason))
 
     def _take_commands(self) -> None:
         try:
@@ -215,6 +328,8 @@ class Manager:
             elif isinstance(command, Close):
                 if self._state is PoolState.RUN:
                     self._state = PoolState.CLOSE
+            elif isinstance(command, AskStats):
+                command.reply.put(self.stats())
             else:
                 self._terminate()
 
@@ -247,17 +362,30 @@ class Manager:
                 worker.retiring = True
                 self._send(worker, Frame(Kind.STOP))
 
+    def stats(self) -> PoolStats:
+        """A snapshot of the statistics (manager thread, or after it finished)."""
+        current = tuple(
+            WorkerStats(w.pid, True, w.completed, w.failed, w.busy_us / 1e6, None)
+            for w in self._workers.values()
+        )
+        return PoolStats(current + tuple(self._ended), self._restarts, self._lost, self._timed_out)
+
     # ---- workers ----------------------------------------------------------------------
 
     def _start_worker(self) -> _Worker:
         ours, theirs = Pipe()
-        process = self._make_process(worker_main, (theirs, self._initializer, self._initargs))
+        process = self._make_process(
+            worker_main, (theirs, self._initializer, self._initargs, self._options)
+        )
         try:
             process.start()
         finally:
             theirs.close()
         worker = _Worker(process, ours)
         self._workers[worker.pid] = worker
+        self._started_workers += 1
+        if self._started_workers > self._size:
+            self._restarts += 1
         self._selector.register(ours.fileno(), selectors.EVENT_READ, ("conn", worker))
         self._selector.register(worker.sentinel, selectors.EVENT_READ, ("exit", worker))
         return worker
@@ -298,11 +426,25 @@ class Manager:
                 error = WorkerLostError(
                     f"{describe_exit(worker.pid, exitcode)} while running the task"
                 )
+            if worker.timed_out is lost:
+                self._timed_out += 1
+            else:
+                self._lost += 1
             lost.sink._complete_chunk(lost.index, Outcome.of_exception(error))
             # Sent ahead but never started: back to the front, in order.
             self._pending.extendleft(reversed(worker.in_flight))
             worker.in_flight.clear()
         self._forget(worker)
+        self._ended.append(
+            WorkerStats(
+                worker.pid,
+                False,
+                worker.completed,
+                worker.failed,
+                worker.busy_us / 1e6,
+                describe_exit(worker.pid, exitcode),
+            )
+        )
         self._replace_if_needed()
 
     def _read_results(self, worker: _Worker, *, until_eof: bool = False) -> None:
@@ -320,6 +462,14 @@ class Manager:
         kind = frame.kind
         if kind is Kind.READY:
             return
+        if kind is Kind.RETIRE:
+            # Over its memory limit: it runs nothing more. What was sent ahead
+            # never started, so it goes back to the front of the queue.
+            worker.retiring = True
+            self._pending.extendleft(reversed(worker.in_flight))
+            worker.in_flight.clear()
+            self._replace_if_needed()
+            return
         if kind is Kind.INIT_FAILED:
             outcome = Outcome(False, bytes(frame.payload))
             try:
@@ -331,8 +481,11 @@ class Manager:
         if not worker.in_flight or worker.in_flight[0].task_id != frame.task_id:
             return  # a result for a task already failed (terminate, timeout): drop it
         task = worker.in_flight.popleft()
-        task.sink._complete_chunk(task.index, Outcome(kind is Kind.DONE, bytes(frame.payload)))
+        ok = kind is Kind.DONE
+        task.sink._complete_chunk(task.index, Outcome(ok, bytes(frame.payload)), frame.busy_us)
         worker.completed += 1
+        worker.failed += not ok
+        worker.busy_us += frame.busy_us
         if worker.in_flight:
             worker.in_flight[0].started = monotonic()
         if (
@@ -348,10 +501,28 @@ class Manager:
             self._send(worker, Frame(Kind.STOP))
 
     def _send(self, worker: _Worker, frame: Frame) -> None:
+        """Queue ``frame`` for ``worker`` and write what fits without blocking."""
+        worker.outbox.append(memoryview(transport_frame(frame.encode())))
+        if len(worker.outbox) == 1:
+            self._flush(worker)
+
+    def _flush(self, worker: _Worker) -> None:
+        """Write queued bytes until the socket is full; ask to be woken when it drains."""
         try:
-            frame.send(worker.conn)
+            while worker.outbox:
+                data = worker.outbox[0]
+                sent = worker.conn.send_some(data)
+                if sent < len(data):
+                    worker.outbox[0] = data[sent:]
+                    break
+                worker.outbox.popleft()
         except OSError:
-            pass  # it died: its sentinel will say so and its tasks are handled there
+            worker.outbox.clear()  # it died: its sentinel will say so, its tasks are handled there
+        waiting = bool(worker.outbox)
+        if waiting != worker.waiting_to_write:
+            worker.waiting_to_write = waiting
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0)
+            self._selector.modify(worker.conn.fileno(), events, ("conn", worker))
 
     # ---- dispatch and deadlines ------------------------------------------------------------
 

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
+import queue
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any, Final, Protocol, TypeVar
 
-from ._feeder import Feeder, MapJob, chunks
-from ._manager import Close, Manager, PoolState, Submit, Terminate
+from ._feeder import Chunker, Feeder, MapJob, progress_bar
+from ._manager import AskStats, Close, Manager, PoolState, PoolStats, Submit, Terminate
 from ._process import BaseProcess
 from ._results import (
     ApplyResult,
@@ -36,12 +38,14 @@ from ._results import (
     IMapIterator,
     IMapUnorderedIterator,
     MapResult,
+    MapSink,
     Outcome,
 )
 from ._serialize import dumps
-from ._tasks import Function, Kind, ResultSink, Task
+from ._tasks import Function, Kind, ResultSink, Task, WorkerOptions
 
 _T = TypeVar("_T")
+ProgressOption = bool | Mapping[str, Any] | None
 _P = TypeVar("_P", bound="BasePool")
 # Callables a pool keeps pickled (by identity); a program that makes a new
 # lambda per call does not grow the cache past this.
@@ -73,6 +77,9 @@ class Engine(Protocol):
 
     def join(self) -> None:
         """Wait until the workers have stopped."""
+
+    def stats(self) -> PoolStats:
+        """What the workers did so far."""
 
 
 class _FunctionRegistry:
@@ -130,11 +137,10 @@ class _ProcessEngine:
     def join(self) -> None:
         self._manager.join()
 
-
-def _default_chunksize(length: int, processes: int) -> int:
-    """The stdlib's rule for map(): about four chunks per worker."""
-    chunksize, extra = divmod(length, processes * 4)
-    return chunksize + 1 if extra else max(chunksize, 1)
+    def stats(self) -> PoolStats:
+        reply: queue.SimpleQueue[PoolStats] = queue.SimpleQueue()
+        self._manager.send(AskStats(reply))
+        return reply.get()
 
 
 def _shutdown(engine: Engine, feeder: Feeder) -> None:
@@ -280,10 +286,22 @@ class BasePool:
         chunksize: int | None = None,
         *,
         timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> list[_T]:
-        """``list(map(func, iterable))``, computed by the workers."""
-        result: list[_T] = self._map_async(Kind.MAP, func, iterable, chunksize, timeout).get()
-        return result
+        """``list(map(func, iterable))``, computed by the workers.
+
+        Args:
+            func: the callable, given each item.
+            iterable: the items.
+            chunksize: items per task; by default sized from measured task
+                time (tens of milliseconds of work per chunk).
+            timeout: seconds one task may run (one chunk, if chunksize is
+                given; without one, items then go one per task).
+            progress: True, or a dict of tqdm options, for a progress bar.
+        """
+        result = self._map_async(Kind.MAP, func, iterable, chunksize, timeout, progress)
+        values: list[_T] = result.get()
+        return values
 
     def starmap(
         self,
@@ -292,10 +310,12 @@ class BasePool:
         chunksize: int | None = None,
         *,
         timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> list[_T]:
         """Like map(), with each item unpacked as the arguments: ``func(*item)``."""
-        result: list[_T] = self._map_async(Kind.STARMAP, func, iterable, chunksize, timeout).get()
-        return result
+        result = self._map_async(Kind.STARMAP, func, iterable, chunksize, timeout, progress)
+        values: list[_T] = result.get()
+        return values
 
     def map_async(
         self,
@@ -306,10 +326,11 @@ class BasePool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> MapResult:
         """Like map(), returning an AsyncResult at once."""
         return self._map_async(
-            Kind.MAP, func, iterable, chunksize, timeout, callback, error_callback
+            Kind.MAP, func, iterable, chunksize, timeout, progress, callback, error_callback
         )
 
     def starmap_async(
@@ -321,33 +342,38 @@ class BasePool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> MapResult:
         """Like starmap(), returning an AsyncResult at once."""
         return self._map_async(
-            Kind.STARMAP, func, iterable, chunksize, timeout, callback, error_callback
+            Kind.STARMAP, func, iterable, chunksize, timeout, progress, callback, error_callback
         )
 
     def imap(
         self,
         func: Callable[[Any], _T],
         iterable: Iterable[Any],
-        chunksize: int = 1,
+        chunksize: int | None = None,
         *,
         timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> IMapIterator:
         """A lazy map(): results in order as they come, the input read with bounded look-ahead."""
-        return self._imap(IMapIterator, Kind.MAP, func, iterable, chunksize, timeout)
+        return self._imap(IMapIterator, Kind.MAP, func, iterable, chunksize, timeout, progress)
 
     def imap_unordered(
         self,
         func: Callable[[Any], _T],
         iterable: Iterable[Any],
-        chunksize: int = 1,
+        chunksize: int | None = None,
         *,
         timeout: float | None = None,
+        progress: ProgressOption = None,
     ) -> IMapIterator:
         """Like imap(), results in the order they complete."""
-        return self._imap(IMapUnorderedIterator, Kind.MAP, func, iterable, chunksize, timeout)
+        return self._imap(
+            IMapUnorderedIterator, Kind.MAP, func, iterable, chunksize, timeout, progress
+        )
 
     def _map_async(
         self,
@@ -356,20 +382,17 @@ class BasePool:
         iterable: Iterable[Any],
         chunksize: int | None,
         timeout: float | None,
+        progress: ProgressOption,
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> MapResult:
         self._check_running(timeout)
         function = self._register(func)
         items = iterable if isinstance(iterable, Sequence) else list(iterable)
-        if chunksize is None:
-            chunksize = _default_chunksize(len(items), self._processes)
-        elif not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        count = (len(items) + chunksize - 1) // chunksize
-        result = MapResult(count, callback, error_callback, self._callbacks)
-        if count:
-            self._add_job(kind, function, chunks(items, chunksize), result, timeout, lazy=False)
+        result = MapResult(callback, error_callback, self._callbacks)
+        self._add_job(
+            kind, function, items, len(items), chunksize, result, timeout, progress, False
+        )
         return result
 
     def _imap(
@@ -378,16 +401,16 @@ class BasePool:
         kind: Kind,
         func: Callable[..., Any],
         iterable: Iterable[Any],
-        chunksize: int,
+        chunksize: int | None,
         timeout: float | None,
+        progress: ProgressOption,
     ) -> IMapIterator:
         self._check_running(timeout)
-        if not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
         function = self._register(func)
         result = iterator_class(self._callbacks)
+        length = len(iterable) if isinstance(iterable, Sized) else None
         result._job = self._add_job(
-            kind, function, chunks(iterable, chunksize), result, timeout, lazy=True
+            kind, function, iterable, length, chunksize, result, timeout, progress, True
         )
         return result
 
@@ -400,17 +423,38 @@ class BasePool:
         self,
         kind: Kind,
         function: Function,
-        chunks: Iterator[list[Any]],
-        sink: ResultSink,
+        items: Iterable[Any],
+        length: int | None,
+        chunksize: int | None,
+        sink: MapSink,
         timeout: float | None,
-        *,
+        progress: ProgressOption,
         lazy: bool,
     ) -> MapJob:
+        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        if chunksize is None and timeout is not None:
+            chunksize = 1  # a timeout then bounds each item, as the caller surely meant
+        chunker = Chunker(items, chunksize, length, self._processes)
         # Enough chunks ahead to keep every worker busy with some to spare.
         window = 4 * self._processes + 4
-        job = MapJob(self._feeder, kind, function, chunks, sink, timeout, window, lazy=lazy)
+        job = MapJob(
+            self._feeder,
+            kind,
+            function,
+            chunker,
+            sink,
+            timeout,
+            window,
+            lazy=lazy,
+            progress=progress_bar(progress, length),
+        )
         self._feeder.add(job)
         return job
+
+    def stats(self) -> PoolStats:
+        """Tasks done and failed per worker, their busy time, restarts: where the time went."""
+        return self._engine.stats()
 
 
 class Pool(BasePool):
@@ -422,6 +466,8 @@ class Pool(BasePool):
         initargs: arguments for ``initializer``.
         maxtasksperchild: tasks (chunks) a worker runs before it is replaced.
         context: the context (start method) to start workers with.
+        max_memory_per_child: MiB of resident memory past which a worker,
+            having finished its task, is replaced (nothing lost or repeated).
 
     Raises:
         ValueError: ``processes`` < 1 or ``maxtasksperchild`` < 1.
@@ -441,24 +487,49 @@ class Pool(BasePool):
         initargs: Sequence[Any] = (),
         maxtasksperchild: int | None = None,
         context: Any = None,
+        *,
+        max_memory_per_child: float | None = None,
     ) -> None:
         from ._context import default_context
 
         ctx = context if context is not None else default_context.get_context()
         processes = check_pool_arguments(processes, initializer, maxtasksperchild, ctx.cpu_count)
+        if max_memory_per_child is not None and max_memory_per_child <= 0:
+            raise ValueError("max_memory_per_child must be a positive number of MiB or None")
         process_class = ctx.Process
         worker_names = itertools.count(1)
+        environ = thread_limits(ctx.cpu_count(), processes)
 
         def make_process(target: Callable[..., object], args: tuple[Any, ...]) -> BaseProcess:
             process: BaseProcess = process_class(target=target, args=args, daemon=True)
             prefix = process.name.rsplit("-", 1)[0].replace("Process", "PoolWorker")
             process.name = f"{prefix}-{next(worker_names)}"
+            process._environ = environ
             return process
 
-        manager = Manager(make_process, processes, initializer, initargs, maxtasksperchild)
+        options = WorkerOptions(max_memory_mb=max_memory_per_child)
+        manager = Manager(make_process, processes, initializer, initargs, maxtasksperchild, options)
         manager.start()
         super().__init__(_ProcessEngine(manager), processes)
         self._manager = manager
+
+
+# Thread pools of numerical libraries: each worker gets cores // workers threads
+# unless the user chose, so N workers running numpy do not oversubscribe.
+THREAD_LIMIT_VARIABLES: Final = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def thread_limits(cores: int, workers: int) -> dict[str, str]:
+    """The thread-limit variables a worker gets: those the user did not set."""
+    threads = str(max(1, cores // workers))
+    return {name: threads for name in THREAD_LIMIT_VARIABLES if name not in os.environ}
 
 
 def check_pool_arguments(

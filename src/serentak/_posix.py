@@ -7,10 +7,12 @@ here, with one fallback each, so the layers below never test for features.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import signal
 import sys
+from pathlib import Path
 from typing import Final
 
 from . import _native
@@ -74,6 +76,65 @@ def shm_open(name: str, flags: int, mode: int = 0o600) -> int:
 def shm_unlink(name: str) -> None:
     """``shm_unlink(3)``."""
     _native.shm_unlink(name)
+
+
+def usable_cpu_count() -> int | None:
+    """The CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota.
+
+    A container limited to 1.5 CPUs on a 64-core host gets 2; a process pinned
+    to one core gets 1. None if even the machine's count is unknown.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if count is None:
+        return None
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return count
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time the process's cgroup (or an ancestor) may use; None if unlimited."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as membership:
+            lines = membership.read().splitlines()
+    except OSError:
+        return None
+    limits: list[float] = []
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0" and controllers == "":  # cgroup v2
+            limits += _quotas_v2(Path("/sys/fs/cgroup"), path)
+        elif "cpu" in controllers.split(","):  # cgroup v1
+            limits += _quotas_v1(controllers, path)
+    return min(limits, default=None)
+
+
+def _quotas_v2(root: Path, path: str) -> list[float]:
+    limits = []
+    folder = root / path.lstrip("/")
+    while True:
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()
+            if quota != "max":
+                limits.append(int(quota) / int(period))
+        except (OSError, ValueError):
+            pass
+        if folder == root or root not in folder.parents:
+            return limits
+        folder = folder.parent
+
+
+def _quotas_v1(controllers: str, path: str) -> list[float]:
+    for mount in (controllers, "cpu", "cpu,cpuacct"):
+        folder = Path("/sys/fs/cgroup") / mount / path.lstrip("/")
+        try:
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            period = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return [quota / period] if quota > 0 and period > 0 else []
+    return []
 
 
 def close_quietly(fd: int | None) -> None:

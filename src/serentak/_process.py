@@ -66,6 +66,8 @@ class BaseProcess:
     """
 
     _start_method: ClassVar[StartMethod | None] = None
+    # Set in the child's environment at start-up (the pool's thread limits).
+    _environ: Mapping[str, str] = {}
 
     def __init__(
         self,

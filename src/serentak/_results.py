@@ -52,6 +52,13 @@ class Outcome:
     def of_value(cls, value: Any) -> Outcome:
         return cls(True, value=value)
 
+    def preload(self) -> None:
+        """Unpickle now, in the calling thread, so that value() is quick later."""
+        with self._lock:
+            if self._value is _NOT_LOADED:
+                self._value = self._load()
+                self._payload = None
+
     def value(self) -> Any:
         """The task's result; raises the task's exception if it failed."""
         with self._lock:
@@ -202,7 +209,7 @@ class ApplyResult:
     def _claim(self) -> bool:
         return True
 
-    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         self._outcome = outcome
         if self._callback is None and self._error_callback is None:
             self._event.set()
@@ -236,40 +243,70 @@ AsyncResult = ApplyResult
 class MapResult(ApplyResult):
     """The result of ``map_async``/``starmap_async``: a list, in input order.
 
-    The first failing chunk makes the whole result fail at once (as the
-    stdlib's), even while other chunks still run.
+    The number of chunks is known once the input has been cut up
+    (``_set_length``). The first failing chunk makes the whole result fail at
+    once (as the stdlib's), even while other chunks still run.
     """
 
     def __init__(
         self,
-        chunks: int,
         callback: Callable[[Any], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         runner: CallbackRunner,
     ) -> None:
         super().__init__(callback, error_callback, runner)
-        self._chunks: list[Outcome | None] = [None] * chunks
-        self._missing = chunks
+        self._chunks: dict[int, Outcome] = {}
+        self._length: int | None = None
         self._lock = threading.Lock()
         self._done = False
-        if chunks == 0:
-            self._done = True
-            super()._complete_chunk(0, Outcome.of_value([]))
 
-    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         with self._lock:
             if self._done:
                 return
             if not outcome.ok:
-                self._done = True
                 final: Outcome | None = outcome
             else:
                 self._chunks[index] = outcome
-                self._missing -= 1
-                final = _Concatenated(self._chunks) if not self._missing else None
-                self._done = final is not None
+                final = self._all_there()
+            self._done = final is not None
         if final is not None:
             super()._complete_chunk(0, final)
+
+    def _set_length(self, chunks: int) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._length = chunks
+            final = self._all_there()
+            self._done = final is not None
+        if final is not None:
+            super()._complete_chunk(0, final)
+
+    def _all_there(self) -> Outcome | None:
+        if self._length is None or len(self._chunks) < self._length:
+            return None
+        return _Concatenated([self._chunks[i] for i in range(self._length)])
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The list of results, in input order; re-raises the first failure.
+
+        While waiting, chunks that have arrived are unpickled, so the work
+        overlaps with the workers' instead of all coming at the end.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        unpickled = 0
+        while not self._event.is_set():
+            with self._lock:
+                ready = [c for i, c in self._chunks.items() if i >= unpickled]
+                unpickled += len(ready)
+            for chunk in ready:
+                chunk.preload()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            self._event.wait(0.005 if remaining is None else min(remaining, 0.005))
+        return super().get(0 if deadline is not None else None)
 
 
 class _Concatenated(Outcome):
@@ -277,15 +314,13 @@ class _Concatenated(Outcome):
 
     __slots__ = ("_parts",)
 
-    def __init__(self, parts: list[Outcome | None]) -> None:
+    def __init__(self, parts: list[Outcome]) -> None:
         super().__init__(True)
         self._parts = parts
 
     def _load(self) -> Any:
         values: list[Any] = []
         for part in self._parts:
-            if part is None:
-                raise ProcessError("a chunk of the map is missing")
             try:
                 values.extend(part.value())
             except BaseException as exc:
@@ -299,6 +334,16 @@ class _Job(Protocol):
     """The feeder's side of a lazily consumed map: told when a chunk is consumed."""
 
     def consumed(self) -> None: ...
+
+
+class MapSink(Protocol):
+    """What a map's chunks are delivered to: it learns the count when feeding ends."""
+
+    def _claim(self) -> bool: ...
+
+    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None: ...
+
+    def _set_length(self, chunks: int) -> None: ...
 
 
 class IMapIterator:
@@ -358,7 +403,7 @@ class IMapIterator:
     def _claim(self) -> bool:
         return True
 
-    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         with self._condition:
             self._outcomes[index] = outcome
             self._condition.notify()
@@ -382,7 +427,7 @@ class IMapUnorderedIterator(IMapIterator):
         self._next_chunk += 1
         return self._arrived.popleft()
 
-    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
+    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         with self._condition:
             self._arrived.append(outcome)
             self._condition.notify()

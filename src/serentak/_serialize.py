@@ -40,6 +40,7 @@ import pickle
 import sys
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
@@ -75,6 +76,38 @@ def _registered(module_name: str) -> bool:
         return False
     registry: Callable[[], Sequence[str]] = cloudpickle.list_registry_pickle_by_value
     return any(module_name == m or module_name.startswith(m + ".") for m in registry())
+
+
+_tracked_classes: Final[weakref.WeakSet[type]] = weakref.WeakSet()
+
+
+def track_main_classes() -> None:
+    """Before a fork: give ``__main__``'s classes their by-value identity now.
+
+    A class from ``__main__`` travels by value. cloudpickle maps such a class
+    back to an existing one in the receiver when both know its tracking id;
+    an id given out before a fork is known to both sides of it, so a fork
+    child and its parent then exchange instances of the *same* class
+    (``isinstance`` and ``==`` hold). Pickling a class once assigns the id.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        return
+    classes = [
+        obj
+        for obj in list(vars(main).values())
+        if isinstance(obj, type) and obj.__module__ in _MAIN_NAMES and obj not in _tracked_classes
+    ]
+    if not classes:
+        return
+    import cloudpickle
+
+    for cls in classes:
+        try:
+            cloudpickle.dumps(cls, protocol=PROTOCOL)
+        except Exception:
+            continue  # a class that cannot be pickled cannot travel anyway
+        _tracked_classes.add(cls)
 
 
 class Pickler(pickle.Pickler):

@@ -11,12 +11,14 @@ worker that dies in the middle of a write can only garble its own channel::
     APPLY     task_id, func_id, (args, kwds) ----->  run, in arrival order
     MAP       task_id, func_id, [item, ...] ------>  run each item
     STARMAP   task_id, func_id, [args, ...] ------>  run each item
-                                            <------  DONE   task_id, pickled result(s)
-                                            <------  FAILED task_id, pickled Failure
+                                            <------  DONE   task_id, busy time, pickled result(s)
+                                            <------  FAILED task_id, busy time, pickled Failure
+                                            <------  RETIRE  (over its memory limit: will
+                                                     run nothing more, exits)
     FORGET    func_id                       ------>  drop it from the cache
     STOP                                    ------>  exit
 
-A frame is a fixed 16-byte header (kind, func_id, task_id) and a payload: the
+A frame is a fixed 20-byte header (kind, func_id, busy time, task_id) and a payload: the
 envelope costs a ``struct.unpack``, not a pickle, and the payload stays raw
 bytes until whoever needs the value unpickles it (the caller's ``get()``, not
 the manager thread).
@@ -48,8 +50,9 @@ from ._transport import Connection
 if TYPE_CHECKING:
     from ._results import Outcome
 
-_HEADER: Final = struct.Struct("<BxxxIQ")
+_HEADER: Final = struct.Struct("<BxxxIIQ")
 HEADER_SIZE: Final = _HEADER.size
+_MAX_BUSY_US: Final = 0xFFFF_FFFF  # 71 minutes: longer tasks report that much
 
 
 class Kind(enum.IntEnum):
@@ -65,6 +68,7 @@ class Kind(enum.IntEnum):
     DONE = 8
     FAILED = 9
     INIT_FAILED = 10
+    RETIRE = 11
 
 
 class ResultSink(Protocol):
@@ -73,8 +77,8 @@ class ResultSink(Protocol):
     def _claim(self) -> bool:
         """Called just before the task is handed to a worker; False drops it (cancelled)."""
 
-    def _complete_chunk(self, index: int, outcome: Outcome) -> None:
-        """The task at position ``index`` ended with ``outcome``."""
+    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
+        """The task at position ``index`` ended with ``outcome`` after ``busy_us`` of work."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,16 +125,22 @@ class Frame:
         func_id: the callable it refers to (FUNCTION, FORGET and task frames).
         payload: pickled data; a view of the receive buffer on arrival, valid
             until the next receive on the same connection.
+        busy_us: microseconds the worker spent on the task (DONE, FAILED).
     """
 
     kind: Kind
     task_id: int = 0
     func_id: int = 0
     payload: bytes | memoryview = b""
+    busy_us: int = 0
+
+    def encode(self) -> bytes:
+        """The frame's bytes: header and payload (without the connection's framing)."""
+        return _HEADER.pack(self.kind, self.func_id, self.busy_us, self.task_id) + self.payload
 
     def send(self, conn: Connection) -> None:
-        """Write the frame to ``conn``."""
-        conn.send_frame(_HEADER.pack(self.kind, self.func_id, self.task_id) + self.payload)
+        """Write the frame to ``conn``, blocking until it is written."""
+        conn.send_frame(self.encode())
 
     @classmethod
     def receive(cls, conn: Connection) -> Frame:
@@ -143,8 +153,8 @@ class Frame:
         data, fds = conn.recv_frame()
         for fd in fds:
             os.close(fd)  # pool frames carry no descriptors
-        kind, func_id, task_id = _HEADER.unpack_from(data)
-        return cls(Kind(kind), task_id, func_id, data[HEADER_SIZE:])
+        kind, func_id, busy_us, task_id = _HEADER.unpack_from(data)
+        return cls(Kind(kind), task_id, func_id, data[HEADER_SIZE:], busy_us)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,11 +218,64 @@ def run_task(kind: Kind, func: Callable[..., Any], args: Any) -> Any:
     return list(itertools.starmap(func, args))
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker process runs.
+
+    Attributes:
+        max_memory_mb: after a task, a worker whose resident memory exceeds
+            this many MiB retires (it is replaced; nothing is lost or repeated).
+        environ: variables set in the worker's environment at start-up
+            (thread limits for BLAS/OpenMP), before any task imports anything.
+    """
+
+    max_memory_mb: float | None = None
+    environ: tuple[tuple[str, str], ...] = ()
+
+
+_worker_state: dict[str, Any] = {}
+
+
+def worker_state() -> dict[str, Any]:
+    """This worker process's own dictionary, kept from task to task.
+
+    Fill it in the pool's ``initializer`` with what is expensive to build (a
+    model, a connection) and read it in the tasks::
+
+        def load():
+            serentak.worker_state()["model"] = load_model()
+
+        def predict(x):
+            return serentak.worker_state()["model"].predict(x)
+
+        with serentak.Pool(initializer=load) as pool:
+            pool.map(predict, inputs)
+
+    In a process that is not a pool worker it is just a dictionary of that process.
+    """
+    return _worker_state
+
+
+def resident_memory_mb() -> float:
+    """This process's resident set size, in MiB."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        # The peak, not the current size, where /proc is missing: errs on the side of recycling.
+        peak: float = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1024
+
+
 class _Worker:
     """The worker's state: its connection and the callables the manager sent."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, options: WorkerOptions) -> None:
         self.conn = conn
+        self.options = options
         self.functions: dict[int, Callable[..., Any]] = {}
 
     def serve(self) -> None:
@@ -230,32 +293,41 @@ class _Worker:
                 self.functions.pop(frame.func_id, None)
             else:
                 self.run(frame)
+                limit = self.options.max_memory_mb
+                if limit is not None and resident_memory_mb() > limit:
+                    Frame(Kind.RETIRE).send(self.conn)
+                    return
 
     def run(self, frame: Frame) -> None:
         task_id = frame.task_id
+        started = time.perf_counter()
         try:
             result = run_task(frame.kind, self.functions[frame.func_id], loads(frame.payload))
         except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task
-            self.reply(Kind.FAILED, task_id, encode_failure(Failure.of(exc)))
+            self.reply(Kind.FAILED, task_id, encode_failure(Failure.of(exc)), started)
             return
         try:
             payload = dumps(result)
         except BaseException as exc:
             note = f"the result ({type(result).__qualname__}) could not be pickled"
-            self.reply(Kind.FAILED, task_id, encode_failure(Failure.of(exc, note=note)))
+            self.reply(Kind.FAILED, task_id, encode_failure(Failure.of(exc, note=note)), started)
             return
-        self.reply(Kind.DONE, task_id, payload)
+        self.reply(Kind.DONE, task_id, payload, started)
 
-    def reply(self, kind: Kind, task_id: int, payload: bytes) -> None:
-        Frame(kind, task_id, 0, payload).send(self.conn)
+    def reply(self, kind: Kind, task_id: int, payload: bytes, started: float) -> None:
+        busy_us = min(int((time.perf_counter() - started) * 1e6), _MAX_BUSY_US)
+        Frame(kind, task_id, 0, payload, busy_us).send(self.conn)
 
 
 def worker_main(
     conn: Connection,
     initializer: Callable[..., object] | None,
     initargs: Sequence[Any],
+    options: WorkerOptions,
 ) -> None:
     """The target of every pool worker process."""
+    for name, value in options.environ:
+        os.environ.setdefault(name, value)
     # Ctrl-C reaches the whole process group; the parent decides what it means
     # (its pool terminates us), and workers print no KeyboardInterrupt tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -268,7 +340,7 @@ def worker_main(
             Frame(Kind.INIT_FAILED, 0, 0, payload).send(conn)
             return
     Frame(Kind.READY).send(conn)
-    _Worker(conn).serve()
+    _Worker(conn, options).serve()
 
 
 def describe_exit(pid: int, exitcode: int | None) -> str:

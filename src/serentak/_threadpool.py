@@ -14,10 +14,12 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._exceptions import PoolTerminatedError
+from ._manager import PoolStats, WorkerStats
 from ._pool import BasePool, check_pool_arguments
 from ._results import Outcome
 from ._tasks import Function, Task, run_task
@@ -37,6 +39,8 @@ class _ThreadEngine:
         self._queue: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._ids = itertools.count(1)
         self._terminated = threading.Event()
+        self._stats_lock = threading.Lock()
+        self._counts: dict[int, tuple[int, int, float]] = {}  # thread ident -> done, failed, busy
         self._threads = [
             threading.Thread(
                 target=self._work,
@@ -70,6 +74,15 @@ class _ThreadEngine:
         self.close()
         self.join()
 
+    def stats(self) -> PoolStats:
+        with self._stats_lock:
+            counts = dict(self._counts)
+        workers = tuple(
+            WorkerStats(t.ident or 0, t.is_alive(), *counts.get(t.ident or 0, (0, 0, 0.0)), None)
+            for t in self._threads
+        )
+        return PoolStats(workers, restarts=0, tasks_lost=0, tasks_timed_out=0)
+
     def join(self) -> None:
         current = threading.current_thread()
         for thread in self._threads:
@@ -94,6 +107,7 @@ class _ThreadEngine:
                 continue
             if not task.sink._claim():
                 continue
+            started = time.perf_counter()
             if failed is not None:
                 outcome = Outcome.of_exception(failed)
             else:
@@ -103,7 +117,15 @@ class _ThreadEngine:
                     )
                 except BaseException as exc:
                     outcome = Outcome.of_exception(exc)
-            task.sink._complete_chunk(task.index, outcome)
+            busy = time.perf_counter() - started
+            self._count(outcome.ok, busy)
+            task.sink._complete_chunk(task.index, outcome, int(busy * 1e6))
+
+    def _count(self, ok: bool, busy: float) -> None:
+        ident = threading.get_ident()
+        with self._stats_lock:
+            done, failed, total = self._counts.get(ident, (0, 0, 0.0))
+            self._counts[ident] = (done + 1, failed + (not ok), total + busy)
 
 
 class ThreadPool(BasePool):

@@ -59,6 +59,11 @@ def _header(length: int, has_fds: bool) -> bytes:
 _C = TypeVar("_C", bound="Connection")
 
 
+def frame(payload: bytes, has_fds: bool = False) -> bytes:
+    """``payload`` with its frame header: what :meth:`Connection.send_some` writes."""
+    return _header(len(payload), has_fds) + payload
+
+
 class Connection:
     """One end of a connection: send and receive picklable objects or bytes.
 
@@ -211,6 +216,23 @@ class Connection:
         else:
             sent = os.writev(fd, [header, payload])
         self._write_rest(fd, header, payload, sent)
+
+    def send_some(self, data: memoryview, fds: Sequence[int] = ()) -> int:
+        """Write as much of ``data`` (framed bytes, see :func:`frame`) as fits now.
+
+        Never blocks: returns how many bytes went, 0 if the socket is full.
+        ``fds`` go with the first byte, so pass them only on the first call.
+        """
+        self._check_writable()
+        if self._socket is None:
+            raise TypeError("non-blocking writes need a socket connection")
+        try:
+            if fds:
+                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                return self._socket.sendmsg([data], ancillary, socket.MSG_DONTWAIT)
+            return self._socket.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
 
     @staticmethod
     def _write_rest(fd: int, header: bytes, payload: bytes | memoryview, sent: int) -> None:

@@ -1,0 +1,549 @@
+"""Pipe, Connection and wait() (serentak.connection, serentak._transport).
+
+The first part uses both ends of a Pipe in this process; the second hands one
+end to a child under every start method (the ``ctx`` fixture).
+"""
+
+from __future__ import annotations
+
+import array
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import _targets
+import serentak
+from serentak import BufferTooShort, ProcessError
+from serentak.connection import Connection, Pipe, wait
+
+# How late a timed wait may return: generous, CI machines are slow and busy.
+LATE = 1.0
+# Waits for something that must happen: long enough never to fire on a slow
+# machine, short of the per-test timeout so a failure reads as an assertion.
+PATIENCE = 20.0
+BIG = 50 * 1024 * 1024
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[Connection, Connection]]:
+    a, b = Pipe()
+    with a, b:
+        yield a, b
+
+
+@pytest.fixture
+def one_way() -> Iterator[tuple[Connection, Connection]]:
+    reader, writer = Pipe(duplex=False)
+    with reader, writer:
+        yield reader, writer
+
+
+class Unequal:
+    """A class of this module, found again by import when unpickled."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+# ---- in one process -------------------------------------------------------------------
+
+
+OBJECTS = [
+    None,
+    True,
+    0,
+    -(2**100),
+    1.5,
+    complex(1, -2),
+    "",
+    "text with ünïcode ✓",
+    b"",
+    b"\x00\xff" * 10,
+    bytearray(b"mutable"),
+    (1, (2, (3,))),
+    [1, "two", [3.0]],
+    {"key": [1, 2], 3: {"nested": None}},
+    {1, 2, 3},
+    frozenset({"a"}),
+    range(3, 30, 3),
+    _targets.ConnPoint(1, 2),
+    list(range(10_000)),  # small enough for the socket buffer: nobody reads meanwhile
+]
+
+
+@pytest.mark.parametrize("obj", OBJECTS, ids=lambda obj: type(obj).__name__)
+def test_send_recv_round_trip(pipe: tuple[Connection, Connection], obj: Any) -> None:
+    a, b = pipe
+    a.send(obj)
+    received = b.recv()
+    assert received == obj
+    assert type(received) is type(obj)
+
+
+def test_send_recv_exceptions_functions_and_classes(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    a.send(ValueError("bad", 3))
+    error = b.recv()
+    assert type(error) is ValueError
+    assert error.args == ("bad", 3)
+
+    a.send(math.nan)
+    assert math.isnan(b.recv())
+
+    a.send((len, _targets.ConnPoint, Unequal))
+    assert b.recv() == (len, _targets.ConnPoint, Unequal)
+
+    instance = Unequal(7)
+    a.send([instance, instance])
+    first, second = b.recv()
+    assert first is second  # shared references stay shared
+    assert first.value == 7
+
+    offset = 10
+    a.send(lambda x: x + offset)  # by value: serentak ships lambdas and closures
+    assert b.recv()(1) == 11
+
+
+def test_both_directions_of_a_duplex_pipe(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    for end in pipe:
+        assert end.readable
+        assert end.writable
+    a.send("to b")
+    b.send("to a")
+    assert b.recv() == "to b"
+    assert a.recv() == "to a"
+
+
+def test_one_way_pipe(one_way: tuple[Connection, Connection]) -> None:
+    reader, writer = one_way
+    assert (reader.readable, reader.writable) == (True, False)
+    assert (writer.readable, writer.writable) == (False, True)
+    writer.send("one way")
+    assert reader.recv() == "one way"
+    with pytest.raises(OSError, match="connection is read-only"):
+        reader.send("back")
+    with pytest.raises(OSError, match="connection is read-only"):
+        reader.send_bytes(b"back")
+    with pytest.raises(OSError, match="connection is write-only"):
+        writer.recv()
+    with pytest.raises(OSError, match="connection is write-only"):
+        writer.recv_bytes()
+    with pytest.raises(OSError, match="connection is write-only"):
+        writer.recv_bytes_into(bytearray(10))
+    with pytest.raises(OSError, match="connection is write-only"):
+        writer.poll()
+
+
+def test_many_messages_keep_their_order(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    received: list[Any] = []
+
+    def read() -> None:
+        for _ in range(2000):
+            received.append(b.recv())
+            received.append(b.recv_bytes())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for number in range(2000):
+        a.send(number)
+        a.send_bytes(b"x" * (number % 700))
+    reader.join(PATIENCE)
+    assert not reader.is_alive()
+    expected: list[Any] = []
+    for number in range(2000):
+        expected += [number, b"x" * (number % 700)]
+    assert received == expected
+
+
+def test_send_bytes_with_offset_and_size(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    a.send_bytes(b"abcdef")
+    a.send_bytes(b"abcdef", 2)
+    a.send_bytes(b"abcdef", 1, 3)
+    a.send_bytes(b"abcdef", 6)
+    a.send_bytes(bytearray(b"abcdef"), 0, 0)
+    a.send_bytes(memoryview(b"abcdef")[1:], 1, 2)
+    numbers = array.array("i", [1, 2, 3, 4])
+    a.send_bytes(numbers, numbers.itemsize, 2 * numbers.itemsize)  # offsets count bytes
+    assert [b.recv_bytes() for _ in range(6)] == [b"abcdef", b"cdef", b"bcd", b"", b"", b"cd"]
+    assert array.array("i", b.recv_bytes()) == array.array("i", [2, 3])
+
+
+@pytest.mark.parametrize(
+    ("offset", "size", "message"),
+    [
+        (-1, None, "offset is negative"),
+        (7, None, "buffer length < offset"),
+        (0, -1, "size is negative"),
+        (2, 5, "buffer length < offset \\+ size"),
+    ],
+)
+def test_send_bytes_refuses_bad_offset_and_size(
+    pipe: tuple[Connection, Connection], offset: int, size: int | None, message: str
+) -> None:
+    a, b = pipe
+    with pytest.raises(ValueError, match=message):
+        a.send_bytes(b"abcdef", offset, size)
+    a.send_bytes(b"still usable")
+    assert b.recv_bytes() == b"still usable"
+
+
+def test_recv_bytes_maxlength(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    a.send_bytes(b"12345")
+    assert b.recv_bytes(5) == b"12345"
+    with pytest.raises(ValueError):
+        b.recv_bytes(-1)
+    a.send_bytes(b"123456")
+    with pytest.raises(OSError, match="bad message length"):
+        b.recv_bytes(5)
+
+
+def test_recv_bytes_into(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    buffer = bytearray(b"." * 10)
+    a.send_bytes(b"hello")
+    assert b.recv_bytes_into(buffer) == 5
+    assert buffer == b"hello....."
+    a.send_bytes(b"abc")
+    assert b.recv_bytes_into(buffer, 7) == 3
+    assert buffer == b"hello..abc"
+    a.send_bytes(b"")
+    assert b.recv_bytes_into(buffer, 10) == 0
+    view = memoryview(bytearray(4))
+    a.send_bytes(b"wxyz")
+    assert b.recv_bytes_into(view) == 4
+    assert view.tobytes() == b"wxyz"
+
+
+def test_recv_bytes_into_an_array_as_documented(pipe: tuple[Connection, Connection]) -> None:
+    """The example of the multiprocessing documentation."""
+    a, b = pipe
+    arr1 = array.array("i", range(5))
+    arr2 = array.array("i", [0] * 10)
+    a.send_bytes(arr1)
+    count = b.recv_bytes_into(arr2)
+    assert count == len(arr1) * arr1.itemsize
+    assert arr2 == array.array("i", [0, 1, 2, 3, 4, 0, 0, 0, 0, 0])
+
+
+def test_recv_bytes_into_a_buffer_too_short(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    a.send_bytes(b"too long for it")
+    with pytest.raises(BufferTooShort) as caught:
+        b.recv_bytes_into(bytearray(4))
+    assert caught.value.args[0] == b"too long for it"
+    assert isinstance(caught.value, ProcessError)
+    assert serentak.BufferTooShort is BufferTooShort
+
+    a.send_bytes(b"abc")
+    with pytest.raises(BufferTooShort) as caught:
+        b.recv_bytes_into(bytearray(4), 2)  # fits the buffer, not after the offset
+    assert caught.value.args[0] == b"abc"
+    a.send_bytes(b"after")
+    assert b.recv_bytes() == b"after"  # the stream stays in step
+
+
+@pytest.mark.parametrize("offset", [-1, 11])
+def test_recv_bytes_into_refuses_a_bad_offset(
+    pipe: tuple[Connection, Connection], offset: int
+) -> None:
+    _a, b = pipe
+    with pytest.raises(ValueError):
+        b.recv_bytes_into(bytearray(10), offset)
+
+
+def test_poll(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    assert b.poll() is False
+    started = time.monotonic()
+    assert b.poll(0.2) is False
+    elapsed = time.monotonic() - started
+    assert 0.19 <= elapsed < 0.2 + LATE
+
+    a.send("something")
+    assert b.poll() is True
+    assert b.poll(0.2) is True
+    assert b.poll(None) is True
+    assert b.recv() == "something"
+    assert b.poll() is False
+
+
+def test_poll_wakes_up_when_a_message_arrives(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    go = threading.Event()
+
+    def send_later() -> None:
+        go.wait(PATIENCE)
+        a.send("late")
+
+    sender = threading.Thread(target=send_later)
+    sender.start()
+    go.set()
+    started = time.monotonic()
+    assert b.poll(PATIENCE) is True
+    assert time.monotonic() - started < LATE
+    assert b.recv() == "late"
+    sender.join()
+
+
+def test_messages_already_read_ahead_count_as_ready(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    for number in range(3):
+        a.send(number)
+    assert b.recv() == 0  # the others may be buffered in b by now
+    assert b.poll() is True
+    assert wait([b], timeout=0) == [b]
+    assert b.recv() == 1
+    assert wait([b], timeout=0) == [b]
+    assert b.recv() == 2
+    assert wait([b], timeout=0) == []
+
+
+def test_eof_when_the_other_end_is_closed(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    a.send("last words")
+    a.close()
+    assert b.poll(PATIENCE) is True
+    assert b.recv() == "last words"
+    assert b.poll(PATIENCE) is True  # readable: recv will not block, it raises
+    with pytest.raises(EOFError):
+        b.recv()
+    with pytest.raises(EOFError):
+        b.recv_bytes()
+    with pytest.raises(EOFError):
+        b.recv_bytes_into(bytearray(4))
+
+
+def test_send_to_a_closed_end_raises(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    b.close()
+    with pytest.raises(BrokenPipeError):
+        a.send("nobody listens")
+    with pytest.raises(BrokenPipeError):
+        a.send_bytes(b"nobody listens")
+
+
+def test_unpicklable_object_is_not_sent(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    with pytest.raises(TypeError, match="lock"):
+        a.send(threading.Lock())
+    a.send("next")
+    assert b.recv() == "next"  # nothing half-sent is in the way
+
+
+def test_fileno_closed_and_close(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    assert isinstance(a.fileno(), int)
+    assert a.fileno() >= 0
+    assert a.fileno() != b.fileno()
+    assert (a.closed, b.closed) == (False, False)
+    a.close()
+    assert (a.closed, b.closed) == (True, False)
+    a.close()  # closing twice is harmless
+    assert (a.closed, b.closed) == (True, False)
+
+
+def test_a_closed_connection_refuses_use(pipe: tuple[Connection, Connection]) -> None:
+    a, _b = pipe
+    a.close()
+    calls = [
+        lambda: a.send(1),
+        lambda: a.send_bytes(b"1"),
+        a.recv,
+        a.recv_bytes,
+        lambda: a.recv_bytes_into(bytearray(1)),
+        a.poll,
+        a.fileno,
+    ]
+    for call in calls:
+        with pytest.raises(OSError, match="handle is closed"):
+            call()
+
+
+def test_context_manager_closes() -> None:
+    a, b = Pipe()
+    with a as entered, b:
+        assert entered is a
+        assert (a.closed, b.closed) == (False, False)
+    assert (a.closed, b.closed) == (True, True)
+
+
+def test_pipe_of_a_context_and_of_the_module() -> None:
+    for make in (serentak.Pipe, serentak.get_context("spawn").Pipe):
+        a, b = make(duplex=False)
+        with a, b:
+            assert isinstance(a, Connection)
+            b.send_bytes(b"x")
+            assert a.recv_bytes() == b"x"
+
+
+def test_wait_on_connections(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    c, d = Pipe()
+    with c, d:
+        started = time.monotonic()
+        assert wait([b, d], timeout=0.2) == []
+        assert 0.19 <= time.monotonic() - started < 0.2 + LATE
+        assert wait([b, d], timeout=0) == []
+
+        c.send("to d")
+        assert wait([b, d]) == [d]
+        a.send("to b")
+        ready = wait([b, d], timeout=PATIENCE)
+        assert ready == [b, d]
+        assert ready[0] is b
+        assert b.recv() == "to b"
+        assert d.recv() == "to d"
+
+        c.close()
+        assert wait([b, d], timeout=PATIENCE) == [d]  # the other end closed: ready, for EOFError
+    assert wait([], timeout=0) == []
+
+
+def test_wait_on_anything_with_a_fileno(pipe: tuple[Connection, Connection]) -> None:
+    _a, b = pipe
+    left, right = socket.socketpair()
+    with left, right:
+        assert wait([b, right], timeout=0) == []
+        left.send(b"x")
+        assert wait([b, right], timeout=PATIENCE) == [right]
+        assert wait([b, right.fileno()], timeout=PATIENCE) == [right.fileno()]
+
+
+# ---- with children under every start method ------------------------------------------------
+
+
+def test_connection_as_a_process_argument(ctx: Any) -> None:
+    """The seed's example 7.2, then EOF once the child has exited and our copy is closed."""
+    parent_conn, child_conn = ctx.Pipe()
+    with parent_conn, child_conn:
+        process = ctx.Process(target=_targets.conn_hello, args=(child_conn,))
+        process.start()
+        process.join(PATIENCE)
+        assert process.exitcode == 0
+        assert parent_conn.recv() == "Hello from child process"
+        child_conn.close()
+        with pytest.raises(EOFError):
+            parent_conn.recv()
+
+
+def test_objects_round_trip_through_a_child(ctx: Any) -> None:
+    objects = [
+        None,
+        "text",
+        b"bytes",
+        [1, {2: (3,)}],
+        _targets.ConnPoint(3, 4),
+        ValueError("sent back"),
+        {"x" * 1000: list(range(1000))},
+    ]
+    here, there = ctx.Pipe()
+    with here, there:
+        process = ctx.Process(target=_targets.conn_echo, args=(there, len(objects)))
+        process.start()
+        there.close()
+        echoed = []
+        for obj in objects:
+            here.send(obj)
+            echoed.append(here.recv())
+        process.join(PATIENCE)
+    assert process.exitcode == 0
+    assert echoed[:5] == objects[:5]
+    assert type(echoed[5]) is ValueError
+    assert echoed[5].args == ("sent back",)
+    assert echoed[6] == objects[6]
+
+
+def test_50_megabytes_through_a_child(ctx: Any) -> None:
+    big = bytes(range(256)) * (BIG // 256)
+    here, there = ctx.Pipe()
+    with here, there:
+        process = ctx.Process(target=_targets.conn_echo_bytes_then_object, args=(there,))
+        process.start()
+        there.close()
+        here.send_bytes(big)
+        assert here.recv_bytes() == big
+        here.send({"big": big})
+        assert here.recv() == {"big": big}
+        process.join(PATIENCE)
+    assert process.exitcode == 0
+
+
+def test_many_messages_from_a_child_in_order(ctx: Any) -> None:
+    count = 10_000
+    here, there = ctx.Pipe(duplex=False)
+    with here, there:
+        process = ctx.Process(target=_targets.conn_send_many, args=(there, count))
+        process.start()
+        there.close()
+        received = [here.recv() for _ in range(count)]
+        with pytest.raises(EOFError):
+            here.recv()
+        process.join(PATIENCE)
+    assert received == list(range(count))
+    assert process.exitcode == 0
+
+
+def test_messages_of_every_size_from_a_child(ctx: Any) -> None:
+    """Sizes around the reader's internal buffer and the frame header's boundaries."""
+    sizes = [0, 1, 3, 4, 5, 1000, 65535, 65536, 65537, 262139, 262140, 262144, 262145, 10**6]
+    sizes += [7, 0, 262144 * 3 + 1, 2]
+    here, there = ctx.Pipe()
+    with here, there:
+        process = ctx.Process(target=_targets.conn_send_sizes, args=(there, sizes))
+        process.start()
+        there.close()
+        for index, size in enumerate(sizes):
+            assert here.recv_bytes() == bytes([index % 256]) * size, f"message {index}"
+        process.join(PATIENCE)
+    assert process.exitcode == 0
+
+
+def test_wait_on_connections_and_sentinels(ctx: Any) -> None:
+    go_here, go_there = ctx.Pipe()
+    out_here, out_there = ctx.Pipe()
+    with go_here, go_there, out_here, out_there:
+        process = ctx.Process(
+            target=_targets.conn_send_when_told, args=(go_there, out_there, "result")
+        )
+        process.start()
+        go_there.close()
+        out_there.close()
+        objects = [out_here, process.sentinel]
+        assert wait(objects, timeout=0.1) == []
+
+        go_here.send("go")
+        ready = wait(objects, timeout=PATIENCE)
+        assert out_here in ready
+        assert out_here.recv() == "result"
+        assert wait([process.sentinel], timeout=PATIENCE) == [process.sentinel]
+        # The child has ended and closed its end: both are ready now.
+        assert wait(objects, timeout=PATIENCE) == objects
+        with pytest.raises(EOFError):
+            out_here.recv()
+        process.join(PATIENCE)
+    assert process.exitcode == 0
+
+
+def test_connection_sent_over_a_connection(ctx: Any) -> None:
+    channel_here, channel_there = ctx.Pipe()
+    a, b = ctx.Pipe()
+    with channel_here, channel_there, a, b:
+        process = ctx.Process(target=_targets.conn_relay_received, args=(channel_there,))
+        process.start()
+        channel_there.close()
+        channel_here.send(b)
+        b.close()
+        assert a.recv() == "relayed"
+        with pytest.raises(EOFError):
+            a.recv()
+        process.join(PATIENCE)
+    assert process.exitcode == 0
