@@ -124,3 +124,678 @@ def sync_bump(block: Any) -> None:
     import ctypes
 
     ctypes.c_int.from_buffer(block.buffer).value += 1
+
+
+# ---- test_process ---------------------------------------------------------------
+
+
+def proc_noop() -> None:
+    """Do nothing: the child exits 0."""
+
+
+def proc_send_args(conn: Any, *args: Any, **kwargs: Any) -> None:
+    """Send back the arguments the child was given."""
+    conn.send((args, kwargs))
+    conn.close()
+
+
+def proc_report(conn: Any) -> None:
+    """Send what this process knows of itself and of its parent."""
+    import os
+    import sys
+
+    import serentak
+
+    me = serentak.current_process()
+    parent = serentak.parent_process()
+    conn.send(
+        {
+            "name": me.name,
+            "pid": me.pid,
+            "ident": me.ident,
+            "getpid": os.getpid(),
+            "daemon": me.daemon,
+            "is_alive": me.is_alive(),
+            "authkey": bytes(me.authkey),
+            "parent": None if parent is None else (parent.name, parent.pid, parent.is_alive()),
+            "active_children": len(serentak.active_children()),
+            "start_method": serentak.get_start_method(allow_none=True),
+            "ppid": os.getppid(),
+            "stdin": sys.stdin.read(),
+        }
+    )
+    conn.close()
+
+
+def proc_wait_then_exit(conn: Any, code: int = 0) -> None:
+    """Say "ready", wait for one message, then exit with ``code``."""
+    import sys
+
+    conn.send("ready")
+    conn.recv()
+    sys.exit(code)
+
+
+def proc_block_forever(conn: Any) -> None:
+    """Say "ready", then wait for a signal that ends the process."""
+    import signal
+
+    conn.send("ready")
+    while True:
+        signal.pause()
+
+
+def proc_leave_a_thread(conn: Any) -> None:
+    """Return at once, leaving a non-daemon thread that echoes one message."""
+    import threading
+
+    threading.Thread(target=lambda: conn.send(conn.recv())).start()
+
+
+def proc_digest(conn: Any, data: bytes) -> None:
+    """Send the length and SHA-256 of ``data``."""
+    import hashlib
+
+    conn.send((len(data), hashlib.sha256(data).hexdigest()))
+    conn.close()
+
+
+def _stderr_to(path: str) -> None:
+    """Point this process's file descriptor 2 at ``path``, as a shell's ``2>path`` would."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    # A forked child inherits sys.stderr as the parent had it, which under pytest
+    # is pytest's capture, not file descriptor 2: write to the descriptor again.
+    sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+
+
+def proc_raise(stderr_path: str, message: str) -> None:
+    """Raise an uncaught ValueError, the child's stderr going to ``stderr_path``."""
+    _stderr_to(stderr_path)
+    raise ValueError(message)
+
+
+def proc_exit(stderr_path: str, code: Any) -> None:
+    """``sys.exit(code)``, the child's stderr going to ``stderr_path``."""
+    import sys
+
+    _stderr_to(stderr_path)
+    sys.exit(code)
+
+
+def proc_os_exit(code: int) -> None:
+    import os
+
+    os._exit(code)
+
+
+def proc_try_to_have_a_child(conn: Any, method: str) -> None:
+    """Try to start a child; send the AssertionError's message (or "started"), its daemon flag."""
+    import serentak
+
+    child = serentak.get_context(method).Process(target=proc_noop)
+    try:
+        child.start()
+    except AssertionError as exc:
+        outcome = str(exc)
+    else:
+        child.join()
+        outcome = "started"
+    conn.send({"outcome": outcome, "inherited_daemon": child.daemon})
+    conn.close()
+
+
+def proc_start_grandchild(conn: Any, method: str) -> None:
+    """Start a grandchild that reports itself; send its report and what this child knows."""
+    import serentak
+
+    ctx = serentak.get_context(method)
+    here, there = ctx.Pipe()
+    with here, there:
+        grandchild = ctx.Process(target=proc_report, args=(there,))
+        grandchild.start()
+        there.close()
+        report = here.recv()
+        grandchild.join()
+    conn.send(
+        {
+            "me": serentak.current_process().name,
+            "grandchild_name": grandchild.name,
+            "grandchild": report,
+            "grandchild_exitcode": grandchild.exitcode,
+        }
+    )
+    conn.close()
+
+
+def proc_use_unpicklable(conn: Any, lock: Any, numbers: Any) -> None:
+    """Use a threading lock and a generator (possible only if nothing was pickled)."""
+    with lock:
+        conn.send(next(numbers))
+    conn.close()
+
+
+# ---- test_connection ------------------------------------------------------------
+
+
+class ConnPoint:
+    """A user-defined class that children import from here."""
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x = x
+        self.y = y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ConnPoint) and (self.x, self.y) == (other.x, other.y)
+
+    def __hash__(self) -> int:
+        return hash((self.x, self.y))
+
+
+def conn_hello(conn: Any) -> None:
+    """The seed's example 7.2."""
+    conn.send("Hello from child process")
+    conn.close()
+
+
+def conn_echo(conn: Any, count: int) -> None:
+    """Send back ``count`` objects, each as received."""
+    for _ in range(count):
+        conn.send(conn.recv())
+    conn.close()
+
+
+def conn_echo_bytes(conn: Any, count: int) -> None:
+    """Send back ``count`` byte messages, each as received."""
+    for _ in range(count):
+        conn.send_bytes(conn.recv_bytes())
+    conn.close()
+
+
+def conn_echo_bytes_then_object(conn: Any) -> None:
+    """Send back one byte message, then one object."""
+    conn.send_bytes(conn.recv_bytes())
+    conn.send(conn.recv())
+    conn.close()
+
+
+def conn_send_many(conn: Any, count: int) -> None:
+    """Send the integers 0 .. count-1 in order, then close."""
+    for number in range(count):
+        conn.send(number)
+    conn.close()
+
+
+def conn_send_sizes(conn: Any, sizes: list[int]) -> None:
+    """Send one byte message of each size, filled with its index."""
+    for index, size in enumerate(sizes):
+        conn.send_bytes(bytes([index % 256]) * size)
+    conn.close()
+
+
+def conn_send_when_told(go: Any, out: Any, message: Any) -> None:
+    """Wait for a message on ``go``, then send ``message`` on ``out``."""
+    go.recv()
+    out.send(message)
+    go.close()
+    out.close()
+
+
+def conn_relay_received(conn: Any) -> None:
+    """Receive a Connection over ``conn`` and send "relayed" through the received one."""
+    received = conn.recv()
+    received.send("relayed")
+    received.close()
+    conn.close()
+
+
+# ---- test_start_methods ---------------------------------------------------------
+
+
+def start_report(conn: Any) -> None:
+    """Send how this child came to be: its OS parent, what it inherited, its default method."""
+    import os
+    import sys
+
+    import serentak
+
+    parent = serentak.parent_process()
+    conn.send(
+        {
+            "ppid": os.getppid(),
+            "parent_pid": None if parent is None else parent.pid,
+            "mark": getattr(sys.modules[__name__], "START_MARK", None),
+            "default_method": serentak.get_start_method(allow_none=True),
+        }
+    )
+    conn.close()
+
+
+def start_call_all(conn: Any, calls: list[tuple[Any, Any]]) -> None:
+    """Send ``[function(argument) for function, argument in calls]``."""
+    conn.send([function(argument) for function, argument in calls])
+    conn.close()
+
+
+# ---- test_sharedctypes ----------------------------------------------------------
+
+import ctypes as _ctypes  # noqa: E402 (this section's own import, kept with it)
+
+
+class SctPoint(_ctypes.Structure):
+    """A Structure for Value(SctPoint, ...) in a child."""
+
+    _fields_ = (("x", _ctypes.c_int), ("y", _ctypes.c_double))
+
+
+def sct_increment(value: Any) -> None:
+    """The seed's 6.1: add 1 to a Value under its lock."""
+    with value.get_lock():
+        value.value += 1
+
+
+def sct_bump_first(array: Any) -> None:
+    """The seed's 6.2: add 1 to the first item of an Array."""
+    array[0] += 1
+
+
+def sct_add_many(value: Any, times: int) -> None:
+    """Add 1 to ``value`` ``times`` times, each under its lock."""
+    for _ in range(times):
+        with value.get_lock():
+            value.value += 1
+
+
+def sct_swap_values(conn: Any, objects: list[Any], new_values: list[Any]) -> None:
+    """Send the ``.value`` of each object as the child sees it, then store ``new_values``."""
+    conn.send([obj.value for obj in objects])
+    for obj, new in zip(objects, new_values, strict=True):
+        obj.value = new
+    conn.close()
+
+
+def sct_try_lock(conn: Any, value: Any) -> None:
+    """Send whether the child can take ``value``'s lock without waiting, and with ``with value``."""
+    took = value.get_lock().acquire(False)
+    if took:
+        value.get_lock().release()
+    conn.send(took)
+    conn.close()
+
+
+def sct_raw_add(raw: Any, array: Any) -> None:
+    """Add 1 to a raw value and to each item of a raw array (no lock: the parent waits)."""
+    raw.value += 1
+    for index in range(len(array)):
+        array[index] += 1
+
+
+def sct_chars(conn: Any, chars: Any) -> None:
+    """Send a char array's value and raw bytes, then set its value to b'bye'."""
+    conn.send(chars.value)
+    conn.send(chars.raw)
+    chars.value = b"bye"
+    conn.close()
+
+
+def sct_move_point(point: Any, points: Any) -> None:
+    """Move a synchronized SctPoint and each point of a raw array of them."""
+    with point.get_lock():
+        point.x += 1
+        point.y *= 2
+    for item in points:
+        item.x += 10
+
+
+# ---- test_shared_memory -----------------------------------------------------------
+
+
+def shm_attach_and_write(name: str, data: bytes) -> None:
+    """Attach to the segment called ``name`` and write ``data`` at its start."""
+    from serentak.shared_memory import SharedMemory
+
+    shm = SharedMemory(name)
+    try:
+        buf = shm.buf
+        if buf is None:
+            raise RuntimeError("attached segment has no buffer")
+        buf[: len(data)] = data
+    finally:
+        shm.close()
+
+
+def shm_write(shm: Any, data: bytes) -> None:
+    """Write ``data`` at the start of a SharedMemory the child was given."""
+    shm.buf[: len(data)] = data
+    shm.close()
+
+
+def shm_create_and_report(conn: Any, link: Any) -> None:
+    """Create a segment holding b'made', send its name, and exit without unlinking it.
+
+    ``link`` (a SharedMemory or None) is there for what it carries: the
+    parent's tracker link.
+    """
+    from serentak.shared_memory import SharedMemory
+
+    shm = SharedMemory(create=True, size=64)
+    shm.buf[:4] = b"made"
+    conn.send(shm.name)
+    shm.close()
+    if link is not None:
+        link.close()
+    conn.close()
+
+
+def shm_link_report(conn: Any) -> None:
+    """Send whether this process is linked to a tracker, before and after receiving a segment."""
+    from serentak import _tracker
+
+    conn.send(_tracker.is_linked())
+    shm = conn.recv()
+    conn.send(_tracker.is_linked())
+    conn.send(bytes(shm.buf[:4]))
+    shm.close()
+    conn.close()
+
+
+def shm_create_and_wait(conn: Any, link: Any) -> None:
+    """Create a tracked and an untracked segment, send what the parent checks, wait for SIGKILL."""
+    import signal
+
+    from serentak import _tracker
+    from serentak.shared_memory import SharedMemory
+
+    conn.send(_tracker.is_linked())
+    tracked = SharedMemory(create=True, size=64)
+    untracked = SharedMemory(create=True, size=64, track=False)
+    conn.send(tracked.name)
+    conn.send(untracked.name)
+    while True:
+        signal.pause()
+
+
+def shm_list_update(shareable: Any, name: str) -> None:
+    """Change items of a ShareableList received pickled, and of one attached by ``name``."""
+    from serentak.shared_memory import ShareableList
+
+    shareable[0] = "changed"
+    shareable[1] += 1
+    shareable.shm.close()
+    attached: Any = ShareableList(name=name)
+    attached[2] = None
+    attached[-1] = b"x\x00"
+    attached.shm.close()
+
+
+# ---- test_pool, test_pool_faults, test_executor, test_threadpool ------------------
+#
+# Pool tasks. Most record what they did in a file opened with O_APPEND (one
+# short write per line, so lines from several workers never interleave): the
+# tests read it to know which task ran where, and how often.
+
+
+def pool_append(path: str, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` in one write."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def pool_square(x: int) -> int:
+    return x * x
+
+
+def pool_add(a: int, b: int) -> int:
+    return a + b
+
+
+def pool_echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments, as the task received them."""
+    return args, kwargs
+
+
+def pool_pid(x: Any) -> tuple[Any, int]:
+    """``x`` and the pid of the worker that ran it."""
+    import os
+
+    return x, os.getpid()
+
+
+def pool_whoami(x: Any) -> dict[str, Any]:
+    """What the worker knows of itself."""
+    import os
+    import threading
+
+    import serentak
+
+    return {
+        "x": x,
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "name": serentak.current_process().name,
+        "thread": threading.get_ident(),
+    }
+
+
+def pool_note_pid(path: str) -> None:
+    """An initializer: append this worker's pid to ``path`` (so a test sees it has started)."""
+    import os
+
+    pool_append(path, str(os.getpid()))
+
+
+POOL_INITIALIZED: Any = None
+
+
+def pool_init(path: str, value: Any) -> None:
+    """An initializer: note the pid, keep ``value`` for pool_initialized()."""
+    global POOL_INITIALIZED  # the worker's state, set by its initializer
+    pool_note_pid(path)
+    POOL_INITIALIZED = value
+
+
+def pool_initialized(x: Any) -> tuple[Any, Any]:
+    return x, POOL_INITIALIZED
+
+
+def pool_init_fails(message: str) -> None:
+    raise RuntimeError(message)
+
+
+def pool_record(path: str, task_id: int) -> tuple[int, int]:
+    """Note "task_id pid" in ``path``; return the same pair."""
+    import os
+
+    pool_append(path, f"{task_id} {os.getpid()}")
+    return task_id, os.getpid()
+
+
+def pool_record_or_die(path: str, task_id: int) -> int:
+    """Note ``task_id`` in ``path``; then, for every tenth task, SIGKILL this worker."""
+    import os
+    import signal
+
+    pool_append(path, str(task_id))
+    if task_id % 10 == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return task_id
+
+
+def pool_raise(message: str) -> None:
+    raise ValueError(message)  # test_pool_faults looks for this line in the remote traceback
+
+
+def pool_block_forever(path: str) -> None:
+    """Note this worker's pid in ``path``, then block until killed."""
+    import os
+    import signal
+
+    pool_append(path, str(os.getpid()))
+    while True:
+        signal.pause()
+
+
+def pool_block_on(path: str, block_on: int, x: int) -> int:
+    """``x * 10``; but for ``x == block_on``, note the pid in ``path`` and block until killed."""
+    if x == block_on:
+        pool_block_forever(path)
+    return x * 10
+
+
+def pool_gate(directory: str, name: str, value: Any = None) -> Any:
+    """Create ``<name>.started`` in ``directory``, wait for ``<name>.go``, return ``value``."""
+    import os
+    import time
+
+    pool_append(os.path.join(directory, f"{name}.started"), str(os.getpid()))
+    go = os.path.join(directory, f"{name}.go")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(go):  # an OS condition nothing signals: polled, with a deadline
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} was never let go")
+        time.sleep(0.001)
+    return value
+
+
+def pool_gate_started(directory: str, name: str, patience: float = 20.0) -> bool:
+    """(The test's side of pool_gate.) Whether ``name`` started within ``patience`` seconds."""
+    import os
+    import time
+
+    started = os.path.join(directory, f"{name}.started")
+    deadline = time.monotonic() + patience
+    while not os.path.exists(started):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def pool_gate_open(directory: str, name: str) -> None:
+    """(The test's side of pool_gate.) Let ``name`` return."""
+    import os
+
+    with open(os.path.join(directory, f"{name}.go"), "w"):
+        pass
+
+
+def pool_thread_lock(lock: Any, x: int) -> tuple[int, bool]:
+    """Use a threading.Lock given as an argument (possible only if nothing was pickled)."""
+    with lock:
+        return x, lock.locked()
+
+
+class PoolUnpicklableError(Exception):
+    """An exception holding a lock: it cannot be pickled."""
+
+    def __init__(self, message: str) -> None:
+        import threading
+
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class PoolUnloadableError(Exception):
+    """Pickles, but cannot be unpickled: its __init__ takes two arguments, args holds one."""
+
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(f"{first} {second}")
+
+
+class PoolExitWhenUnpickled:
+    """An object that makes the process unpickling it ``os._exit(3)``."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (pool_os_exit, (3,))
+
+
+class PoolRaiseWhenUnpickled:
+    """An object whose unpickling raises ValueError."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (pool_raise, ("raised while unpickled",))
+
+
+class PoolCrashWhenUnpickled:
+    """An object whose unpickling crashes the process (SIGSEGV)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (pool_segfault, ())
+
+
+class PoolFailWhenPickled:
+    """A result that fails while the worker pickles it: raises, exits or crashes."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        if self.how == "exit":
+            pool_os_exit(3)
+        elif self.how == "crash":
+            pool_segfault()
+        raise ValueError("raised while pickled")
+
+
+def pool_os_exit(code: int) -> None:
+    import os
+
+    os._exit(code)
+
+
+def pool_segfault() -> None:
+    import ctypes
+    import faulthandler
+
+    faulthandler.disable()  # a forked worker inherits pytest's: no dump of the test's stack
+    ctypes.string_at(0)
+
+
+def pool_return(value: Any) -> Any:
+    return value
+
+
+def pool_result_that_fails(how: str) -> PoolFailWhenPickled:
+    return PoolFailWhenPickled(how)
+
+
+def pool_fault(item: tuple[str, int]) -> Any:
+    """``x * 10`` for ``("ok", x)``; otherwise the fault the first element names."""
+    import os
+    import signal
+    import threading
+
+    fault, x = item
+    if fault == "ok":
+        return x * 10
+    if fault == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == "segfault":
+        pool_segfault()
+    elif fault == "exit":
+        os._exit(3)
+    elif fault == "raise":
+        raise ValueError(f"task {x} raised")
+    elif fault == "unpicklable_exception":
+        raise PoolUnpicklableError(f"task {x} raised")
+    elif fault == "unloadable_exception":
+        raise PoolUnloadableError(f"task {x}", "raised")
+    elif fault == "unpicklable_result":
+        return threading.Lock()
+    elif fault == "generator_result":
+        return (n for n in range(x))
+    elif fault == "system_exit":
+        raise SystemExit(7)
+    elif fault == "keyboard_interrupt":
+        raise KeyboardInterrupt
+    raise AssertionError(f"no such fault: {fault}")
