@@ -200,6 +200,23 @@ native_gettid(PyObject *self, PyObject *unused)
     return PyLong_FromLong((long)serentak_gettid());
 }
 
+/* ---- buffers ------------------------------------------------------------ */
+
+static PyObject *
+native_buffer_address(PyObject *self, PyObject *arg)
+{
+    /* Where a buffer's bytes are in memory, read-only buffers included
+     * (ctypes can only tell for writable ones): used to recognise data that
+     * already lives in a shared segment, which then travels without a copy. */
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *address = PyLong_FromVoidPtr(view.buf);
+    PyBuffer_Release(&view);
+    return address;
+}
+
 PyMethodDef serentak_proc_methods[] = {
     {"fork", native_fork, METH_NOARGS, "fork() with the interpreter's hooks and no thread warning."},
     {"set_pdeathsig", native_set_pdeathsig, METH_O,
@@ -208,6 +225,7 @@ PyMethodDef serentak_proc_methods[] = {
     {"shm_open", native_shm_open, METH_VARARGS, "shm_open(name, flags, mode=0o600) -> fd."},
     {"shm_unlink", native_shm_unlink, METH_O, "shm_unlink(name)."},
     {"gettid", native_gettid, METH_NOARGS, "The calling thread's kernel thread id."},
+    {"buffer_address", native_buffer_address, METH_O, "The address of a contiguous buffer's bytes."},
     {NULL, NULL, 0, NULL},
 };
 

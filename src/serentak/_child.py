@@ -41,6 +41,7 @@ class Bootstrappable(Protocol):
     """
 
     _environ: Mapping[str, str]
+    _ignores_sigint: bool
 
     def _bootstrap(self) -> int: ...
 
@@ -61,6 +62,8 @@ class Preparation:
             starts its own children the same way.
         forkserver_preload: modules a fork server started by the child preloads.
         environ: variables to set in the child's environment (unless already set).
+        ignore_sigint: the child ignores SIGINT from its first instruction (a pool
+            worker: a Ctrl-C reaching the process group is the parent's to handle).
     """
 
     sys_path: tuple[str, ...]
@@ -71,6 +74,7 @@ class Preparation:
     start_method: str | None
     forkserver_preload: tuple[str, ...]
     environ: tuple[tuple[str, str], ...] = ()
+    ignore_sigint: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

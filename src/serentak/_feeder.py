@@ -313,8 +313,10 @@ class Feeder:
         except BaseException as exc:
             job._complete_chunk(index, Outcome.of_exception(exc))
             return
-        task = Task(self._next_task_id(), job.kind, job.function, payload, job, index, job.timeout)
-        self._dispatch(task)
+        task_id = self._next_task_id()
+        self._dispatch(
+            Task.encoded(task_id, job.kind, job.function, payload, job, index, job.timeout)
+        )
 
     def _finish(self, job: MapJob, failure: BaseException | None = None) -> None:
         with self._condition:

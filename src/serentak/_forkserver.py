@@ -108,13 +108,12 @@ class _Server:
             server_pid = os.getppid()
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
             for fd in (self.wakeup_r, self.wakeup_w, status_fd, *self.children.values()):
                 os.close(fd)
             self.children.clear()
             self.control.close()
             guard_parent(server_pid, watch=False)
-            code = run_from_socket(boot_fd, guard=False)
+            code = run_from_socket(boot_fd, guard=False, restore_sigint=True)
         except BaseException:
             traceback.print_exc()
         finally:

@@ -257,7 +257,9 @@ def _launched_from_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def preparation(environ: Mapping[str, str] | None = None) -> Preparation:
+def preparation(
+    environ: Mapping[str, str] | None = None, *, ignore_sigint: bool = False
+) -> Preparation:
     """What a spawned or fork-server child needs to know of this process."""
     method = settings.start_method
     return Preparation(
@@ -269,6 +271,7 @@ def preparation(environ: Mapping[str, str] | None = None) -> Preparation:
         start_method=None if method is None else method.value,
         forkserver_preload=settings.forkserver_preload,
         environ=tuple((environ or {}).items()),
+        ignore_sigint=ignore_sigint,
     )
 
 
@@ -289,7 +292,8 @@ def apply_preparation(prep: Preparation) -> None:
 def _start_payload(process: Bootstrappable) -> tuple[bytes, list[int]]:
     with sending_fds(spawning=True) as fds:
         inner = dumps(process)
-    return dumps(ChildStart(preparation(process._environ), inner)), fds
+    prep = preparation(process._environ, ignore_sigint=process._ignores_sigint)
+    return dumps(ChildStart(prep, inner)), fds
 
 
 def _fork(process: Bootstrappable) -> ChildHandle:
@@ -302,6 +306,8 @@ def _fork(process: Bootstrappable) -> ChildHandle:
     if pid == 0:
         code = 1
         try:
+            if process._ignores_sigint:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             _posix.close_quietly(liveness_r)
             guard_parent(parent_pid, watch=watch)
             set_environ(process._environ.items())
@@ -337,10 +343,13 @@ def _interpreter_flags() -> list[str]:
     return args
 
 
-def spawn_interpreter(code: str) -> tuple[int, Connection]:
+def spawn_interpreter(code: str, *, block_sigint: bool = False) -> tuple[int, Connection]:
     """Start ``python -c code`` with a socket to it; return its pid and our end.
 
-    ``code`` finds its end of the socket as the file descriptor ``{fd}``.
+    ``code`` finds its end of the socket as the file descriptor ``{fd}``. With
+    ``block_sigint`` the interpreter starts with SIGINT blocked, so that a
+    Ctrl-C during its start-up waits until it knows what to do with one
+    (``run_from_socket`` decides, then unblocks it).
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours, theirs:
@@ -350,12 +359,19 @@ def spawn_interpreter(code: str) -> tuple[int, Connection]:
         # makes exactly this one descriptor survive into the new program.
         actions = [(os.POSIX_SPAWN_DUP2, fd, fd)]
         flush_standard_streams()
-        pid = os.posix_spawn(settings.executable, args, os.environ, file_actions=actions)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        if block_sigint:
+            mask = mask | {signal.SIGINT}
+        pid = os.posix_spawn(
+            settings.executable, args, os.environ, file_actions=actions, setsigmask=mask
+        )
         return pid, Connection(ours.detach())
 
 
 def _spawn(payload: bytes, fds: list[int]) -> ChildHandle:
-    pid, channel = spawn_interpreter("from serentak._launch import spawn_main; spawn_main({fd})")
+    pid, channel = spawn_interpreter(
+        "from serentak._launch import spawn_main; spawn_main({fd})", block_sigint=True
+    )
     pidfd = _posix.pidfd_open(pid)
     _send_start(channel, payload, fds)
     if pidfd is None:
@@ -373,8 +389,14 @@ def _send_start(channel: Connection, payload: bytes, fds: list[int]) -> None:
         pass  # the child died before reading: its exit code says so
 
 
-def run_from_socket(fd: int, *, guard: bool) -> int:
-    """In a new child: receive the ChildStart on ``fd``, prepare, run; return the exit code."""
+def run_from_socket(fd: int, *, guard: bool, restore_sigint: bool = False) -> int:
+    """In a new child: receive the ChildStart on ``fd``, prepare, run; return the exit code.
+
+    SIGINT is blocked or ignored until here (a spawned interpreter starts with
+    it blocked, the fork server ignores it): a child that must ignore it does
+    so before it is unblocked; others get Python's handler back
+    (``restore_sigint``) and a Ctrl-C sent meanwhile arrives now.
+    """
     channel = Connection(fd)
     payload, fds = channel.recv_frame()
     if _posix.HAS_PIDFD:
@@ -386,6 +408,11 @@ def run_from_socket(fd: int, *, guard: bool) -> int:
     if not isinstance(start, ChildStart):
         raise TypeError(f"expected a ChildStart, got {type(start).__name__}")
     prep = start.preparation
+    if prep.ignore_sigint:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    elif restore_sigint:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if guard:
         guard_parent(prep.parent_pid, watch=prep.watch_parent)
     apply_preparation(prep)

@@ -45,9 +45,15 @@ from ._tasks import Frame, Kind, Task, WorkerOptions, describe_exit, monotonic, 
 from ._transport import Connection, Pipe
 from ._transport import frame as transport_frame
 
-# Tasks sent to a worker beyond the one it runs: enough that it never waits for
-# the next one, few enough that a death re-queues little.
+# Tasks sent to a worker beyond the one it runs, so that it never waits for the
+# next one: only while tasks are short (recent average below PREFETCH_BELOW),
+# where a round trip per task would cost as much as the task. A long task
+# would hold up what was sent ahead of it while another worker idles.
 PREFETCH: Final = 2
+PREFETCH_BELOW: Final = 1e-3
+# A worker whose current task has run this many times the average gets no more.
+PREFETCH_PATIENCE: Final = 2.0
+_SMOOTHING: Final = 0.1  # weight of the newest task in the average
 # Callables a worker keeps; past that, the least recently used is forgotten.
 WORKER_FUNCTION_CACHE: Final = 128
 # After terminate(): SIGTERM, then SIGKILL for a worker still there this much later.
@@ -172,7 +178,7 @@ class _Worker:
         # Bytes not yet written to the worker: the manager never blocks on a
         # write, or a worker writing a big result while we write it a big task
         # would wait for us as we wait for it.
-        self.outbox: collections.deque[memoryview] = collections.deque()
+        self.outbox: collections.deque[tuple[memoryview, tuple[int, ...]]] = collections.deque()
         self.waiting_to_write = False  # registered for EVENT_WRITE
 
 
@@ -219,6 +225,7 @@ class Manager:
         self._lost = 0
         self._timed_out = 0
         self._started_workers = 0
+        self._average_busy: float | None = None  # seconds per task, recent tasks weigh most
         self._send_lock = threading.Lock()
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="serentak-pool-manager", daemon=True)
@@ -309,7 +316,7 @@ class Manager:
         elif isinstance(command, Submit):
             reason = self._broken or PoolTerminatedError("the pool has stopped")
             for task in command.tasks:
-                task.sink._complete_chunk(task.index, Outcome.of_exception(reason))
+                task.finish(Outcome.of_exception(reason))
 
     def _take_commands(self) -> None:
         try:
@@ -322,7 +329,7 @@ class Manager:
                 if self._state is PoolState.TERMINATE or self._broken is not None:
                     reason = self._broken or PoolTerminatedError("the pool was terminated")
                     for task in command.tasks:
-                        task.sink._complete_chunk(task.index, Outcome.of_exception(reason))
+                        task.finish(Outcome.of_exception(reason))
                 else:
                     self._pending.extend(command.tasks)
             elif isinstance(command, Close):
@@ -347,11 +354,11 @@ class Manager:
     def _fail_everything(self, reason: BaseException) -> None:
         while self._pending:
             task = self._pending.popleft()
-            task.sink._complete_chunk(task.index, Outcome.of_exception(reason))
+            task.finish(Outcome.of_exception(reason))
         for worker in self._workers.values():
             while worker.in_flight:
                 task = worker.in_flight.popleft()
-                task.sink._complete_chunk(task.index, Outcome.of_exception(reason))
+                task.finish(Outcome.of_exception(reason))
 
     def _maybe_finish(self) -> None:
         """After Close: once nothing is queued or running, tell the workers to stop."""
@@ -377,6 +384,7 @@ class Manager:
         process = self._make_process(
             worker_main, (theirs, self._initializer, self._initargs, self._options)
         )
+        process._ignores_sigint = True  # from its first instruction: see worker_main
         try:
             process.start()
         finally:
@@ -430,7 +438,7 @@ class Manager:
                 self._timed_out += 1
             else:
                 self._lost += 1
-            lost.sink._complete_chunk(lost.index, Outcome.of_exception(error))
+            lost.finish(Outcome.of_exception(error))
             # Sent ahead but never started: back to the front, in order.
             self._pending.extendleft(reversed(worker.in_flight))
             worker.in_flight.clear()
@@ -471,7 +479,7 @@ class Manager:
             self._replace_if_needed()
             return
         if kind is Kind.INIT_FAILED:
-            outcome = Outcome(False, bytes(frame.payload))
+            outcome = Outcome(False, bytes(frame.payload), fds=frame.fds)
             try:
                 outcome.value()
             except BaseException as exc:
@@ -482,10 +490,13 @@ class Manager:
             return  # a result for a task already failed (terminate, timeout): drop it
         task = worker.in_flight.popleft()
         ok = kind is Kind.DONE
-        task.sink._complete_chunk(task.index, Outcome(ok, bytes(frame.payload)), frame.busy_us)
+        task.finish(Outcome(ok, bytes(frame.payload), fds=frame.fds), frame.busy_us)
         worker.completed += 1
         worker.failed += not ok
         worker.busy_us += frame.busy_us
+        busy = frame.busy_us / 1e6
+        previous = self._average_busy
+        self._average_busy = busy if previous is None else previous + _SMOOTHING * (busy - previous)
         if worker.in_flight:
             worker.in_flight[0].started = monotonic()
         if (
@@ -502,7 +513,8 @@ class Manager:
 
     def _send(self, worker: _Worker, frame: Frame) -> None:
         """Queue ``frame`` for ``worker`` and write what fits without blocking."""
-        worker.outbox.append(memoryview(transport_frame(frame.encode())))
+        data = memoryview(transport_frame(frame.encode(), has_fds=bool(frame.fds)))
+        worker.outbox.append((data, frame.fds))
         if len(worker.outbox) == 1:
             self._flush(worker)
 
@@ -510,10 +522,11 @@ class Manager:
         """Write queued bytes until the socket is full; ask to be woken when it drains."""
         try:
             while worker.outbox:
-                data = worker.outbox[0]
-                sent = worker.conn.send_some(data)
+                data, fds = worker.outbox[0]
+                sent = worker.conn.send_some(data, fds)
                 if sent < len(data):
-                    worker.outbox[0] = data[sent:]
+                    # The fds went with the first byte: the rest goes without.
+                    worker.outbox[0] = (data[sent:], ()) if sent else (data, fds)
                     break
                 worker.outbox.popleft()
         except OSError:
@@ -529,8 +542,9 @@ class Manager:
     def _dispatch(self) -> None:
         if not self._pending or self._state is PoolState.TERMINATE:
             return
+        now = monotonic()
         for worker in self._workers.values():
-            capacity = 1 + PREFETCH - len(worker.in_flight)
+            capacity = self._depth(worker, now) - len(worker.in_flight)
             if worker.retiring:
                 continue
             if self._maxtasks is not None:
@@ -540,6 +554,18 @@ class Manager:
                     capacity -= 1
             if not self._pending:
                 return
+
+    def _depth(self, worker: _Worker, now: float) -> int:
+        """How many tasks ``worker`` may hold: more than one only while tasks are
+        short and its current one is not taking longer than they usually do (a
+        held task must not hold up tasks sent ahead of it)."""
+        average = self._average_busy
+        if average is None or average >= PREFETCH_BELOW:
+            return 1
+        started = worker.in_flight[0].started if worker.in_flight else None
+        if started is not None and now - started > PREFETCH_PATIENCE * average:
+            return 1
+        return 1 + PREFETCH
 
     def _send_task(self, worker: _Worker, task: Task) -> bool:
         """Send ``task`` to ``worker``; False if its sink withdrew it (cancelled)."""
@@ -557,7 +583,9 @@ class Manager:
         if not worker.in_flight:
             task.started = monotonic()
         worker.in_flight.append(task)
-        self._send(worker, Frame(task.kind, task.task_id, function.func_id, task.payload))
+        self._send(
+            worker, Frame(task.kind, task.task_id, function.func_id, task.payload, fds=task.fds)
+        )
         return True
 
     def _next_timeout(self) -> float | None:

@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any, Final, Protocol, TypeVar
 
+from ._buffers import Packed, pack
 from ._feeder import Chunker, Feeder, MapJob, progress_bar
 from ._manager import AskStats, Close, Manager, PoolState, PoolStats, Submit, Terminate
 from ._process import BaseProcess
@@ -121,8 +122,8 @@ class _ProcessEngine:
     def function(self, func: Callable[..., Any]) -> Function:
         return self._functions.register(func)
 
-    def encode(self, obj: Any) -> bytes:
-        return dumps(obj)
+    def encode(self, obj: Any) -> Packed:
+        return pack(obj)
 
     def dispatch(self, task: Task) -> None:
         self._manager.send(Submit((task,)))
@@ -273,8 +274,9 @@ class BasePool:
         except BaseException as exc:  # this task alone fails, as the stdlib reports it
             sink._complete_chunk(0, Outcome.of_exception(exc))
             return
+        task_id = next(self._task_ids)
         self._engine.dispatch(
-            Task(next(self._task_ids), Kind.APPLY, function, payload, sink, 0, timeout)
+            Task.encoded(task_id, Kind.APPLY, function, payload, sink, 0, timeout)
         )
 
     # ---- map family --------------------------------------------------------------------
@@ -407,6 +409,10 @@ class BasePool:
     ) -> IMapIterator:
         self._check_running(timeout)
         function = self._register(func)
+        if chunksize is None:
+            # The stdlib's imap sends each item alone: one that raises costs itself
+            # only. With adaptive chunks the worker keeps going past it instead.
+            kind = Kind.STARMAP_EACH if kind is Kind.STARMAP else Kind.MAP_EACH
         result = iterator_class(self._callbacks)
         length = len(iterable) if isinstance(iterable, Sized) else None
         result._job = self._add_job(

@@ -68,6 +68,7 @@ class BaseProcess:
     _start_method: ClassVar[StartMethod | None] = None
     # Set in the child's environment at start-up (the pool's thread limits).
     _environ: Mapping[str, str] = {}
+    _ignores_sigint: bool = False  # a pool worker: Ctrl-C is the parent's to handle
 
     def __init__(
         self,

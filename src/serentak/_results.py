@@ -20,29 +20,44 @@ manager thread, whose only job is moving frames.
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol
 
+from ._buffers import unpack
 from ._exceptions import ProcessError, TimeoutError
-from ._serialize import loads
-from ._tasks import Failure
+from ._tasks import Failure, ItemFailed
 
 _NOT_LOADED: Final = object()
 
 
 class Outcome:
-    """A task's result or exception, pickled as it arrived or already a Python object."""
+    """A task's result or exception, pickled as it arrived or already a Python object.
 
-    __slots__ = ("_lock", "_payload", "_value", "ok")
+    A pickled outcome may come with descriptors (its out-of-band buffers);
+    they are closed once it is unpickled, or when it is dropped unread.
+    """
 
-    def __init__(self, ok: bool, payload: bytes | None = None, value: Any = _NOT_LOADED) -> None:
+    __slots__ = ("__weakref__", "_fds", "_lock", "_payload", "_value", "ok")
+
+    def __init__(
+        self,
+        ok: bool,
+        payload: bytes | None = None,
+        value: Any = _NOT_LOADED,
+        fds: tuple[int, ...] = (),
+    ) -> None:
         self.ok = ok
         self._payload = payload
         self._value = value
         self._lock = threading.Lock()
+        self._fds = fds
+        if fds:
+            weakref.finalize(self, _close_fds, fds)
 
     @classmethod
     def of_exception(cls, exc: BaseException) -> Outcome:
@@ -73,8 +88,9 @@ class Outcome:
         payload = self._payload
         if payload is None:
             raise ProcessError("result lost")  # unreachable: every outcome has one or the other
+        fds, self._fds = self._fds, ()
         try:
-            loaded = loads(payload)
+            loaded = unpack(payload, [os.dup(fd) for fd in fds])
         except Exception as exc:
             what = "result" if self.ok else "exception"
             self.ok = False
@@ -86,6 +102,11 @@ class Outcome:
         if isinstance(loaded, Failure):
             return loaded.to_exception()
         return ProcessError(f"a worker sent an unexpected failure: {loaded!r}")
+
+
+def _close_fds(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 class CallbackRunner:
@@ -373,7 +394,7 @@ class IMapIterator:
             Exception: the exception of the task that produced this position.
         """
         if self._items:
-            return self._items.popleft()
+            return self._pop()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
             while True:
@@ -390,8 +411,14 @@ class IMapIterator:
             self._job.consumed()
         self._items.extend(outcome.value())
         if self._items:
-            return self._items.popleft()
+            return self._pop()
         return self.next(timeout)  # an empty chunk cannot happen, but must not end iteration
+
+    def _pop(self) -> Any:
+        item = self._items.popleft()
+        if type(item) is ItemFailed:
+            raise item.failure.to_exception()
+        return item
 
     def _take(self) -> Outcome | None:
         """The next chunk's outcome, if it has arrived (holding the condition)."""

@@ -110,10 +110,18 @@ def track_main_classes() -> None:
         _tracked_classes.add(cls)
 
 
+# A bytearray or memoryview at least this big is offered to the pickler's
+# buffer_callback (protocol 5 leaves them in the pickle otherwise).
+BIG_BUFFER: Final = 64 * 1024
+
+
 class Pickler(pickle.Pickler):
     """The C pickler, shipping by value what the receiver could not import."""
 
     def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is bytearray or kind is memoryview:
+            return _reduce_buffer(obj)
         if isinstance(obj, _BY_VALUE_TYPES) and not _importable(obj):
             import cloudpickle
 
@@ -121,6 +129,25 @@ class Pickler(pickle.Pickler):
             # pickles by its own tracking ids, so nothing is lost by nesting.
             return pickle.loads, (cloudpickle.dumps(obj, protocol=PROTOCOL),)
         return NotImplemented
+
+
+def _reduce_buffer(obj: bytearray | memoryview) -> Any:
+    """Big bytearrays and contiguous memoryviews as PickleBuffers: out of band if the
+    channel takes them. A memoryview becomes picklable this way (format and shape kept)."""
+    view = obj if isinstance(obj, memoryview) else memoryview(obj)
+    if type(obj) is bytearray:
+        if view.nbytes < BIG_BUFFER:
+            return NotImplemented
+        return bytearray, (pickle.PickleBuffer(obj),)
+    if not view.contiguous:
+        return NotImplemented  # pickle's own error follows: it cannot be sent as is
+    return _rebuild_memoryview, (pickle.PickleBuffer(view), view.format, view.shape)
+
+
+def _rebuild_memoryview(data: Any, fmt: Any, shape: tuple[int, ...]) -> memoryview:
+    view = memoryview(data).cast("B")
+    rebuilt: memoryview = view.cast(fmt, shape) if shape else view.cast(fmt)
+    return rebuilt
 
 
 class _ThreadPickler(threading.local):
@@ -155,23 +182,30 @@ def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None
         reusable.busy = False
 
 
-def dumps_with_fds(obj: Any, *, spawning: bool = False) -> tuple[bytes, list[int]]:
+def dumps_with_fds(
+    obj: Any,
+    *,
+    spawning: bool = False,
+    buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
+) -> tuple[bytes, list[int]]:
     """Pickle ``obj``; also return the fds its handles registered (see :func:`sending_fds`)."""
     outer = _state.outgoing
     outgoing = _Outgoing(spawning=spawning)
     _state.outgoing = outgoing
     try:
-        return dumps(obj), outgoing.fds
+        return dumps(obj, buffer_callback), outgoing.fds
     finally:
         _state.outgoing = outer
 
 
-def loads_with_fds(data: bytes | bytearray | memoryview, fds: Sequence[int]) -> Any:
+def loads_with_fds(
+    data: bytes | bytearray | memoryview, fds: Sequence[int], buffers: Sequence[Any] = ()
+) -> Any:
     """Unpickle what :func:`dumps_with_fds` produced, given the fds that came with it."""
     if not fds:
-        return pickle.loads(data)
+        return pickle.loads(data, buffers=buffers)
     with receiving_fds(fds):
-        return pickle.loads(data)
+        return pickle.loads(data, buffers=buffers)
 
 
 def loads(data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> Any:

@@ -25,7 +25,7 @@ import threading
 import weakref
 from typing import Any, Final
 
-from . import _posix
+from . import _native, _posix
 from ._serialize import fd_received, fd_to_send
 
 ARENA_SEGMENT_SIZE: Final = 1 << 20
@@ -51,9 +51,11 @@ class Segment:
             os.close(self.fd)
             raise
         self.buf = memoryview(self._mmap)
+        self.address = _native.buffer_address(self._mmap)
+        _registry[self.address] = (size, self.fd)
         # The fd is what travels to children; close it when this object goes.
         # The mapping itself lives as long as any view of it does.
-        self._finalizer = weakref.finalize(self, _posix.close_quietly, self.fd)
+        self._finalizer = weakref.finalize(self, _forget_segment, self.address, self.fd)
         self._finalizer.atexit = False  # children still being started at exit may need it
 
     def close(self) -> None:
@@ -67,6 +69,28 @@ class Segment:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _attach_segment, (fd_to_send(self.fd, type(self).__name__), self.size)
+
+
+# Live segments of this process by address: (size, fd). Lets a buffer that
+# already lives in shared memory travel as (fd, offset) instead of a copy.
+_registry: dict[int, tuple[int, int]] = {}
+
+
+def _forget_segment(address: int, fd: int) -> None:
+    _registry.pop(address, None)
+    _posix.close_quietly(fd)
+
+
+def locate(buffer: memoryview) -> tuple[int, int] | None:
+    """The (fd, offset) of the segment holding ``buffer``'s bytes, if one of ours does."""
+    if not _registry:
+        return None
+    start = _native.buffer_address(buffer)
+    end = start + buffer.nbytes
+    for address, (size, fd) in list(_registry.items()):
+        if address <= start and end <= address + size:
+            return fd, start - address
+    return None
 
 
 def _attach_segment(index: int, size: int) -> Segment:

@@ -43,6 +43,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from ._buffers import Packed, pack, unpack
 from ._exceptions import ProcessError, RemoteTraceback
 from ._serialize import dumps, loads
 from ._transport import Connection
@@ -69,6 +70,8 @@ class Kind(enum.IntEnum):
     FAILED = 9
     INIT_FAILED = 10
     RETIRE = 11
+    MAP_EACH = 12  # a chunk of imap with adaptive chunks: an item that raises fails alone
+    STARMAP_EACH = 13
 
 
 class ResultSink(Protocol):
@@ -103,6 +106,9 @@ class Task:
         index: the chunk's position in its map (0 for apply).
         timeout: seconds the task may run before its worker is killed.
         started: when it began running (became first in its worker's queue).
+        fds: descriptors travelling with the arguments (out-of-band buffers),
+            owned by the task until it ends: a task re-queued after its
+            worker died is sent again, with them.
     """
 
     task_id: int
@@ -113,6 +119,32 @@ class Task:
     index: int
     timeout: float | None
     started: float | None = None
+    fds: tuple[int, ...] = ()
+
+    @classmethod
+    def encoded(
+        cls,
+        task_id: int,
+        kind: Kind,
+        function: Function,
+        payload: Any,
+        sink: ResultSink,
+        index: int,
+        timeout: float | None,
+    ) -> Task:
+        """A task for an engine-encoded payload: a Packed message's descriptors go with it."""
+        if isinstance(payload, Packed):
+            return cls(
+                task_id, kind, function, payload.payload, sink, index, timeout, fds=payload.fds
+            )
+        return cls(task_id, kind, function, payload, sink, index, timeout)
+
+    def finish(self, outcome: Outcome, busy_us: int = 0) -> None:
+        """The task has ended: release its descriptors, deliver its outcome."""
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = ()
+        self.sink._complete_chunk(self.index, outcome, busy_us)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -126,6 +158,8 @@ class Frame:
         payload: pickled data; a view of the receive buffer on arrival, valid
             until the next receive on the same connection.
         busy_us: microseconds the worker spent on the task (DONE, FAILED).
+        fds: descriptors that came with the frame (out-of-band buffers); the
+            receiver owns them.
     """
 
     kind: Kind
@@ -133,14 +167,15 @@ class Frame:
     func_id: int = 0
     payload: bytes | memoryview = b""
     busy_us: int = 0
+    fds: tuple[int, ...] = ()
 
     def encode(self) -> bytes:
         """The frame's bytes: header and payload (without the connection's framing)."""
         return _HEADER.pack(self.kind, self.func_id, self.busy_us, self.task_id) + self.payload
 
     def send(self, conn: Connection) -> None:
-        """Write the frame to ``conn``, blocking until it is written."""
-        conn.send_frame(self.encode())
+        """Write the frame (and its fds) to ``conn``, blocking until it is written."""
+        conn.send_frame(self.encode(), self.fds)
 
     @classmethod
     def receive(cls, conn: Connection) -> Frame:
@@ -151,10 +186,8 @@ class Frame:
             OSError: the other end died in the middle of a frame.
         """
         data, fds = conn.recv_frame()
-        for fd in fds:
-            os.close(fd)  # pool frames carry no descriptors
         kind, func_id, busy_us, task_id = _HEADER.unpack_from(data)
-        return cls(Kind(kind), task_id, func_id, data[HEADER_SIZE:], busy_us)
+        return cls(Kind(kind), task_id, func_id, data[HEADER_SIZE:], busy_us, tuple(fds))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +241,13 @@ def encode_failure(failure: Failure) -> bytes:
         return dumps(dataclasses.replace(failure, exception=None))
 
 
+@dataclasses.dataclass(frozen=True)
+class ItemFailed:
+    """In the results of a MAP_EACH or STARMAP_EACH chunk: this item raised."""
+
+    failure: Failure
+
+
 def run_task(kind: Kind, func: Callable[..., Any], args: Any) -> Any:
     """Run one task: an apply, or a chunk of a map or starmap."""
     if kind is Kind.APPLY:
@@ -215,7 +255,16 @@ def run_task(kind: Kind, func: Callable[..., Any], args: Any) -> Any:
         return func(*positional, **keywords)
     if kind is Kind.MAP:
         return list(map(func, args))
-    return list(itertools.starmap(func, args))
+    if kind is Kind.STARMAP:
+        return list(itertools.starmap(func, args))
+    spread = kind is Kind.STARMAP_EACH
+    results: list[Any] = []
+    for item in args:
+        try:
+            results.append(func(*item) if spread else func(item))
+        except BaseException as exc:  # an item's SystemExit fails that item, as a task's does
+            results.append(ItemFailed(Failure.of(exc)))
+    return results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,21 +351,27 @@ class _Worker:
         task_id = frame.task_id
         started = time.perf_counter()
         try:
-            result = run_task(frame.kind, self.functions[frame.func_id], loads(frame.payload))
+            arguments = unpack(frame.payload, frame.fds)
+            result = run_task(frame.kind, self.functions[frame.func_id], arguments)
+            del arguments  # its buffers: the sender may refill their segment once they go
         except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task
-            self.reply(Kind.FAILED, task_id, encode_failure(Failure.of(exc)), started)
+            self.reply(Kind.FAILED, task_id, Packed(encode_failure(Failure.of(exc))), started)
             return
         try:
-            payload = dumps(result)
+            packed = pack(result)
         except BaseException as exc:
             note = f"the result ({type(result).__qualname__}) could not be pickled"
-            self.reply(Kind.FAILED, task_id, encode_failure(Failure.of(exc, note=note)), started)
+            failure = encode_failure(Failure.of(exc, note=note))
+            self.reply(Kind.FAILED, task_id, Packed(failure), started)
             return
-        self.reply(Kind.DONE, task_id, payload, started)
+        self.reply(Kind.DONE, task_id, packed, started)
 
-    def reply(self, kind: Kind, task_id: int, payload: bytes, started: float) -> None:
+    def reply(self, kind: Kind, task_id: int, packed: Packed, started: float) -> None:
         busy_us = min(int((time.perf_counter() - started) * 1e6), _MAX_BUSY_US)
-        Frame(kind, task_id, 0, payload, busy_us).send(self.conn)
+        try:
+            Frame(kind, task_id, 0, packed.payload, busy_us, packed.fds).send(self.conn)
+        finally:
+            packed.close()
 
 
 def worker_main(

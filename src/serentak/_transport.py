@@ -36,8 +36,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 from . import _posix
+from ._buffers import pack, unpack
 from ._exceptions import BufferTooShort
-from ._serialize import dumps_with_fds, fd_received, fd_to_send, loads_with_fds
+from ._serialize import fd_received, fd_to_send
 
 _WORD: Final = struct.Struct("<I")
 _LONG: Final = struct.Struct("<Q")
@@ -171,8 +172,11 @@ class Connection:
 
     def send(self, obj: Any) -> None:
         """Send a picklable object (and the fds of any handles in it, over a socket)."""
-        data, fds = dumps_with_fds(obj)
-        self.send_frame(data, fds)
+        packed = pack(obj)
+        try:
+            self.send_frame(packed.payload, packed.fds)
+        finally:
+            packed.close()
 
     def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
         """Send bytes from a bytes-like object as one message.
@@ -253,7 +257,7 @@ class Connection:
         """
         self._check_readable()
         payload, fds = self.recv_frame()
-        return loads_with_fds(payload, fds)
+        return unpack(payload, fds)
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
         """Receive one message as bytes.

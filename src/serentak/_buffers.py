@@ -1,0 +1,324 @@
+"""Big binary data beside the pickle: out-of-band buffers in shared memory.
+
+::
+
+    sender                                          receiver
+    ------                                          --------
+    pack(obj):                                      unpack(payload, fds):
+      pickle protocol 5; each buffer of               map the segment (or find it mapped
+      OOB_THRESHOLD bytes or more (numpy arrays,      already), slice the buffers out:
+      big bytearrays, memoryviews) stays out of       pickle.loads(..., buffers=slices)
+      the pickle and is copied, once, into a          builds arrays on the shared pages,
+      segment of the sender's pool                    no copy
+      payload = MARK + table + pickle  -------------> when the last array of the message
+      fds = handles' fds + [segment fds]              dies, the segment's busy flag is
+                                                      cleared: the sender may reuse it
+
+Why a pool: on this kind of machine fresh shared-memory pages cost far more
+than copying into them (each 4 KiB page allocated and zeroed on first touch,
+no huge pages for shmem), so a sender keeps its segments and refills them,
+and a receiver keeps its mappings. A segment holds one message at a time; its
+first 64 bytes are a header whose first word is the busy flag (set by the
+sender, cleared by the receiver's release).
+
+Nothing can leak: a segment is a memfd, freed by the kernel once no process
+maps it or holds its fd. The pool only ever gives segments up, never waits on
+them: if a receiver died, or a message was never read, the segment stays busy
+and the pool, past its size limit, closes it; the memory goes with the last
+mapping.
+
+A buffer that already lives in a segment of serentak's (an array born in
+shared memory, see ``serentak.shared_memory``) is not copied at all: its
+segment's fd travels, and the receiver maps the very same memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import dataclasses
+import enum
+import mmap
+import os
+import pickle
+import struct
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any, Final
+
+from . import _posix, _shm
+from ._serialize import dumps_with_fds, loads_with_fds
+
+OOB_THRESHOLD: Final = 64 * 1024
+ALIGNMENT: Final = 64  # numpy wants aligned data; a cache line is plenty
+HEADER: Final = 64  # a pooled segment's header: the busy flag, then unused
+SEGMENT_MIN: Final = 1 << 20
+POOL_SEGMENTS: Final = 32  # segments a sending process keeps at most
+POOL_BYTES: Final = 1 << 30  # and bytes
+RECEIVER_MAPPINGS: Final = 32  # segments a receiving process keeps mapped
+_MARK: Final = b"\x00"  # a pickle's first byte is PROTO (0x80): never this
+_HEAD: Final = struct.Struct("<II")  # segments, buffers
+_ENTRY: Final = struct.Struct("<IQQ")  # segment index, offset, length
+_POPULATE: Final = getattr(mmap, "MAP_POPULATE", 0)
+
+
+class SegmentKind(enum.IntEnum):
+    """How a message's segment is to be treated by the receiver."""
+
+    POOLED = 0  # the sender's: release it when the message's buffers die
+    SHARED = 1  # a shared segment of the sender's: keep it, forward it without copies
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """A message ready to send.
+
+    Attributes:
+        payload: the bytes of the frame.
+        fds: descriptors to send with it, owned by this Packed (duplicates: the
+            message may be sent long after packing, when the objects and pool
+            segments they came from are gone or reused).
+    """
+
+    payload: bytes
+    fds: tuple[int, ...] = ()
+
+    def close(self) -> None:
+        """Release the descriptors (once the message is sent, or abandoned)."""
+        for fd in self.fds:
+            _posix.close_quietly(fd)
+
+
+def pack(obj: Any, *, spawning: bool = False) -> Packed:
+    """Pickle ``obj`` with its big buffers out of band.
+
+    Raises:
+        Whatever pickling raises.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        with buffer.raw() as raw:
+            if raw.nbytes < OOB_THRESHOLD:
+                return True  # in the pickle: small buffers are cheaper inline
+        buffers.append(buffer)
+        return False
+
+    data, fds = dumps_with_fds(obj, spawning=spawning, buffer_callback=keep_out_of_band)
+    if not buffers:
+        return Packed(data, tuple(os.dup(fd) for fd in fds))
+    segments, entries = _place(buffers)
+    table = (
+        _HEAD.pack(len(segments), len(entries))
+        + bytes(kind for _, kind in segments)
+        + b"".join(_ENTRY.pack(*entry) for entry in entries)
+    )
+    owned = tuple(os.dup(fd) for fd in (*fds, *(fd for fd, _ in segments)))
+    return Packed(_MARK + table + data, owned)
+
+
+_Segments = list[tuple[int, SegmentKind]]  # (fd, kind)
+_Entries = list[tuple[int, int, int]]  # per buffer: segment index, offset, length
+
+
+def _place(buffers: Sequence[pickle.PickleBuffer]) -> tuple[_Segments, _Entries]:
+    """Decide where each buffer travels: in a shared segment it lives in, or copied."""
+    segments: _Segments = []
+    entries: _Entries = []
+    copies: list[tuple[int, memoryview]] = []  # entry index, data
+    offset = HEADER
+    for buffer in buffers:
+        raw = buffer.raw()
+        shared = _shm.locate(raw)
+        if shared is not None:
+            fd, position = shared
+            index = next((i for i, (f, _) in enumerate(segments) if f == fd), len(segments))
+            if index == len(segments):
+                segments.append((fd, SegmentKind.SHARED))
+            entries.append((index, position, raw.nbytes))
+            continue
+        offset += -offset % ALIGNMENT
+        copies.append((len(entries), raw))
+        entries.append((-1, offset, raw.nbytes))
+        offset += raw.nbytes
+    if copies:
+        segment = _pool().take(offset)
+        for entry_index, raw in copies:
+            _, position, length = entries[entry_index]
+            segment.view[position : position + length] = raw
+        index = len(segments)
+        segments.append((segment.fd, SegmentKind.POOLED))
+        entries = [(index if i == -1 else i, o, n) for i, o, n in entries]
+    return segments, entries
+
+
+def unpack(payload: bytes | memoryview, fds: Sequence[int]) -> Any:
+    """Rebuild what :func:`pack` packed; closes ``fds``.
+
+    Raises:
+        Whatever unpickling raises.
+    """
+    view = memoryview(payload)
+    if not view or view[0] != _MARK[0]:
+        return loads_with_fds(view, fds)
+    segment_count, buffer_count = _HEAD.unpack_from(view, 1)
+    kinds = bytes(view[1 + _HEAD.size : 1 + _HEAD.size + segment_count])
+    handle_fds = list(fds[: len(fds) - segment_count])
+    segment_fds = fds[len(fds) - segment_count :]
+    position = 1 + _HEAD.size + segment_count
+    entries = []
+    for _ in range(buffer_count):
+        entries.append(_ENTRY.unpack_from(view, position))
+        position += _ENTRY.size
+    try:
+        regions = [
+            _region(fd, SegmentKind(kind), [(o, n) for i, o, n in entries if i == index])
+            for index, (fd, kind) in enumerate(zip(segment_fds, kinds, strict=True))
+        ]
+    finally:
+        for fd in segment_fds:
+            os.close(fd)
+    slices = []
+    for index, offset, length in entries:
+        base, region = regions[index]
+        slices.append(region[offset - base : offset - base + length])
+    return loads_with_fds(view[position:], handle_fds, buffers=slices)
+
+
+def _region(fd: int, kind: SegmentKind, spans: list[tuple[int, int]]) -> tuple[int, memoryview]:
+    """The part of segment ``fd`` that holds the message's buffers, and where it starts."""
+    start = min(offset for offset, _ in spans)
+    end = max(offset + length for offset, length in spans)
+    if kind is SegmentKind.SHARED:
+        # Someone's shared segment: keep it as one of ours, so what is sliced
+        # from it travels on without a copy too.
+        segment = _shm.Segment(os.fstat(fd).st_size, _fd=os.dup(fd))
+        return start, segment.buf[start:end]
+    mapping = _mappings().get(fd)
+    # The message's bytes as one ctypes array: when the last buffer built on
+    # it dies, so does the array, and its finalizer frees the segment.
+    region = (ctypes.c_char * (end - start)).from_buffer(mapping, start)
+    weakref.finalize(region, _release, ctypes.c_uint32.from_buffer(mapping, 0))
+    return start, memoryview(region).cast("B")
+
+
+def _release(busy: ctypes.c_uint32) -> None:
+    busy.value = 0
+
+
+# ---- the sender's pool ----------------------------------------------------------------
+
+
+class _Outbound:
+    """A pooled segment, mapped in the sender."""
+
+    __slots__ = ("busy", "fd", "mapping", "size", "view")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.fd = _posix.memfd("serentak-message", size)
+        self.mapping = mmap.mmap(self.fd, size)
+        self.view = memoryview(self.mapping)
+        self.busy = ctypes.c_uint32.from_buffer(self.mapping, 0)
+
+    def close(self) -> None:
+        """Give the segment up here: the memory goes once no other process maps it."""
+        del self.busy
+        self.view.release()
+        self.mapping.close()
+        os.close(self.fd)
+
+
+class _Pool:
+    """This process's pooled segments (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._segments: collections.deque[_Outbound] = collections.deque()
+
+    def take(self, size: int) -> _Outbound:
+        """A segment of at least ``size`` bytes, marked busy."""
+        with self._lock:
+            for segment in self._segments:
+                if segment.size >= size and not segment.busy.value:
+                    segment.busy.value = 1
+                    return segment
+            segment = _Outbound(_capacity(size))
+            segment.busy.value = 1
+            self._segments.append(segment)
+            while len(self._segments) > 1 and (
+                len(self._segments) > POOL_SEGMENTS
+                or sum(s.size for s in self._segments) > POOL_BYTES
+            ):
+                self._evict(keep=segment)
+            return segment
+
+    def _evict(self, keep: _Outbound) -> None:
+        # Free segments first; failing that the oldest busy one: its receiver
+        # may have died or never read it, and its memory goes with its mapping.
+        candidates = [s for s in self._segments if s is not keep]
+        free = [s for s in candidates if not s.busy.value]
+        victim = free[0] if free else candidates[0]
+        self._segments.remove(victim)
+        victim.close()
+
+
+def _capacity(size: int) -> int:
+    """A segment size for ``size`` bytes: rounded up in steps of an eighth of a power
+    of two, so that messages of similar sizes share segments and little is wasted."""
+    size = max(size, SEGMENT_MIN)
+    step = 1 << max(size.bit_length() - 4, 12)
+    return -(-size // step) * step
+
+
+class _Mappings:
+    """The receiver's mappings of pooled segments, by segment identity (LRU)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._maps: collections.OrderedDict[tuple[int, int, int], mmap.mmap] = (
+            collections.OrderedDict()
+        )
+
+    def get(self, fd: int) -> mmap.mmap:
+        status = os.fstat(fd)
+        key = (status.st_dev, status.st_ino, status.st_size)
+        with self._lock:
+            mapping = self._maps.get(key)
+            if mapping is not None:
+                self._maps.move_to_end(key)
+                return mapping
+            # MAP_POPULATE: the pages exist already; mapping them all at once
+            # is cheaper than a fault per page on first touch.
+            mapping = mmap.mmap(fd, status.st_size, flags=mmap.MAP_SHARED | _POPULATE)
+            self._maps[key] = mapping
+            if len(self._maps) > RECEIVER_MAPPINGS:
+                # Dropped, not closed: arrays built on it keep it mapped.
+                self._maps.popitem(last=False)
+            return mapping
+
+
+_state_lock: Final = threading.Lock()
+_outbound: _Pool | None = None
+_inbound: _Mappings | None = None
+
+
+def _pool() -> _Pool:
+    global _outbound
+    with _state_lock:
+        if _outbound is None or _outbound.pid != os.getpid():
+            # A forked child must not share its parent's pool: both would fill
+            # the same free segment.
+            _outbound = _Pool()
+        return _outbound
+
+
+def _mappings() -> _Mappings:
+    global _inbound
+    with _state_lock:
+        if _inbound is None or _inbound.pid != os.getpid():
+            _inbound = _Mappings()
+        return _inbound
