@@ -1,0 +1,540 @@
+"""Value, Array, RawValue, RawArray: ctypes objects that live in shared memory.
+
+Every object is a ctypes view on a block of the shared arena
+(:func:`serentak._shm.allocate`); a child sees the same bytes, never a copy::
+
+    parent                              shared block                 child
+    RawValue('i') ── c_int view ──────▶ [ 4 bytes ]  ◀────────────── c_int view
+    Value('i')    ── Synchronized                                    Synchronized
+                      ├ the c_int view ─▶ [ 4 bytes ]  ◀────────────── ├ c_int view
+                      └ RLock ─────────▶ [ lock word ] ◀────────────── └ RLock
+    fork: the child inherits the views.  spawn, forkserver: while the child is
+    being started, a view pickles (ctypes type, Block) and the Block its
+    segment's fd; the child maps the segment and lays the same type over it.
+
+Whoever holds the lock may read and write the bytes; a raw object has no
+lock, and its users coordinate as they see fit.
+
+The raw object is an instance of a subclass of the requested ctypes type, made
+once per type here: ctypes gives no hook to make its own instances pickle as a
+shared view, and the subclass is where the Block is kept alive (the arena
+recycles a block's bytes once its Block is collected). The subclass has the
+same name and repr as the type it extends, so ``Value('i')`` reads
+``<Synchronized wrapper for c_int(0)>`` as the stdlib's does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+
+from . import _shm
+from ._serialize import is_spawning
+from ._sync import RLock
+
+if TYPE_CHECKING:
+    from ._context import BaseContext
+
+__all__ = [
+    "Array",
+    "RawArray",
+    "RawValue",
+    "Synchronized",
+    "SynchronizedArray",
+    "SynchronizedBase",
+    "SynchronizedString",
+    "Value",
+    "copy",
+    "synchronized",
+]
+
+TYPECODES: Final[dict[str, type[Any]]] = {
+    "c": ctypes.c_char,
+    "u": ctypes.c_wchar,
+    "b": ctypes.c_byte,
+    "B": ctypes.c_ubyte,
+    "h": ctypes.c_short,
+    "H": ctypes.c_ushort,
+    "i": ctypes.c_int,
+    "I": ctypes.c_uint,
+    "l": ctypes.c_long,
+    "L": ctypes.c_ulong,
+    "q": ctypes.c_longlong,
+    "Q": ctypes.c_ulonglong,
+    "f": ctypes.c_float,
+    "d": ctypes.c_double,
+}
+
+# The attribute of a shared ctypes object that keeps its Block alive. Odd on
+# purpose: a Structure's field of the same name would shadow it.
+_BLOCK_ATTRIBUTE: Final = "_serentak_block_"
+
+
+@runtime_checkable
+class SupportsAcquire(Protocol):
+    """What ``Value`` and ``Array`` accept as a lock (the stdlib checks for ``acquire``)."""
+
+    def acquire(self, block: bool = ..., timeout: float | None = ...) -> bool: ...
+
+
+def _refuse_unless_spawning(obj: object) -> None:
+    """The stdlib's rule: shared ctypes and their wrappers travel only to a child being started."""
+    if not is_spawning():
+        raise RuntimeError(
+            f"{type(obj).__name__} objects should only be shared between processes "
+            "through inheritance"
+        )
+
+
+# ---- shared ctypes types ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _ArrayOf:
+    """A ctypes array type as it travels: ``c_int * 3`` cannot be pickled by reference."""
+
+    element: type[Any] | _ArrayOf
+    length: int
+
+
+def _describe(ctype: type[Any]) -> type[Any] | _ArrayOf:
+    if issubclass(ctype, ctypes.Array):
+        array_type: Any = ctype
+        return _ArrayOf(_describe(array_type._type_), array_type._length_)
+    return ctype
+
+
+def _resolve(description: type[Any] | _ArrayOf) -> type[Any]:
+    if isinstance(description, _ArrayOf):
+        element: Any = _resolve(description.element)
+        array_type: type[Any] = element * description.length
+        return array_type
+    return description
+
+
+class _SharedTypes:
+    """The shared subclass of each ctypes type, made on first use.
+
+    A plain dict, not a weak one: the subclass refers to its base, so a weak
+    key would never be dropped anyway, and ctypes keeps its array types for
+    the life of the process too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shared: dict[type[Any], type[Any]] = {}
+        self._base: dict[type[Any], type[Any]] = {}
+
+    def base(self, ctype: type[Any]) -> type[Any]:
+        """The ctypes type a shared subclass extends (``ctype`` itself if it is not one)."""
+        return self._base.get(ctype, ctype)
+
+    def shared(self, ctype: type[Any]) -> type[Any]:
+        ctype = self.base(ctype)
+        shared = self._shared.get(ctype)
+        if shared is not None:
+            return shared
+        with self._lock:
+            shared = self._shared.get(ctype)
+            if shared is None:
+                namespace: dict[str, Any] = {
+                    "__module__": ctype.__module__,
+                    "__qualname__": ctype.__qualname__,
+                    "__reduce__": _reduce_shared,
+                }
+                if issubclass(ctype, ctypes._SimpleCData):
+                    # ctypes shows subclasses of simple types as <c_int object at ...>.
+                    namespace["__repr__"] = _simple_repr
+                metaclass: Any = type(ctype)
+                shared = metaclass(ctype.__name__, (ctype,), namespace)
+                self._base[shared] = ctype
+                self._shared[ctype] = shared
+        return shared
+
+
+_types: Final = _SharedTypes()
+
+
+def _simple_repr(self: Any) -> str:
+    return f"{type(self).__name__}({self.value!r})"
+
+
+def _reduce_shared(self: Any) -> tuple[Any, ...]:
+    _refuse_unless_spawning(self)
+    return _rebuild, (_describe(_types.base(type(self))), getattr(self, _BLOCK_ATTRIBUTE))
+
+
+def _view(ctype: type[Any], block: _shm.Block) -> Any:
+    obj = _types.shared(ctype).from_buffer(block.buffer)
+    setattr(obj, _BLOCK_ATTRIBUTE, block)
+    return obj
+
+
+def _rebuild(description: type[Any] | _ArrayOf, block: _shm.Block) -> Any:
+    return _view(_resolve(description), block)
+
+
+def _new(ctype: type[Any]) -> Any:
+    """A zero-filled shared instance of ``ctype`` (the arena does not clear recycled bytes)."""
+    block = _shm.allocate(ctypes.sizeof(ctype))
+    obj = _view(ctype, block)
+    ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))
+    return obj
+
+
+def _ctype_of(typecode_or_type: Any) -> type[Any]:
+    if isinstance(typecode_or_type, str):
+        try:
+            return TYPECODES[typecode_or_type]
+        except KeyError:
+            codes = "".join(TYPECODES)
+            raise TypeError(
+                f"unknown typecode {typecode_or_type!r}: expected one of {codes!r} or a ctypes type"
+            ) from None
+    if not isinstance(typecode_or_type, type) or not issubclass(
+        typecode_or_type, (ctypes._SimpleCData, ctypes.Array, ctypes.Structure, ctypes.Union)
+    ):
+        raise TypeError(f"expected a typecode or a ctypes type, not {typecode_or_type!r}")
+    return typecode_or_type
+
+
+# ---- the raw objects ------------------------------------------------------------------
+
+
+def RawValue(typecode_or_type: Any, *args: Any) -> Any:
+    """A ctypes object in shared memory, without a lock.
+
+    Args:
+        typecode_or_type: an ``array`` module typecode (``'i'``, ``'d'``, ...)
+            or a ctypes type (a simple type, an array type, a Structure...).
+        *args: passed to the type's constructor, as ``c_int(5)`` would be.
+
+    Returns:
+        The ctypes object; zero-filled before ``args`` are applied.
+
+    Raises:
+        TypeError: ``typecode_or_type`` is neither.
+    """
+    obj = _new(_ctype_of(typecode_or_type))
+    # Always, as the stdlib: a Structure's own __init__ may set defaults.
+    obj.__init__(*args)
+    return obj
+
+
+def RawArray(typecode_or_type: Any, size_or_initializer: Any) -> Any:
+    """A ctypes array in shared memory, without a lock.
+
+    Args:
+        typecode_or_type: the element type, as for :func:`RawValue`.
+        size_or_initializer: the length (the array is zero-filled), or a
+            sequence whose length and items the array takes.
+
+    Returns:
+        The ctypes array.
+    """
+    ctype = _ctype_of(typecode_or_type)
+    if isinstance(size_or_initializer, int):
+        return _new(ctype * size_or_initializer)
+    initializer = list(size_or_initializer)
+    array = _new(ctype * len(initializer))
+    array.__init__(*initializer)
+    return array
+
+
+def copy(obj: Any) -> Any:
+    """A new shared ctypes object of ``obj``'s type, with a copy of its bytes.
+
+    Raises:
+        TypeError: ``obj`` is not a ctypes object.
+    """
+    new = _new(_types.base(type(obj)))
+    ctypes.memmove(ctypes.addressof(new), ctypes.addressof(obj), ctypes.sizeof(new))
+    return new
+
+
+# ---- the synchronized wrappers ---------------------------------------------------------
+
+
+def _with_lock(lock: Any, ctx: BaseContext | None) -> Any:
+    """The lock a wrapper uses: ``lock`` unless it is True or None, then a new RLock.
+
+    Raises:
+        AttributeError: ``lock`` has no ``acquire`` method (the stdlib's error).
+    """
+    if lock in (True, None):  # equality, as the stdlib's test: lock=1 means True
+        return RLock() if ctx is None else ctx.RLock()
+    if not isinstance(lock, SupportsAcquire):
+        raise AttributeError(f"{lock!r} has no method 'acquire'")
+    return lock
+
+
+def Value(
+    typecode_or_type: Any, *args: Any, lock: Any = True, ctx: BaseContext | None = None
+) -> Any:
+    """A ctypes object in shared memory, behind a lock.
+
+    Args:
+        typecode_or_type: as for :func:`RawValue`.
+        *args: as for :func:`RawValue`.
+        lock: True or None for a new RLock; False for the raw object
+            (no wrapper, no ``get_lock``); or the lock to use.
+        ctx: the context whose RLock to use.
+
+    Returns:
+        A :class:`Synchronized` wrapper (or the raw object if ``lock`` is False).
+
+    Raises:
+        AttributeError: ``lock`` has no ``acquire`` method.
+    """
+    obj = RawValue(typecode_or_type, *args)
+    if lock is False:
+        return obj
+    return synchronized(obj, _with_lock(lock, ctx))
+
+
+def Array(
+    typecode_or_type: Any,
+    size_or_initializer: Any,
+    *,
+    lock: Any = True,
+    ctx: BaseContext | None = None,
+) -> Any:
+    """A ctypes array in shared memory, behind a lock.
+
+    Args:
+        typecode_or_type: as for :func:`RawArray`.
+        size_or_initializer: as for :func:`RawArray`.
+        lock: as for :func:`Value`.
+        ctx: the context whose RLock to use.
+
+    Returns:
+        A :class:`SynchronizedArray` (a :class:`SynchronizedString` for
+        ``'c'``), or the raw array if ``lock`` is False.
+
+    Raises:
+        AttributeError: ``lock`` has no ``acquire`` method.
+    """
+    obj = RawArray(typecode_or_type, size_or_initializer)
+    if lock is False:
+        return obj
+    return synchronized(obj, _with_lock(lock, ctx))
+
+
+class SynchronizedBase:
+    """A ctypes object and the lock that guards it.
+
+    ``acquire``/``release`` are the lock's own bound methods, and the wrapper
+    is a context manager holding the lock.
+
+    Args:
+        obj: the ctypes object.
+        lock: the lock; a new RLock if None.
+        ctx: the context whose RLock to use when ``lock`` is None.
+    """
+
+    __slots__ = ("_lock", "_obj", "acquire", "release")
+
+    def __init__(self, obj: Any, lock: Any = None, ctx: BaseContext | None = None) -> None:
+        self._obj = obj
+        self._lock = lock if lock else _with_lock(None, ctx)
+        self.acquire: Callable[..., bool] = self._lock.acquire
+        self.release: Callable[[], None] = self._lock.release
+
+    def __enter__(self) -> Any:
+        return self._lock.__enter__()
+
+    def __exit__(self, *args: object) -> Any:
+        return self._lock.__exit__(*args)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        _refuse_unless_spawning(self)
+        return synchronized, (self._obj, self._lock)
+
+    def get_obj(self) -> Any:
+        """The wrapped ctypes object (access it under the lock)."""
+        return self._obj
+
+    def get_lock(self) -> Any:
+        """The lock that guards the object."""
+        return self._lock
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} wrapper for {self._obj}>"
+
+
+# The accessors below are what `with v.get_lock(): v.value += 1` runs besides
+# the lock itself: the lock's own bound acquire/release, kept in slots, around
+# the ctypes access. That is measurably cheaper than a `with` block (one call
+# with no arguments instead of __exit__(None, None, None)); see
+# benchmarks/bench_shared.py.
+
+
+class Synchronized(SynchronizedBase):
+    """A wrapped simple ctypes value: ``value`` is read and written under the lock."""
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> Any:
+        """The value, read under the lock."""
+        self.acquire()
+        try:
+            return self._obj.value
+        finally:
+            self.release()
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        self.acquire()
+        try:
+            self._obj.value = value
+        finally:
+            self.release()
+
+
+class SynchronizedArray(SynchronizedBase):
+    """A wrapped ctypes array: each item access or slice takes the lock."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._obj)
+
+    def __getitem__(self, index: Any) -> Any:
+        self.acquire()
+        try:
+            return self._obj[index]
+        finally:
+            self.release()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self.acquire()
+        try:
+            self._obj[index] = value
+        finally:
+            self.release()
+
+
+class SynchronizedString(SynchronizedArray):
+    """A wrapped ``c_char`` array, with its ``value`` (up to the first NUL) and ``raw`` bytes."""
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> bytes:
+        """The bytes up to the first NUL, read under the lock."""
+        self.acquire()
+        try:
+            value: bytes = self._obj.value
+            return value
+        finally:
+            self.release()
+
+    @value.setter
+    def value(self, value: bytes) -> None:
+        self.acquire()
+        try:
+            self._obj.value = value
+        finally:
+            self.release()
+
+    @property
+    def raw(self) -> bytes:
+        """All the bytes of the array, read under the lock."""
+        self.acquire()
+        try:
+            raw: bytes = self._obj.raw
+            return raw
+        finally:
+            self.release()
+
+    @raw.setter
+    def raw(self, raw: bytes) -> None:
+        self.acquire()
+        try:
+            self._obj.raw = raw
+        finally:
+            self.release()
+
+
+for _cls in (SynchronizedBase, Synchronized, SynchronizedArray, SynchronizedString):
+    _cls.__module__ = "serentak.sharedctypes"
+
+
+def _locked_field(name: str) -> property:
+    def get(self: SynchronizedBase) -> Any:
+        self.acquire()
+        try:
+            return getattr(self._obj, name)
+        finally:
+            self.release()
+
+    def set_(self: SynchronizedBase, value: Any) -> None:
+        self.acquire()
+        try:
+            setattr(self._obj, name, value)
+        finally:
+            self.release()
+
+    return property(get, set_, doc=f"The field {name!r}, accessed under the lock.")
+
+
+def _field_names(ctype: type[Any]) -> list[str]:
+    """The fields of a Structure or Union, its base classes' first."""
+    names: list[str] = []
+    for klass in reversed(ctype.__mro__):
+        for field in klass.__dict__.get("_fields_", ()):
+            names.append(field[0])
+    return names
+
+
+# A wrapper class per Structure type; the wrapper class does not refer to the
+# type, so the entry goes when the type does.
+_struct_wrappers: weakref.WeakKeyDictionary[type[Any], type[SynchronizedBase]] = (
+    weakref.WeakKeyDictionary()
+)
+_struct_wrappers_lock: Final = threading.Lock()
+
+
+def _struct_wrapper(ctype: type[Any]) -> type[SynchronizedBase]:
+    with _struct_wrappers_lock:
+        wrapper = _struct_wrappers.get(ctype)
+        if wrapper is None:
+            namespace: dict[str, Any] = {"__slots__": (), "__module__": __name__}
+            for name in _field_names(ctype):
+                namespace[name] = _locked_field(name)
+            wrapper = type(f"Synchronized{ctype.__name__}", (SynchronizedBase,), namespace)
+            _struct_wrappers[ctype] = wrapper
+        return wrapper
+
+
+def synchronized(obj: Any, lock: Any = None, ctx: BaseContext | None = None) -> SynchronizedBase:
+    """Wrap a ctypes object with a lock.
+
+    Args:
+        obj: a ctypes object (shared, or not: the wrapper does not care).
+        lock: the lock to use; a new RLock if None.
+        ctx: the context whose RLock to use when ``lock`` is None.
+
+    Returns:
+        A :class:`Synchronized` for a simple value, a :class:`SynchronizedString`
+        for a ``c_char`` array, a :class:`SynchronizedArray` for another array,
+        and for a Structure a ``Synchronized<Name>`` class with a locked
+        property per field.
+
+    Raises:
+        AssertionError: ``obj`` is already synchronized (the stdlib's error).
+    """
+    if isinstance(obj, SynchronizedBase):
+        raise AssertionError("object already synchronized")
+    if isinstance(obj, ctypes._SimpleCData):
+        return Synchronized(obj, lock, ctx)
+    if isinstance(obj, ctypes.Array):
+        if obj._type_ is ctypes.c_char:
+            return SynchronizedString(obj, lock, ctx)
+        return SynchronizedArray(obj, lock, ctx)
+    return _struct_wrapper(_types.base(type(obj)))(obj, lock, ctx)

@@ -1,0 +1,371 @@
+"""Value, Array, RawValue, RawArray and the synchronized wrappers (serentak.sharedctypes).
+
+The first part checks the objects within one process, against the stdlib's
+where they should agree; the second shares them with children under every
+start method (the ``ctx`` fixture).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import multiprocessing.sharedctypes as stdlib_sharedctypes
+import pickle
+import re
+from collections.abc import Iterator
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+import pytest
+
+import _targets
+import serentak
+from serentak import sharedctypes
+
+PATIENCE = 30.0
+
+# A value of each typecode that is not the type's zero, and a second one.
+TYPECODE_VALUES: dict[str, tuple[Any, Any]] = {
+    "c": (b"x", b"y"),
+    "u": ("\u00e9", "z"),
+    "b": (-5, 7),
+    "B": (250, 3),
+    "h": (-30_000, 12),
+    "H": (60_000, 13),
+    "i": (-2_000_000_000, 14),
+    "I": (4_000_000_000, 15),
+    "l": (-(2**62), 16),
+    "L": (2**63 + 1, 17),
+    "q": (-(2**63), 18),
+    "Q": (2**64 - 1, 19),
+    "f": (1.5, -0.25),
+    "d": (2.0**-30, 1e300),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stdlib_heap() -> Iterator[None]:
+    """Open the stdlib's shared heap before the leak check's baselines are taken.
+
+    The comparisons below use stdlib sharedctypes, whose heap keeps its first
+    arena (an fd and a mapping in /dev/shm) for good once it exists.
+    """
+    keep = stdlib_sharedctypes.RawValue("b")
+    yield
+    del keep
+
+
+def run(ctx: Any, target: Any, *args: Any) -> None:
+    """Run ``target(*args)`` in a child of ``ctx`` and check that it succeeded."""
+    process = ctx.Process(target=target, args=args)
+    process.start()
+    process.join(PATIENCE)
+    assert process.exitcode == 0
+
+
+# ---- within one process ---------------------------------------------------------------
+
+
+def test_public_module_mirrors_the_stdlib() -> None:
+    assert sharedctypes.__all__ == sorted(stdlib_sharedctypes.__all__)
+    for name in ("Synchronized", "SynchronizedArray", "SynchronizedString", "SynchronizedBase"):
+        assert getattr(sharedctypes, name).__module__ == "serentak.sharedctypes"
+
+
+@pytest.mark.parametrize("code", TYPECODE_VALUES)
+def test_every_typecode_round_trips(code: str) -> None:
+    first, second = TYPECODE_VALUES[code]
+    raw = sharedctypes.RawValue(code, first)
+    assert raw.value == first
+    assert raw.value == stdlib_sharedctypes.RawValue(code, first).value
+    assert repr(raw) == repr(stdlib_sharedctypes.RawValue(code, first))
+    value = sharedctypes.Value(code, first)
+    assert value.value == first
+    value.value = second
+    assert value.value == second
+    assert repr(sharedctypes.Value(code)) == repr(stdlib_sharedctypes.Value(code))
+    array = sharedctypes.Array(code, [first, second, first])
+    items = [first, second, first]
+    # Slices of char arrays are bytes, of wide-char arrays str, as in ctypes.
+    expected = b"".join(items) if code == "c" else "".join(items) if code == "u" else items
+    assert array[:] == expected
+    assert [array[i] for i in range(3)] == items
+    assert len(array) == 3
+    assert sharedctypes.RawValue(code).value == stdlib_sharedctypes.RawValue(code).value
+
+
+def test_zero_filled_even_when_the_arena_recycles_bytes() -> None:
+    for _ in range(3):
+        junk = [sharedctypes.RawArray("B", [255] * 64) for _ in range(20)]
+        del junk
+        gc.collect()
+        assert sharedctypes.RawValue("q").value == 0
+        assert sharedctypes.RawArray("B", 64)[:] == [0] * 64
+        assert sharedctypes.Value("d").value == 0.0
+
+
+def test_block_lives_as_long_as_the_object() -> None:
+    kept = [sharedctypes.RawValue("i", 1000 + n) for n in range(50)]
+    array = sharedctypes.Array("i", range(100))
+    gc.collect()
+    # Allocations that would reuse freed bytes must not touch the kept objects.
+    others = [sharedctypes.RawArray("i", [-1] * 16) for _ in range(200)]
+    assert [v.value for v in kept] == [1000 + n for n in range(50)]
+    assert array[:] == list(range(100))
+    assert len(others) == 200
+
+
+def test_unknown_typecode_or_type() -> None:
+    with pytest.raises(TypeError, match="unknown typecode 'x'"):
+        sharedctypes.RawValue("x")
+    with pytest.raises(TypeError, match="ctypes type"):
+        sharedctypes.Value(int)
+
+
+def test_array_from_size_and_initializer() -> None:
+    assert sharedctypes.RawArray("i", 4)[:] == [0, 0, 0, 0]
+    assert sharedctypes.RawArray("d", (x / 2 for x in range(3)))[:] == [0.0, 0.5, 1.0]
+    array = sharedctypes.Array("i", [1, 2, 3, 4, 5])
+    array[1:3] = [20, 30]
+    assert array[:] == [1, 20, 30, 4, 5]
+    assert array[::-2] == [5, 30, 1]
+    assert array[-1] == 5
+    with pytest.raises(IndexError):
+        array[5]
+    assert list(array) == [1, 20, 30, 4, 5]
+
+
+def test_locks() -> None:
+    value = sharedctypes.Value("i", 1)
+    assert type(value.get_lock()).__name__ == "RLock"
+    assert type(sharedctypes.Value("i", lock=None).get_lock()).__name__ == "RLock"
+    lock = serentak.Lock()
+    given = sharedctypes.Value("i", 1, lock=lock)
+    assert given.get_lock() is lock
+    with given:
+        assert not lock.acquire(False)
+    assert lock.acquire(False)
+    lock.release()
+    assert given.acquire() is True
+    given.release()
+    array = sharedctypes.Array("d", 3, lock=lock)
+    assert array.get_lock() is lock
+    context_value = serentak.get_context("spawn").Value("i", 0, lock=False)
+    assert isinstance(context_value, ctypes.c_int)
+
+
+@pytest.mark.parametrize("factory", [sharedctypes.Value, sharedctypes.Array])
+def test_a_lock_needs_acquire(factory: Any) -> None:
+    with pytest.raises(AttributeError) as ours:
+        factory("i", 1, lock=3)
+    stdlib_factory = getattr(stdlib_sharedctypes, factory.__name__)
+    with pytest.raises(AttributeError) as theirs:
+        stdlib_factory("i", 1, lock=3)
+    assert str(ours.value) == str(theirs.value) == "3 has no method 'acquire'"
+
+
+def test_lock_false_gives_the_raw_object() -> None:
+    value = sharedctypes.Value("i", 5, lock=False)
+    assert isinstance(value, ctypes.c_int)
+    assert not hasattr(value, "get_lock")
+    assert repr(value) == "c_int(5)"
+    array = sharedctypes.Array("i", [1, 2], lock=False)
+    assert isinstance(array, ctypes.Array)
+    assert not hasattr(array, "get_lock")
+    assert array[:] == [1, 2]
+
+
+def test_reprs_match_the_stdlib() -> None:
+    assert repr(sharedctypes.Value("i")) == "<Synchronized wrapper for c_int(0)>"
+    assert repr(sharedctypes.Value("d", 1.5)) == repr(stdlib_sharedctypes.Value("d", 1.5))
+    assert repr(sharedctypes.Value("c", b"a")) == "<Synchronized wrapper for c_char(b'a')>"
+    array_repr = re.compile(r"<(\w+) wrapper for <[\w.]+\.c_(int|char)_Array_3 object at 0x\w+>>")
+    for ours in (sharedctypes.Array("i", 3), sharedctypes.Array("c", 3)):
+        match = array_repr.fullmatch(repr(ours))
+        assert match is not None, repr(ours)
+        assert match.group(1) == type(ours).__name__
+    assert type(sharedctypes.Array("c", 3)).__name__ == "SynchronizedString"
+    assert type(sharedctypes.Array("i", 3)).__name__ == "SynchronizedArray"
+
+
+def test_char_arrays() -> None:
+    ours: Any = sharedctypes.Array("c", b"hello")
+    theirs: Any = stdlib_sharedctypes.Array("c", b"hello")
+    for chars in (ours, theirs):
+        assert chars.value == b"hello"
+        chars.value = b"hi"
+        assert chars.value == b"hi"
+        assert chars.raw == b"hi\x00lo"
+        chars.raw = b"abcde"
+        assert chars[1] == b"b"
+        assert chars[1:3] == b"bc"
+    assert sharedctypes.Array("c", 4).raw == b"\x00" * 4
+    with pytest.raises(ValueError):
+        ours.value = b"too long"
+
+
+def test_structures() -> None:
+    point = sharedctypes.Value(_targets.SctPoint, 1, 2.5)
+    assert type(point).__name__ == "SynchronizedSctPoint"
+    assert (point.x, point.y) == (1, 2.5)
+    point.x += 1
+    assert point.get_obj().x == 2
+    raw = sharedctypes.RawValue(_targets.SctPoint, 3, 4.0)
+    assert isinstance(raw, _targets.SctPoint)
+    points = sharedctypes.RawArray(_targets.SctPoint, [(1, 2.0), (3, 4.0)])
+    assert [(p.x, p.y) for p in points] == [(1, 2.0), (3, 4.0)]
+    nested = sharedctypes.RawValue(ctypes.c_int * 2 * 3)
+    nested[2][1] = 7
+    assert [list(row) for row in nested] == [[0, 0], [0, 0], [0, 7]]
+
+
+def test_structure_with_its_own_init() -> None:
+    class Defaults(ctypes.Structure):
+        _fields_ = (("a", ctypes.c_int),)
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            if not args:
+                self.a = 42
+
+    assert sharedctypes.RawValue(Defaults).a == 42
+    assert stdlib_sharedctypes.RawValue(Defaults).a == 42
+    assert sharedctypes.Value(Defaults, 5).a == 5
+
+
+def test_copy() -> None:
+    original = sharedctypes.RawValue(_targets.SctPoint, 1, 2.0)
+    duplicate = sharedctypes.copy(original)
+    assert (duplicate.x, duplicate.y) == (1, 2.0)
+    duplicate.x = 10
+    assert original.x == 1
+    assert sharedctypes.copy(ctypes.c_double(0.5)).value == 0.5
+    array = sharedctypes.copy(sharedctypes.RawArray("i", [1, 2]))
+    assert array[:] == [1, 2]
+
+
+def test_synchronized() -> None:
+    wrapped = sharedctypes.synchronized(sharedctypes.RawValue("i", 3))
+    assert type(wrapped).__name__ == "Synchronized"
+    assert wrapped.get_lock() is not None
+    assert type(sharedctypes.synchronized(sharedctypes.RawArray("c", 2))).__name__ == (
+        "SynchronizedString"
+    )
+    with pytest.raises(AssertionError, match="already synchronized"):
+        sharedctypes.synchronized(wrapped)
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: sharedctypes.Value("i"), "Synchronized"),
+        (lambda: sharedctypes.Array("i", 3), "SynchronizedArray"),
+        (lambda: sharedctypes.Array("c", 3), "SynchronizedString"),
+        (lambda: sharedctypes.Value(_targets.SctPoint), "SynchronizedSctPoint"),
+        (lambda: sharedctypes.RawValue("i"), "c_int"),
+        (lambda: sharedctypes.RawArray("d", 3), "c_double_Array_3"),
+    ],
+)
+def test_pickling_outside_start_up_is_refused(make: Any, name: str) -> None:
+    obj = make()
+    message = f"^{name} objects should only be shared between processes through inheritance$"
+    with pytest.raises(RuntimeError, match=message):
+        pickle.dumps(obj)
+    ours, theirs = serentak.Pipe()
+    with ours, theirs, pytest.raises(RuntimeError, match=message):
+        ours.send(obj)
+
+
+def test_stdlib_refuses_with_the_same_message() -> None:
+    value = stdlib_sharedctypes.Value("i")
+    with pytest.raises(RuntimeError) as theirs:
+        ForkingPickler.dumps(value)
+    assert str(theirs.value) == (
+        "Synchronized objects should only be shared between processes through inheritance"
+    )
+
+
+# ---- across processes ------------------------------------------------------------------
+
+
+def test_seed_value_incremented_by_a_child(ctx: Any) -> None:
+    value = ctx.Value("i", 0)
+    run(ctx, _targets.sct_increment, value)
+    assert value.value == 1
+
+
+def test_seed_array_changed_by_a_child(ctx: Any) -> None:
+    array = ctx.Array("i", [1, 2, 3])
+    run(ctx, _targets.sct_bump_first, array)
+    assert array[:] == [2, 2, 3]
+
+
+def test_two_processes_count_exactly(ctx: Any) -> None:
+    value = ctx.Value("i", 0)
+    children = [ctx.Process(target=_targets.sct_add_many, args=(value, 10_000)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(PATIENCE)
+        assert child.exitcode == 0
+    assert value.value == 20_000
+
+
+def test_every_typecode_across_processes(ctx: Any) -> None:
+    codes = list(TYPECODE_VALUES)
+    values = [ctx.Value(code, TYPECODE_VALUES[code][0]) for code in codes]
+    raws = [ctx.RawValue(code, TYPECODE_VALUES[code][0]) for code in codes]
+    ours, theirs = ctx.Pipe()
+    with ours, theirs:
+        process = ctx.Process(
+            target=_targets.sct_swap_values,
+            args=(theirs, values + raws, [TYPECODE_VALUES[code][1] for code in codes] * 2),
+        )
+        process.start()
+        seen = ours.recv()
+        process.join(PATIENCE)
+    assert process.exitcode == 0
+    assert seen == [TYPECODE_VALUES[code][0] for code in codes] * 2
+    assert [v.value for v in values + raws] == [TYPECODE_VALUES[code][1] for code in codes] * 2
+
+
+def test_child_uses_the_given_lock(ctx: Any) -> None:
+    lock = ctx.Lock()
+    value = ctx.Value("i", 0, lock=lock)
+    ours, theirs = ctx.Pipe()
+    with ours, theirs:
+        with lock:
+            run(ctx, _targets.sct_try_lock, theirs, value)
+            assert ours.recv() is False
+        run(ctx, _targets.sct_try_lock, theirs, value)
+        assert ours.recv() is True
+
+
+def test_raw_objects_are_shared(ctx: Any) -> None:
+    raw = ctx.RawValue("d", 0.5)
+    array = ctx.RawArray("h", [1, 2, 3])
+    unlocked = ctx.Value("i", 7, lock=False)
+    run(ctx, _targets.sct_raw_add, raw, array)
+    run(ctx, _targets.sct_raw_add, unlocked, ctx.RawArray("i", 0))
+    assert raw.value == 1.5
+    assert array[:] == [2, 3, 4]
+    assert unlocked.value == 8
+
+
+def test_char_array_in_a_child(ctx: Any) -> None:
+    chars = ctx.Array("c", b"hello")
+    ours, theirs = ctx.Pipe()
+    with ours, theirs:
+        run(ctx, _targets.sct_chars, theirs, chars)
+        assert ours.recv() == b"hello"
+        assert ours.recv() == b"hello"
+    assert chars.value == b"bye"
+    assert chars.raw == b"bye\x00o"
+
+
+def test_structures_in_a_child(ctx: Any) -> None:
+    point = ctx.Value(_targets.SctPoint, 1, 1.5)
+    points = ctx.RawArray(_targets.SctPoint, [(1, 0.0), (2, 0.0)])
+    run(ctx, _targets.sct_move_point, point, points)
+    assert (point.x, point.y) == (2, 3.0)
+    assert [p.x for p in points] == [11, 12]
