@@ -1,0 +1,581 @@
+"""Queue, JoinableQueue and SimpleQueue (serentak._queues).
+
+The first part checks the semantics within one process; the second runs
+producers and consumers in children under every start method (the ``ctx``
+fixture); the last part kills processes in the middle of puts and gets and
+checks that the queue goes on delivering.
+"""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import _targets
+from serentak import _native, _queues
+from serentak.connection import Pipe
+
+# How late a timed wait may return: generous, CI machines are slow and busy.
+LATE = 1.0
+# Waits for something that must happen: long enough never to fire on a slow
+# machine, short of the per-test timeout so a failure reads as an assertion.
+PATIENCE = 20.0
+MB = 1_000_000
+
+
+def raises_within(exception: type[BaseException], call: Callable[[], object]) -> float:
+    start = time.monotonic()
+    with pytest.raises(exception):
+        call()
+    return time.monotonic() - start
+
+
+def channel_of(q: Any) -> _queues.SocketChannel:
+    channel = q._channel
+    assert isinstance(channel, _queues.SocketChannel)
+    return channel
+
+
+def socket_capacity(q: Any) -> int:
+    """Bytes the queue's socket holds before a put falls back on the feeder."""
+    value: int = channel_of(q)._writer.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    return value
+
+
+def in_thread(call: Callable[[], object]) -> tuple[threading.Thread, threading.Event]:
+    """Run ``call`` in a daemon thread; the event is set when it returns."""
+    returned = threading.Event()
+
+    def target() -> None:
+        call()
+        returned.set()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, returned
+
+
+def run(ctx: Any, target: Callable[..., object], *args: Any) -> Any:
+    process = ctx.Process(target=target, args=args)
+    process.start()
+    return process
+
+
+def finish(process: Any, exitcode: int = 0) -> None:
+    process.join(PATIENCE)
+    assert process.exitcode == exitcode, f"{process!r} ended with {process.exitcode}"
+    process.close()
+
+
+@pytest.fixture
+def q() -> Iterator[_queues.Queue]:
+    made = _queues.Queue()
+    yield made
+    made.close()
+
+
+# ---- one process ------------------------------------------------------------------------
+
+
+def test_put_get_fifo_of_any_picklable(q: _queues.Queue) -> None:
+    items: list[Any] = [
+        1,
+        "two",
+        b"three",
+        bytearray(b"four"),
+        None,
+        (5, [6, {"seven": 8.0}]),
+        b"",
+        bytearray(),
+    ]
+    for item in items:
+        q.put(item)
+    assert q.qsize() == len(items)
+    assert not q.empty()
+    got = [q.get() for _ in items]
+    assert got == items
+    assert type(got[3]) is bytearray
+    assert q.empty()
+    assert q.qsize() == 0
+
+
+def test_functions_travel_by_value(q: _queues.Queue) -> None:
+    offset = 10
+    q.put(lambda x: x + offset)
+    assert q.get(timeout=PATIENCE)(1) == 11
+
+
+def test_get_timeouts_raise_empty_in_time(q: _queues.Queue) -> None:
+    elapsed = raises_within(queue.Empty, lambda: q.get(timeout=0.2))
+    assert 0.2 <= elapsed < 0.2 + LATE
+    assert raises_within(queue.Empty, q.get_nowait) < LATE
+    assert raises_within(queue.Empty, lambda: q.get(False, 10)) < LATE  # block=False ignores it
+    assert raises_within(queue.Empty, lambda: q.get(timeout=-1)) < LATE
+    q.put("late")
+    assert q.get_nowait() == "late"
+
+
+def test_bounded_queue_full_and_put_timeouts() -> None:
+    bounded = _queues.Queue(2)
+    assert not bounded.full()
+    bounded.put(1)
+    bounded.put_nowait(2)
+    assert bounded.full()
+    assert bounded.qsize() == 2
+    elapsed = raises_within(queue.Full, lambda: bounded.put(3, timeout=0.2))
+    assert 0.2 <= elapsed < 0.2 + LATE
+    assert raises_within(queue.Full, lambda: bounded.put_nowait(3)) < LATE
+    assert raises_within(queue.Full, lambda: bounded.put(3, False, 10)) < LATE
+    assert bounded.get() == 1
+    assert not bounded.full()
+    bounded.put(3, timeout=0)
+    assert [bounded.get(), bounded.get()] == [2, 3]
+    bounded.close()
+
+
+def test_blocked_put_wakes_when_a_get_frees_a_slot() -> None:
+    bounded = _queues.Queue(1)
+    bounded.put("first")
+    done = threading.Event()
+
+    def put_second() -> None:
+        bounded.put("second", timeout=PATIENCE)
+        done.set()
+
+    thread = threading.Thread(target=put_second)
+    thread.start()
+    assert not done.wait(0.1)  # it is blocked...
+    assert bounded.get() == "first"
+    assert done.wait(PATIENCE)  # ...until the get
+    thread.join()
+    assert bounded.get(timeout=PATIENCE) == "second"
+    bounded.close()
+
+
+def test_unbounded_queue_defaults(q: _queues.Queue) -> None:
+    assert not q.full()
+    assert q._maxsize == _native.SEM_VALUE_MAX
+    negative = _queues.Queue(-3)
+    assert negative._maxsize == _native.SEM_VALUE_MAX
+    negative.close()
+
+
+def test_put_beyond_the_socket_never_blocks_and_keeps_order(q: _queues.Queue) -> None:
+    count = socket_capacity(q) // 50 + 1000  # well past what the socket holds
+    start = time.monotonic()
+    for index in range(count):
+        q.put(index)
+    elapsed = time.monotonic() - start
+    assert elapsed < PATIENCE
+    assert q.qsize() == count
+    assert [q.get(timeout=PATIENCE) for _ in range(count)] == list(range(count))
+    assert q.qsize() == 0
+
+
+def test_unpicklable_object_raises_in_put_and_the_queue_still_works(q: _queues.Queue) -> None:
+    with pytest.raises(TypeError, match="lock"):
+        q.put(threading.Lock())
+    with pytest.raises(TypeError):
+        q.put([1, threading.Lock()])
+    assert q.qsize() == 0
+    q.put("fine")
+    assert q.get(timeout=PATIENCE) == "fine"
+
+
+def test_closed_queue_raises_value_error(q: _queues.Queue) -> None:
+    with pytest.raises(AssertionError, match="not closed"):
+        q.join_thread()
+    q.close()
+    q.close()  # twice is fine
+    with pytest.raises(ValueError, match=r"^Queue .* is closed$"):
+        q.put(1)
+    with pytest.raises(ValueError, match=r"^Queue .* is closed$"):
+        q.get()
+    with pytest.raises(ValueError, match="is closed"):
+        q.put_nowait(1)
+    with pytest.raises(ValueError, match="is closed"):
+        q.get_nowait()
+    q.join_thread()  # nothing buffered: returns at once
+
+
+def test_big_messages_in_one_process(q: _queues.Queue) -> None:
+    inline_max = channel_of(q)._inline_max
+    for size in (inline_max - 100, inline_max + 100, 10 * MB):
+        q.put(b"b" * size)
+        q.put(bytearray(b"a" * size))
+        q.put(["list", b"l" * size])  # pickled, not raw
+        assert q.get(timeout=PATIENCE) == b"b" * size
+        got = q.get(timeout=PATIENCE)
+        assert type(got) is bytearray
+        assert got == b"a" * size
+        assert q.get(timeout=PATIENCE) == ["list", b"l" * size]
+
+
+def test_threads_share_a_queue(q: _queues.Queue) -> None:
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        while (item := q.get(timeout=PATIENCE)) is not None:
+            with lock:
+                got.append(item)
+
+    def produce(base: int) -> None:
+        for index in range(2000):
+            q.put(base + index)
+
+    consumers = [threading.Thread(target=consume) for _ in range(3)]
+    producers = [threading.Thread(target=produce, args=(base,)) for base in (0, 10_000, 20_000)]
+    for thread in consumers + producers:
+        thread.start()
+    for thread in producers:
+        thread.join()
+    for _ in consumers:
+        q.put(None)
+    for thread in consumers:
+        thread.join()
+    assert sorted(got) == sorted(b + i for b in (0, 10_000, 20_000) for i in range(2000))
+
+
+def test_pickling_outside_a_child_start_raises() -> None:
+    for made in (_queues.Queue(), _queues.JoinableQueue(), _queues.SimpleQueue()):
+        name = type(made).__name__
+        with pytest.raises(
+            RuntimeError,
+            match=rf"^{name} objects should only be shared between processes through inheritance$",
+        ):
+            pickle.dumps(made)
+        made.close()
+
+
+def test_joinable_queue_in_one_process() -> None:
+    joinable = _queues.JoinableQueue()
+    with pytest.raises(ValueError, match=r"^task_done\(\) called too many times$"):
+        joinable.task_done()
+    joinable.put(1)
+    joinable.put(2)
+    thread, joined = in_thread(joinable.join)
+    assert joinable.get() == 1
+    joinable.task_done()
+    assert not joined.wait(0.1)  # one task left
+    assert joinable.get() == 2
+    joinable.task_done()
+    assert joined.wait(PATIENCE)
+    thread.join()
+    with pytest.raises(ValueError, match="too many times"):
+        joinable.task_done()
+    joinable.join()  # nothing unfinished: returns at once
+    joinable.close()
+
+
+def test_simple_queue_in_one_process() -> None:
+    simple = _queues.SimpleQueue()
+    assert simple.empty()
+    simple.put([1, 2])
+    assert not simple.empty()
+    assert simple.get() == [1, 2]
+    with pytest.raises(TypeError):
+        simple.put(threading.Lock())
+    simple.close()
+    simple.close()
+    for call in (simple.get, simple.empty, lambda: simple.put(1)):
+        with pytest.raises(OSError, match="handle is closed"):
+            call()
+
+
+def test_queues_are_subscriptable() -> None:
+    assert _queues.Queue[int].__origin__ is _queues.Queue  # type: ignore[misc]
+    assert _queues.SimpleQueue[str].__origin__ is _queues.SimpleQueue  # type: ignore[misc]
+
+
+# ---- across processes -----------------------------------------------------------------------
+
+
+def test_seed_section_7_1(ctx: Any) -> None:
+    shared = ctx.Queue()
+    process = run(ctx, _targets.queue_seed_worker, shared)
+    finish(process)  # joined before the get, as in the seed
+    assert shared.get(timeout=PATIENCE) == "Data dari proses!"
+
+
+def test_child_gets_what_the_parent_put(ctx: Any) -> None:
+    to_child, from_child = ctx.Queue(), ctx.Queue()
+    process = run(ctx, _targets.queue_consume, to_child, from_child)
+    for item in ("a", 2, None):
+        to_child.put(item)
+    assert [from_child.get(timeout=PATIENCE) for _ in range(2)] == ["a", 2]
+    finish(process)
+
+
+def test_qsize_and_empty_see_other_processes(ctx: Any) -> None:
+    shared = ctx.Queue(5)
+    assert shared.empty()
+    finish(run(ctx, _targets.queue_put_items, shared, [1, 2, 3]))
+    assert shared.qsize() == 3
+    assert not shared.empty()
+    assert not shared.full()
+    shared.put(4)
+    shared.put(5)
+    assert shared.full()
+    assert [shared.get() for _ in range(5)] == [1, 2, 3, 4, 5]
+    assert shared.empty()
+    assert shared.qsize() == 0
+
+
+def test_fifo_per_producer(ctx: Any) -> None:
+    shared = ctx.Queue()
+    producers = [run(ctx, _targets.queue_produce, shared, tag, 5000) for tag in (1, 2)]
+    seen: dict[int, list[int]] = {1: [], 2: []}
+    for _ in range(10_000):
+        tag, index = shared.get(timeout=PATIENCE)
+        seen[tag].append(index)
+    for process in producers:
+        finish(process)
+    assert seen[1] == list(range(5000))
+    assert seen[2] == list(range(5000))
+    with pytest.raises(queue.Empty):
+        shared.get(timeout=0.05)
+
+
+def test_many_producers_and_consumers_lose_and_duplicate_nothing(ctx: Any) -> None:
+    tasks, results = ctx.Queue(50), ctx.Queue()
+    consumers = [run(ctx, _targets.queue_consume, tasks, results) for _ in range(3)]
+    producers = [run(ctx, _targets.queue_produce, tasks, tag, 400) for tag in range(4)]
+    got = [results.get(timeout=PATIENCE) for _ in range(4 * 400)]
+    for process in producers:
+        finish(process)
+    for _ in consumers:
+        tasks.put(None)
+    for process in consumers:
+        finish(process)
+    assert sorted(got) == [(tag, index) for tag in range(4) for index in range(400)]
+    assert results.empty()
+
+
+@pytest.mark.parametrize("size", [10 * MB, 100 * MB])
+def test_big_messages_between_processes(ctx: Any, size: int) -> None:
+    shared = ctx.Queue()
+    process = run(ctx, _targets.queue_put_and_exit, shared, 2, size)
+    for index in range(2):
+        got_index, payload = shared.get(timeout=PATIENCE)
+        assert got_index == index
+        assert len(payload) == size
+        assert payload[:1] == payload[-1:] == b"f"
+        del payload
+    finish(process)
+
+
+def test_child_exit_flushes_more_than_the_socket_holds(ctx: Any) -> None:
+    shared = ctx.Queue()
+    size = 4096
+    count = 3 * socket_capacity(shared) // size + 10
+    process = run(ctx, _targets.queue_put_and_exit, shared, count, size)
+    indexes = [shared.get(timeout=PATIENCE)[0] for _ in range(count)]
+    finish(process)
+    assert indexes == list(range(count))
+
+
+def test_cancel_join_thread_lets_the_child_exit_without_flushing(ctx: Any) -> None:
+    shared = ctx.Queue()
+    size = 4096
+    count = 3 * socket_capacity(shared) // size + 10
+    process = run(ctx, _targets.queue_put_cancel_and_exit, shared, count, size)
+    finish(process)  # nobody read, and yet it exited
+    indexes = []
+    while True:
+        try:
+            indexes.append(shared.get(timeout=0.2)[0])
+        except queue.Empty:
+            break
+    assert indexes == list(range(len(indexes)))  # what arrived is a prefix, in order
+    assert 0 < len(indexes) < count
+
+
+def test_joinable_queue_across_processes(ctx: Any) -> None:
+    tasks, results = ctx.JoinableQueue(), ctx.Queue()
+    workers = [run(ctx, _targets.queue_joinable_worker, tasks, results) for _ in range(2)]
+    for number in range(100):
+        tasks.put(number)
+    tasks.join()  # every task_done() arrived
+    assert sorted(results.get(timeout=PATIENCE) for _ in range(100)) == [n * n for n in range(100)]
+    for _ in workers:
+        tasks.put(None)
+    tasks.join()
+    for process in workers:
+        finish(process)
+    with pytest.raises(ValueError, match="too many times"):
+        tasks.task_done()
+
+
+def test_simple_queue_across_processes(ctx: Any) -> None:
+    simple = ctx.SimpleQueue()
+    process = run(ctx, _targets.queue_simple_put, simple, ["x", {"y": 1}, b"z" * MB])
+    assert simple.get() == "x"
+    assert simple.get() == {"y": 1}
+    assert simple.get() == b"z" * MB
+    finish(process)
+    assert simple.empty()
+    simple.close()
+
+
+def test_a_connection_travels_through_a_queue(ctx: Any) -> None:
+    shared = ctx.Queue()
+    process = run(ctx, _targets.queue_reply_on_connection, shared)
+    ours, theirs = Pipe()
+    shared.put(theirs)
+    theirs.close()  # the queue carried a descriptor of its own
+    assert ours.poll(PATIENCE)
+    assert ours.recv() == "hello through a queued connection"
+    ours.close()
+    finish(process)
+
+
+# ---- crashes -------------------------------------------------------------------------------
+
+
+def test_consumer_killed_while_blocked_in_get(ctx: Any) -> None:
+    shared = ctx.Queue(3)
+    ready = ctx.Event()
+    process = run(ctx, _targets.queue_block_in_get, shared, ready)
+    assert ready.wait(PATIENCE)
+    process.kill()
+    finish(process, -signal.SIGKILL)
+    for item in ("a", "b", "c"):
+        shared.put(item, timeout=PATIENCE)  # the whole capacity is there
+    results = ctx.Queue()
+    consumer = run(ctx, _targets.queue_consume, shared, results)
+    assert [results.get(timeout=PATIENCE) for _ in range(3)] == ["a", "b", "c"]
+    shared.put(None)
+    finish(consumer)
+
+
+def test_consumer_killed_right_after_taking_an_item(ctx: Any) -> None:
+    shared, results = ctx.Queue(4), ctx.Queue()
+    for item in range(4):
+        shared.put(item)
+    took = ctx.Event()
+    process = run(ctx, _targets.queue_get_then_wait, shared, took, results)
+    assert took.wait(PATIENCE)
+    process.kill()
+    finish(process, -signal.SIGKILL)
+    assert results.get(timeout=PATIENCE) == 0
+    consumer = run(ctx, _targets.queue_consume, shared, results)
+    assert [results.get(timeout=PATIENCE) for _ in range(3)] == [1, 2, 3]
+    for item in range(4, 8):
+        shared.put(item, timeout=PATIENCE)
+    assert [results.get(timeout=PATIENCE) for _ in range(4)] == [4, 5, 6, 7]
+    shared.put(None)
+    finish(consumer)
+
+
+@pytest.mark.parametrize("socket_empty_after", [True, False])
+def test_consumer_killed_between_taking_and_counting(ctx: Any, socket_empty_after: bool) -> None:
+    """The narrowest window: the datagram is gone, the shared count never heard of it."""
+    shared = ctx.Queue(2)
+    shared.put("taken by the dead")
+    if not socket_empty_after:
+        shared.put("still queued")
+    finish(run(ctx, _targets.queue_take_raw_and_die, shared), -signal.SIGKILL)
+    channel = channel_of(shared)
+    assert channel._tail.load() - channel._head.load() == 2 - socket_empty_after
+    # The next count, or a put that finds the queue full, sees that the
+    # dead reader's message has left the socket.
+    assert shared.qsize() == (0 if socket_empty_after else 1)
+    if not socket_empty_after:
+        shared.put("one more", timeout=PATIENCE)
+        assert shared.full()
+        assert shared.get(timeout=PATIENCE) == "still queued"
+        assert shared.get(timeout=PATIENCE) == "one more"
+    shared.put("one", timeout=PATIENCE)
+    shared.put("two", timeout=PATIENCE)
+    assert shared.full()
+    assert [shared.get(), shared.get()] == ["one", "two"]
+    assert shared.qsize() == 0
+
+
+@pytest.mark.parametrize("size", [100, 3 * MB])
+def test_producer_killed_in_a_put_loop(ctx: Any, size: int) -> None:
+    shared = ctx.Queue(8)
+    started = ctx.Event()
+    process = run(ctx, _targets.queue_put_forever, shared, size, started)
+    indexes = []
+    for _ in range(30):
+        index, payload = shared.get(timeout=PATIENCE)
+        indexes.append(index)
+        assert len(payload) == size
+    assert started.wait(PATIENCE)
+    process.kill()
+    finish(process, -signal.SIGKILL)
+    while True:
+        try:
+            index, payload = shared.get(timeout=0.2)
+        except queue.Empty:
+            break
+        indexes.append(index)
+        assert len(payload) == size
+    # Everything it put arrived whole and in order; at most the message in flight is lost.
+    assert indexes == list(range(len(indexes)))
+    # The queue is whole: all of its capacity, and FIFO.
+    for index in range(8):
+        shared.put_nowait(index)
+    assert shared.full()
+    assert [shared.get_nowait() for _ in range(8)] == list(range(8))
+    assert shared.qsize() == 0
+
+
+@pytest.mark.parametrize("publish", [False, True])
+def test_producer_killed_holding_the_writer_lock(ctx: Any, publish: bool) -> None:
+    tasks = ctx.JoinableQueue(2)
+    finish(run(ctx, _targets.queue_die_holding_writer_lock, tasks, publish), -signal.SIGKILL)
+    # The next writer takes the lock over from the dead one.
+    start = time.monotonic()
+    tasks.put("after", timeout=PATIENCE)
+    assert time.monotonic() - start < LATE
+    assert tasks.get(timeout=PATIENCE) == "after"
+    tasks.task_done()
+    # An id the dead writer gave out and never sent is no task: join() returns.
+    thread, joined = in_thread(tasks.join)
+    assert joined.wait(PATIENCE)
+    thread.join()
+    tasks.put("again")
+    tasks.put("and again")
+    assert tasks.full()
+    assert [tasks.get(), tasks.get()] == ["again", "and again"]
+    tasks.task_done()
+    tasks.task_done()
+    tasks.join()
+
+
+def test_producer_killed_with_messages_in_its_feeder(ctx: Any) -> None:
+    """What a dead producer still buffered is lost, and its share of the count is reclaimed."""
+    shared = ctx.JoinableQueue()
+    size = 4096
+    count = 3 * socket_capacity(shared) // size + 10
+    done = ctx.Event()
+    process = run(ctx, _targets.queue_put_then_wait, shared, count, size, done)
+    assert done.wait(PATIENCE)
+    assert shared.qsize() == count  # the socket's share and the feeder's
+    process.kill()
+    finish(process, -signal.SIGKILL)
+    received = 0
+    while True:
+        try:
+            index, _ = shared.get(timeout=0.2)
+        except queue.Empty:
+            break
+        assert index == received
+        received += 1
+        shared.task_done()
+    assert 0 < received < count
+    thread, joined = in_thread(shared.join)
+    assert joined.wait(PATIENCE)  # the dead producer's buffered messages are not waited for
+    thread.join()
+    assert shared.qsize() == 0
