@@ -27,6 +27,7 @@ import pytest
 
 import _targets
 import serentak
+from _watch import descendants_of, running, still_running_after
 from serentak.connection import wait
 
 # How late a timed wait may return: generous, CI machines are slow and busy.
@@ -684,38 +685,6 @@ def process_table() -> dict[int, tuple[int, str]]:
         fields = stat[stat.rindex(")") + 2 :].split()
         table[int(entry.name)] = (int(fields[1]), fields[0])
     return table
-
-
-def descendants_of(root: int) -> set[int]:
-    table = process_table()
-    found: set[int] = set()
-    stack = [root]
-    while stack:
-        parent = stack.pop()
-        for pid, (ppid, _state) in table.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                stack.append(pid)
-    return found
-
-
-def running(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie has ended: it only waits for its parent's waitpid)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
-
-
-def still_running_after(pids: set[int], patience: float) -> set[int]:
-    """Poll until none of ``pids`` runs; return those still running when ``patience`` ran out."""
-    deadline = time.monotonic() + patience
-    while True:
-        alive = {pid for pid in pids if running(pid)}
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.01)
 
 
 AT_EXIT_SCRIPT = """

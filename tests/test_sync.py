@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import _targets
+from _watch import until
 from serentak import _serialize, _shm, _sync
 from serentak._exceptions import LockOwnerDiedWarning
 
@@ -39,16 +40,6 @@ def shared_ints(count: int) -> tuple[_shm.Block, Any]:
     for index in range(count):
         ints[index] = 0
     return block, ints
-
-
-def until(predicate: Callable[[], bool]) -> bool:
-    """Poll a state that nothing signals (a thread entering a wait); True once it holds."""
-    deadline = time.monotonic() + PATIENCE
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def timed(call: Callable[[], object]) -> tuple[object, float]:
