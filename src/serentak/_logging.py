@@ -1,0 +1,126 @@
+"""The ``multiprocessing`` logger: ``get_logger()`` and ``log_to_stderr()``, as the stdlib's.
+
+serentak logs to the logger named ``"multiprocessing"``, the stdlib's name, so
+that a program configuring that logger (``logging.getLogger("multiprocessing")``,
+a ``dictConfig`` entry, ``multiprocessing.get_logger().setLevel(...)``) sees
+serentak's records when it runs with ``import serentak as multiprocessing``.
+
+Nothing is logged, and ``logging`` is not even imported, until a program asks
+for the logger: the module-level helpers (``debug``, ``info``, ...) are then
+no-ops, which keeps ``import serentak`` and every child's start-up cheap.
+
+Levels: the stdlib adds two of its own, ``SUBDEBUG`` (5) below DEBUG and
+``SUBWARNING`` (25) between INFO and WARNING; both are registered by name with
+``logging`` when the logger is first made.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import logging
+
+__all__ = [
+    "DEFAULT_LOGGING_FORMAT",
+    "LOGGER_NAME",
+    "SUBDEBUG",
+    "SUBWARNING",
+    "debug",
+    "get_logger",
+    "info",
+    "log_to_stderr",
+    "sub_debug",
+    "sub_warning",
+]
+
+LOGGER_NAME: Final = "multiprocessing"
+DEFAULT_LOGGING_FORMAT: Final = "[%(levelname)s/%(processName)s] %(message)s"
+SUBDEBUG: Final = 5
+SUBWARNING: Final = 25
+_DEBUG: Final = 10
+_INFO: Final = 20
+
+_lock = threading.Lock()
+_logger: logging.Logger | None = None
+_stderr_handler: logging.Handler | None = None
+
+
+def _reset_lock() -> None:
+    """In a forked child: the parent's lock may have been held by a thread that is gone."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock)
+
+
+def get_logger() -> logging.Logger:
+    """The logger serentak writes to (named ``"multiprocessing"``), made on first use.
+
+    As the stdlib's, it does not propagate to the root logger and has no
+    handler until one is added (:func:`log_to_stderr` adds one).
+    """
+    global _logger
+    with _lock:
+        if _logger is None:
+            import logging
+
+            logging.addLevelName(SUBDEBUG, "SUBDEBUG")
+            logging.addLevelName(SUBWARNING, "SUBWARNING")
+            logger = logging.getLogger(LOGGER_NAME)
+            logger.propagate = False
+            _logger = logger
+        return _logger
+
+
+def log_to_stderr(level: int | str | None = None) -> logging.Logger:
+    """Make the logger write to stderr, in the stdlib's format; return it.
+
+    Calling it again changes the level but adds no second handler (the
+    stdlib's adds one per call, printing every record twice).
+
+    Args:
+        level: the logger's new level, if given.
+    """
+    global _stderr_handler
+    import logging
+
+    logger = get_logger()
+    with _lock:
+        if _stderr_handler is None:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter(DEFAULT_LOGGING_FORMAT))
+            logger.addHandler(handler)
+            _stderr_handler = handler
+    if level:
+        logger.setLevel(level)
+    return logger
+
+
+def _log(level: int, message: str, *args: object) -> None:
+    logger = _logger
+    if logger is not None:
+        logger.log(level, message, *args)
+
+
+def sub_debug(message: str, *args: object) -> None:
+    """Log at SUBDEBUG, if the logger was asked for."""
+    _log(SUBDEBUG, message, *args)
+
+
+def debug(message: str, *args: object) -> None:
+    """Log at DEBUG, if the logger was asked for."""
+    _log(_DEBUG, message, *args)
+
+
+def info(message: str, *args: object) -> None:
+    """Log at INFO, if the logger was asked for."""
+    _log(_INFO, message, *args)
+
+
+def sub_warning(message: str, *args: object) -> None:
+    """Log at SUBWARNING, if the logger was asked for."""
+    _log(SUBWARNING, message, *args)

@@ -1,0 +1,44 @@
+"""Managers and proxies: the stdlib's ``multiprocessing.managers``.
+
+A manager runs a server process that holds objects (dicts, lists, queues,
+locks, pools, or any registered type); other processes use them through
+proxies, which forward method calls to the server. See ``serentak._managers``
+for the lifecycle, ``_managers_proxy`` for proxies, ``_managers_server`` for
+the server, and ``_managers_client`` for connections and references.
+"""
+
+from __future__ import annotations
+
+from ._exceptions import ProcessError as ProcessError
+from ._managers import Array as Array
+from ._managers import BaseManager as BaseManager
+from ._managers import Namespace as Namespace
+from ._managers import SyncManager as SyncManager
+from ._managers import Value as Value
+from ._managers_protocol import ManagerState as State  # noqa: F401 (the stdlib name)
+from ._managers_protocol import RemoteError as RemoteError
+from ._managers_protocol import Token as Token
+from ._managers_protocol import all_methods as all_methods
+from ._managers_protocol import public_methods as public_methods
+from ._managers_proxy import AcquirerProxy as AcquirerProxy
+from ._managers_proxy import ArrayProxy as ArrayProxy
+from ._managers_proxy import AutoProxy as AutoProxy
+from ._managers_proxy import BarrierProxy as BarrierProxy
+from ._managers_proxy import BaseListProxy as BaseListProxy
+from ._managers_proxy import BasePoolProxy as BasePoolProxy
+from ._managers_proxy import BaseProxy as BaseProxy
+from ._managers_proxy import ConditionProxy as ConditionProxy
+from ._managers_proxy import DictProxy as DictProxy
+from ._managers_proxy import EventProxy as EventProxy
+from ._managers_proxy import IteratorProxy as IteratorProxy
+from ._managers_proxy import ListProxy as ListProxy
+from ._managers_proxy import MakeProxyType as MakeProxyType
+from ._managers_proxy import NamespaceProxy as NamespaceProxy
+from ._managers_proxy import PoolProxy as PoolProxy
+from ._managers_proxy import ValueProxy as ValueProxy
+from ._managers_server import Server as Server
+from .shared_memory import SharedMemoryManager as SharedMemoryManager
+from .shared_memory import SharedMemoryServer as SharedMemoryServer
+
+# The stdlib's __all__; the other names above are public too, as in the stdlib.
+__all__ = ["BaseManager", "BaseProxy", "SharedMemoryManager", "SyncManager", "Token"]

@@ -1,0 +1,416 @@
+"""Managers and proxies (serentak.managers): every test under every start method.
+
+A manager's server is a child started with the context's Process; the
+proxies go to children as Process arguments, through queues and pipes, and
+to pool workers as task arguments. The leak check after each test makes sure
+that the server, its connections and its socket are gone once shut down.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import _targets
+import serentak
+from serentak import _posix, _tracker
+from serentak.managers import (
+    AutoProxy,
+    BaseManager,
+    BaseProxy,
+    DictProxy,
+    ListProxy,
+    MakeProxyType,
+    Namespace,
+    RemoteError,
+    SharedMemoryManager,
+    SyncManager,
+    Token,
+)
+from serentak.shared_memory import SharedMemory
+
+PATIENCE = 20.0
+
+
+class CounterManager(BaseManager):
+    """A custom manager, as the stdlib documentation shows them."""
+
+
+CounterProxy = MakeProxyType("CounterProxy", ("increment", "children", "fail", "unpicklable"))
+CounterManager.register("Counter", _targets.MgrCounter, CounterProxy)
+CounterManager.register(
+    "AutoCounter",
+    _targets.MgrCounter,
+    exposed=("increment", "children"),
+    method_to_typeid={"children": "list"},
+)
+CounterManager.register("list", list, ListProxy, create_method=False)
+CounterManager.register("Blocker", _targets.MgrBlocker)
+
+
+def join_all(processes: list[Any]) -> None:
+    for process in processes:
+        process.join(PATIENCE)
+        assert process.exitcode == 0, process
+
+
+# ---- proxies across processes -----------------------------------------------------------
+
+
+def test_proxies_as_process_arguments(ctx: Any) -> None:
+    with ctx.Manager() as manager:
+        lst, dct, ns = manager.list(), manager.dict(), manager.Namespace(seen=False)
+        value, arr, queue = manager.Value("i", 0), manager.Array("i", [0, 1]), manager.Queue()
+        children = [
+            ctx.Process(target=_targets.mgr_use_proxies, args=(lst, dct, ns, value, arr, queue))
+            for _ in range(2)
+        ]
+        for child in children:
+            child.start()
+        assert [queue.get(timeout=PATIENCE) for _ in children] == ["done", "done"]
+        join_all(children)
+        assert sorted(lst) == sorted(child.name for child in children)
+        assert sorted(dct.values()) == [1, 2] or sorted(dct.values()) == [2, 2]
+        assert ns.seen is True
+        assert value.value == 7
+        assert list(arr) == [42, 1]
+
+
+def test_proxies_through_a_queue_and_a_pipe(ctx: Any) -> None:
+    with ctx.Manager() as manager:
+        queue, replies = ctx.Queue(), ctx.Queue()
+        child = ctx.Process(target=_targets.mgr_take_from_queue, args=(queue, replies))
+        child.start()
+        lst = manager.list(["from the parent"])
+        queue.put(lst)  # the child is running: this proxy travels as a pickle
+        assert replies.get(timeout=PATIENCE) == 2
+        join_all([child])
+        assert lst[:] == ["from the parent", "from the child"]
+
+        ours, theirs = ctx.Pipe()
+        child = ctx.Process(target=_targets.mgr_take_from_pipe, args=(theirs,))
+        child.start()
+        theirs.close()
+        dct = manager.dict(parent=True)
+        ours.send(dct)
+        assert ours.recv() == ["child", "parent"]
+        ours.close()
+        join_all([child])
+        queue.close()
+        replies.close()
+
+
+def test_many_threads_in_many_processes(ctx: Any) -> None:
+    with ctx.Manager() as manager:
+        lock, counter = manager.Lock(), manager.Value("i", 0)
+        children = [
+            ctx.Process(target=_targets.mgr_count_up, args=(lock, counter, 25, 3)) for _ in range(2)
+        ]
+        for child in children:
+            child.start()
+        _targets.mgr_count_up(lock, counter, 25, 3)
+        join_all(children)
+        assert counter.value == 3 * 25 * 3
+
+
+def test_events_barriers_and_conditions(ctx: Any) -> None:
+    with ctx.Manager() as manager:
+        event, barrier = manager.Event(), manager.Barrier(2)
+        condition, state = manager.Condition(), manager.dict(ready=False)
+        child = ctx.Process(target=_targets.mgr_sync_child, args=(event, barrier, condition, state))
+        child.start()
+        assert barrier.parties == 2
+        assert barrier.wait(PATIENCE) in (0, 1)
+        assert not barrier.broken
+        event.set()
+        with condition:
+            assert condition.wait_for(lambda: state["ready"], PATIENCE)
+        join_all([child])
+        assert event.is_set()
+        semaphore = manager.BoundedSemaphore(1)
+        assert semaphore.acquire(timeout=1)
+        assert not semaphore.acquire(blocking=False)
+        semaphore.release()
+        with pytest.raises(ValueError):
+            semaphore.release()
+
+
+def test_pool_proxy(ctx: Any) -> None:
+    with ctx.Manager() as manager, manager.Pool(2) as pool:
+        assert pool.map(_targets.mgr_square, range(6)) == [0, 1, 4, 9, 16, 25]
+        assert pool.apply_async(_targets.mgr_square, (7,)).get(PATIENCE) == 49
+        assert sorted(pool.imap_unordered(_targets.mgr_square, range(4))) == [0, 1, 4, 9]
+        assert list(pool.imap(_targets.mgr_square, range(3))) == [0, 1, 4]
+
+
+def test_proxies_as_pool_task_arguments(ctx: Any) -> None:
+    with ctx.Manager() as manager, ctx.Pool(2) as pool:
+        lst = manager.list()
+        results = [pool.apply_async(_targets.mgr_pool_task, (lst, n)) for n in range(4)]
+        assert [result.get(PATIENCE) for result in results] == [0, 2, 4, 6]
+        assert sorted(lst) == [0, 1, 2, 3]
+
+
+# ---- proxy semantics ------------------------------------------------------------------------
+
+
+def test_values_errors_and_fallbacks(ctx: Any) -> None:
+    with ctx.Manager() as manager:
+        lst = manager.list([3, 1, 2])
+        lst.sort()
+        lst += [4]
+        lst *= 1
+        assert lst._getvalue() == [1, 2, 3, 4]
+        assert lst._callmethod("index", (3,)) == 2
+        assert str(lst) == "[1, 2, 3, 4]"
+        assert repr(lst).startswith("<ListProxy object, typeid 'list' at 0x")
+        assert copy.deepcopy(lst) == [1, 2, 3, 4]
+        dct = manager.dict({"a": 1})
+        with pytest.raises(KeyError) as raised:
+            dct["missing"]
+        assert isinstance(raised.value.__cause__, serentak._exceptions.RemoteTraceback)
+        assert "KeyError" in str(raised.value.__cause__)
+        with pytest.raises(ValueError):
+            lst.index(99)
+        with pytest.raises(AttributeError, match="not in exposed"):
+            lst._callmethod("__sizeof__")
+        copied = dct.copy()
+        assert copied == {"a": 1}
+        assert type(copied) is dict
+        assert sorted(iter(dct)) == ["a"]
+        assert dct.get("b", 5) == 5
+        ns = manager.Namespace(a=1)
+        ns.b = 2
+        del ns.a
+        assert repr(ns._getvalue()) == "Namespace(b=2)"
+        with pytest.raises(AttributeError):
+            ns.a
+
+
+def test_nested_proxies_live_as_long_as_their_container(ctx: Any) -> None:
+    with ctx.Manager() as manager:
+        baseline = manager._number_of_objects()
+        outer = manager.dict()
+        outer["inner"] = manager.list()  # our proxy of the list is dropped at once
+        outer["inner"].append("kept")
+        inner = outer["inner"]
+        assert isinstance(inner, ListProxy)
+        assert inner[0] == "kept"
+        assert manager._number_of_objects() == baseline + 2
+        del inner
+        del outer["inner"]
+        assert manager._number_of_objects() == baseline + 1
+        del outer
+        assert manager._number_of_objects() == baseline
+
+
+def test_custom_manager(ctx: Any) -> None:
+    with CounterManager(ctx=ctx) as manager:
+        counter = manager.Counter(10)  # type: ignore[attr-defined]
+        assert counter.increment(5) == 15
+        with pytest.raises(ValueError, match="boom"):
+            counter.fail("boom")
+        with pytest.raises(RemoteError, match="could not pickle"):
+            counter.unpicklable()
+        auto = manager.AutoCounter()  # type: ignore[attr-defined]
+        assert type(auto).__name__ == "AutoProxy[AutoCounter]"
+        assert auto.increment() == 1
+        children = auto.children(3)  # method_to_typeid: a list proxy
+        assert isinstance(children, ListProxy)
+        assert children[:] == [0, 1, 2]
+        with pytest.raises(AttributeError):
+            auto.fail
+        # An AutoProxy pickles and rebuilds with its methods.
+        again = pickle.loads(pickle.dumps(auto))
+        assert again.increment() == 2
+
+
+def test_connect_and_authentication(ctx: Any, tmp_path: Any) -> None:
+    manager = SyncManager(authkey=b"secret", ctx=ctx)
+    manager.start()
+    try:
+        shared = manager.dict(answer=42)
+        address = manager.address
+        assert address is not None
+        other = SyncManager(address=address, authkey=b"secret")
+        other.connect()
+        assert other.dict(x=1)["x"] == 1
+        other.shutdown()  # a connected manager does not stop the server
+        intruder = SyncManager(address=address, authkey=b"wrong")
+        with pytest.raises(serentak.AuthenticationError):
+            intruder.connect()
+        # A client that skips the challenge gets nothing unpickled.
+        marker = tmp_path / "unpickled"
+        from serentak._listener import Client as RawClient
+
+        with RawClient(address) as raw:
+            raw.recv_bytes()  # the challenge
+            raw.send(_targets.MgrMarker(str(marker)))
+            assert raw.recv_bytes() == b"#FAILURE#"
+            with pytest.raises(EOFError):
+                raw.recv_bytes()
+        assert not marker.exists()
+        assert shared["answer"] == 42  # the server is unaffected
+    finally:
+        manager.shutdown()
+
+
+def test_manager_killed_in_the_middle_of_a_call(ctx: Any) -> None:
+    started = ctx.Event()
+    manager = CounterManager(ctx=ctx)
+    manager.start(_targets.mgr_remember_event, (started,))
+    blocker = manager.Blocker()  # type: ignore[attr-defined]
+    process = manager._process
+    assert process is not None
+
+    def kill_when_blocked() -> None:
+        if started.wait(PATIENCE):
+            process.kill()
+
+    killer = threading.Thread(target=kill_when_blocked)
+    killer.start()
+    begin = time.monotonic()
+    with pytest.raises(EOFError, match="lost the connection"):
+        blocker.block()
+    assert time.monotonic() - begin < 10
+    killer.join()
+    with pytest.raises(OSError):
+        blocker.block()  # nobody listens any more
+    manager.shutdown()
+
+
+def test_manager_dies_with_its_owner(ctx: Any) -> None:
+    ours, theirs = ctx.Pipe()
+    owner = ctx.Process(target=_targets.mgr_start_and_report, args=(ctx.get_start_method(), theirs))
+    owner.start()
+    theirs.close()
+    assert ours.poll(PATIENCE)
+    server_pid = ours.recv()
+    ours.close()
+    pidfd = _posix.pidfd_open(server_pid)
+    assert pidfd is not None
+    try:
+        owner.kill()
+        owner.join()
+        assert _posix.fd_readable(pidfd, PATIENCE), "the manager outlived its owner"
+    finally:
+        os.close(pidfd)
+
+
+def test_lifecycle_errors(ctx: Any) -> None:
+    manager = SyncManager(ctx=ctx)
+    with pytest.raises(TypeError):
+        manager.start(initializer=42)  # type: ignore[arg-type]
+    manager.start()
+    with pytest.raises(serentak.ProcessError):
+        manager.start()
+    with pytest.raises(serentak.ProcessError):
+        manager.get_server()
+    lst = manager.list()
+    manager.shutdown()
+    manager.shutdown()  # twice is fine
+    with pytest.raises(serentak.ProcessError):
+        manager.start()
+    with pytest.raises(OSError):
+        lst.append(1)
+    failing = SyncManager(ctx=ctx)
+    with pytest.raises(ArithmeticError, match="no good"):
+        failing.start(_targets.mgr_initializer_fails, ("no good",))
+
+
+@pytest.fixture(scope="module")
+def tracker_running() -> None:
+    """This process's link to the shared-memory tracker, kept for good once made."""
+    _tracker.ensure_running()
+
+
+@pytest.mark.usefixtures("tracker_running")
+def test_shared_memory_manager(ctx: Any) -> None:
+    with SharedMemoryManager(ctx=ctx) as manager:
+        block = manager.SharedMemory(64)
+        block.buf[:3] = b"abc"
+        shareable = manager.ShareableList([1, "two", 3.0])
+        assert list(shareable) == [1, "two", 3.0]
+        names = [block.name, shareable.shm.name]
+        block.close()
+        shareable.shm.close()
+    for name in names:
+        with pytest.raises(FileNotFoundError):
+            SharedMemory(name)
+
+
+def test_get_server_in_this_process(ctx: Any) -> None:
+    server = SyncManager(authkey=b"k", ctx=ctx).get_server()
+    serving = threading.Thread(target=server.serve_forever)
+    serving.start()
+    try:
+        client = SyncManager(address=server.address, authkey=b"k")
+        client.connect()
+        values = client.list([1])
+        values.append(2)
+        assert values[:] == [1, 2]
+        del values
+        client.shutdown()
+    finally:
+        server.stop()
+        serving.join()
+
+
+# ---- in one process ---------------------------------------------------------------------------
+
+
+def test_proxy_types_and_tokens() -> None:
+    token = Token("list", "/some/address", "1f")
+    assert repr(token) == "Token(typeid='list', address='/some/address', id='1f')"
+    assert pickle.loads(pickle.dumps(token)) == token
+    assert issubclass(ListProxy, BaseProxy)
+    assert issubclass(DictProxy, BaseProxy)
+    assert MakeProxyType("CounterProxy", CounterProxy._exposed_ or ()) is CounterProxy
+    assert callable(AutoProxy)
+    assert repr(Namespace(b=2, a=1, _hidden=3)) == "Namespace(a=1, b=2)"
+    assert str(RemoteError("text\n")).startswith("\n---")
+    assert ListProxy.__class_getitem__(int) is not None
+    assert DictProxy.__class_getitem__((str, int)) is not None
+
+
+def test_a_dropped_manager_stops_its_server() -> None:
+    manager = SyncManager()
+    manager.start()
+    process = manager._process
+    assert process is not None
+    pid = process.pid
+    assert pid is not None
+    pidfd = _posix.pidfd_open(pid)
+    assert pidfd is not None
+    try:
+        del manager, process
+        assert _posix.fd_readable(pidfd, PATIENCE)
+    finally:
+        os.close(pidfd)
+
+
+def test_interrupted_call_leaves_the_next_call_in_step() -> None:
+    # Ctrl-C while a call waits in the manager: its reply comes later, so the
+    # connection is dropped and the next call cannot take that reply for its own.
+    with SyncManager() as manager:
+        event, values = manager.Event(), manager.list(["mine"])
+        previous = signal.signal(signal.SIGALRM, _raise_interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with pytest.raises(KeyboardInterrupt):
+                event.wait(1.0)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert values[0] == "mine"
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
