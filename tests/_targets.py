@@ -799,3 +799,333 @@ def pool_fault(item: tuple[str, int]) -> Any:
     elif fault == "keyboard_interrupt":
         raise KeyboardInterrupt
     raise AssertionError(f"no such fault: {fault}")
+
+
+# ---- test_queues ----------------------------------------------------------------
+
+
+def queue_put_items(queue: Any, items: Any) -> None:
+    """Put each of ``items`` in ``queue``, in order."""
+    for item in items:
+        queue.put(item)
+
+
+def queue_seed_worker(queue: Any) -> None:
+    """The seed's section 7.1 worker."""
+    queue.put("Data dari proses!")
+
+
+def queue_produce(queue: Any, tag: int, count: int) -> None:
+    """Put ``(tag, 0)`` ... ``(tag, count - 1)``."""
+    for index in range(count):
+        queue.put((tag, index))
+
+
+def queue_consume(queue: Any, results: Any) -> None:
+    """Move items from ``queue`` to ``results`` until a None arrives."""
+    while True:
+        item = queue.get(timeout=30)
+        if item is None:
+            return
+        results.put(item)
+
+
+def queue_joinable_worker(queue: Any, results: Any) -> None:
+    """Take tasks (numbers) until None; put each squared in ``results``; task_done() each."""
+    while True:
+        item = queue.get(timeout=30)
+        try:
+            if item is None:
+                return
+            results.put(item * item)
+        finally:
+            queue.task_done()
+
+
+def queue_block_in_get(queue: Any, ready: Any) -> None:
+    """Say so, then wait in get() to be killed."""
+    ready.set()
+    queue.get()
+    raise RuntimeError("got an item; should have been killed first")
+
+
+def queue_get_then_wait(queue: Any, took: Any, results: Any) -> None:
+    """Take one item, report it, then wait to be killed."""
+    import signal
+
+    results.put(queue.get(timeout=30))
+    took.set()
+    while True:
+        signal.pause()
+
+
+def queue_take_raw_and_die(queue: Any) -> None:
+    """Take one datagram off the socket and die before the queue counts the take.
+
+    This is the narrowest window of a get: the message has left the kernel, the
+    shared count has not heard of it.
+    """
+    import os
+    import signal
+
+    queue._channel._reader.recvmsg_into([bytearray(1 << 22)], 4096)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def queue_die_holding_writer_lock(queue: Any, publish: bool) -> None:
+    """Take the writer lock (and, if ``publish``, give out an id) and die without sending."""
+    import os
+    import signal
+
+    channel = queue._channel
+    channel._acquire()
+    if publish:
+        channel._tail.add(1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def queue_put_forever(queue: Any, size: int, started: Any) -> None:
+    """Put ``(i, bytes of size)`` for i = 0, 1, 2, ... until killed."""
+    payload = b"p" * size
+    index = 0
+    while True:
+        queue.put((index, payload))
+        if index == 10:
+            started.set()
+        index += 1
+
+
+def queue_put_and_exit(queue: Any, count: int, size: int) -> None:
+    """Put ``count`` items of ``size`` bytes (more than the socket holds) and return at once."""
+    payload = b"f" * size
+    for index in range(count):
+        queue.put((index, payload))
+
+
+def queue_put_then_wait(queue: Any, count: int, size: int, done: Any) -> None:
+    """Put ``count`` items (more than the socket holds: the rest wait in the feeder), say so,
+    and wait to be killed."""
+    import signal
+
+    queue_put_and_exit(queue, count, size)
+    done.set()
+    while True:
+        signal.pause()
+
+
+def queue_put_cancel_and_exit(queue: Any, count: int, size: int) -> None:
+    """Like queue_put_and_exit, but do not wait for the feeder at exit."""
+    queue_put_and_exit(queue, count, size)
+    queue.cancel_join_thread()
+
+
+def queue_reply_on_connection(queue: Any) -> None:
+    """Get a Connection from ``queue`` and send a greeting on it."""
+    connection = queue.get(timeout=30)
+    connection.send("hello through a queued connection")
+    connection.close()
+
+
+def queue_simple_put(queue: Any, items: Any) -> None:
+    """SimpleQueue: put each of ``items``."""
+    for item in items:
+        queue.put(item)
+
+
+# ---- test_managers, test_listener ---------------------------------------------------------
+
+
+def mgr_use_proxies(lst: Any, dct: Any, ns: Any, value: Any, arr: Any, queue: Any) -> None:
+    """Change each proxied object, then report on ``queue``."""
+    import serentak
+
+    lst.append(serentak.current_process().name)
+    dct[serentak.current_process().name] = len(lst)
+    ns.seen = True
+    value.value = 7
+    arr[0] = 42
+    queue.put("done")
+
+
+def mgr_take_from_queue(queue: Any, replies: Any) -> None:
+    """Get a proxy from ``queue`` (sent while we run), use it, answer on ``replies``."""
+    proxy = queue.get(timeout=30)
+    proxy.append("from the child")
+    replies.put(len(proxy))
+
+
+def mgr_take_from_pipe(conn: Any) -> None:
+    """Receive a proxy on ``conn``, use it, answer on it."""
+    proxy = conn.recv()
+    proxy["child"] = True
+    conn.send(sorted(proxy.keys()))
+    conn.close()
+
+
+def mgr_count_up(lock: Any, counter: Any, times: int, threads: int) -> None:
+    """From ``threads`` threads, add 1 to ``counter`` (a ValueProxy) ``times`` times each, under
+    ``lock`` (an AcquirerProxy)."""
+    import threading
+
+    def work() -> None:
+        for _ in range(times):
+            with lock:
+                counter.value = counter.value + 1
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def mgr_sync_child(event: Any, barrier: Any, condition: Any, state: Any) -> None:
+    """Meet the parent at ``barrier``, wait for ``event``, then notify through ``condition``."""
+    barrier.wait(30)
+    if not event.wait(30):
+        raise RuntimeError("event never set")
+    with condition:
+        state["ready"] = True
+        condition.notify_all()
+
+
+def mgr_inherited_use(dct: Any, done: Any) -> None:
+    """Write to an inherited proxy after the parent dropped its own."""
+    dct["child"] = "alive"
+    done.set()
+
+
+def mgr_pool_task(proxy: Any, item: int) -> int:
+    """A pool task given a manager proxy: append ``item``, return its double."""
+    proxy.append(item)
+    return 2 * item
+
+
+def mgr_start_and_report(ctx_name: str, conn: Any) -> None:
+    """Start a manager, send its server's pid, and wait to be killed."""
+    import signal
+
+    import serentak
+
+    manager = serentak.get_context(ctx_name).Manager()
+    process = manager._process
+    conn.send(None if process is None else process.pid)
+    conn.close()
+    while True:
+        signal.pause()
+
+
+def mgr_square(x: int) -> int:
+    return x * x
+
+
+class MgrCounter:
+    """A registered type for custom managers."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.count = start
+
+    def increment(self, by: int = 1) -> int:
+        self.count += by
+        return self.count
+
+    def children(self, n: int) -> list[int]:
+        return list(range(n))
+
+    def fail(self, message: str) -> None:
+        raise ValueError(message)
+
+    def unpicklable(self) -> Any:
+        import threading
+
+        return threading.Lock()
+
+    def _hidden(self) -> str:
+        return "hidden"
+
+
+_blocking_started: Any = None
+
+
+def mgr_remember_event(event: Any) -> None:
+    """Manager initializer: keep ``event`` for MgrBlocker."""
+    global _blocking_started
+    _blocking_started = event
+
+
+class MgrBlocker:
+    """A referent whose ``block()`` sets the initializer's event, then never returns."""
+
+    def block(self) -> None:
+        import signal
+
+        _blocking_started.set()
+        while True:
+            signal.pause()
+
+
+def mgr_initializer_fails(message: str) -> None:
+    raise ArithmeticError(message)
+
+
+class MgrMarker:
+    """Unpickling it writes a file: proof that a pickle was (or was not) loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _mgr_touch, (self.path,)
+
+
+def _mgr_touch(path: str) -> None:
+    with open(path, "w", encoding="utf-8") as marker:
+        marker.write("unpickled")
+
+
+def lst_client(address: Any, authkey: bytes | None, message: Any) -> None:
+    """Connect to a Listener, send ``message``, send back what comes, close."""
+    from serentak.connection import Client
+
+    with Client(address, authkey=authkey) as conn:
+        conn.send(message)
+        conn.send(("echo", conn.recv()))
+
+
+def lst_server(conn: Any, family: str, authkey: bytes | None) -> None:
+    """Listen; tell the parent the address on ``conn``; echo one message of one client."""
+    from serentak.connection import Listener
+
+    with Listener(family=family, authkey=authkey) as listener:
+        conn.send(listener.address)
+        with listener.accept() as client:
+            client.send(("served", client.recv()))
+    conn.close()
+
+
+# ---- test_distributed -------------------------------------------------------------
+#
+# Tasks for serentak.distributed.Pool; its Dask workers import this module by
+# name (the test cluster has tests/ on its PYTHONPATH).
+
+
+def distributed_gate_item(item: tuple[str, str]) -> str:
+    """pool_gate for an item ``(name, directory)``: wait for the gate, return ``name``."""
+    name, directory = item
+    value: str = pool_gate(directory, name, name)
+    return value
+
+
+def distributed_checksum(array: Any, directory: str, x: int) -> tuple[int, float, int]:
+    """The array's size and sum, and ``x``; task 0 first waits at gate "0" of ``directory``."""
+    if x == 0:
+        pool_gate(directory, "0")
+    return array.nbytes, float(array.sum()), x
+
+
+def distributed_weighted(weights: bytes, x: int) -> int:
+    return len(weights) + x
+
+
+def distributed_sum(array: Any) -> float:
+    return float(array.sum())

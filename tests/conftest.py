@@ -5,15 +5,24 @@ fails a test that leaves behind a descendant process (a fork server's
 children included), a file descriptor, or a /dev/shm entry. It polls for a
 few seconds first: a child that was just killed takes a moment to be reaped,
 and that is the condition waited for, not a fixed sleep.
+
+One allowance: a fixture wider than one test may keep a process tree across
+tests (tests/test_distributed.py's Dask cluster, which takes seconds to
+start) by registering its root in ``shared_process_trees``; the check then
+neither reports that tree nor looks inside it, nor counts the /dev/shm
+entries that the tree's processes have mapped (Dask's worker nannies make
+named semaphores for each worker they start), until the fixture, having
+stopped it, unregisters it. Nothing else is exempt.
 """
 
 from __future__ import annotations
 
+import copyreg
 import gc
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +36,18 @@ LEAK_GRACE_SECONDS = 5.0
 # Descriptors a process keeps on purpose once it has used the feature: the
 # arena's shared segments (reused for every later Lock, Value, ...).
 KEPT_FD_TARGETS = ("/memfd:serentak-arena",)
+# Roots of process trees kept across tests by a wider fixture: see shared_process_trees.
+_SHARED_PROCESS_TREES: set[int] = set()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Importing dask.distributed (test_distributed does) installs tblib's reducers for
+    every exception class then defined, so that exceptions which cannot be unpickled
+    suddenly can: taken back for the test targets, whose faults must stay faults."""
+    del session
+    for cls in list(copyreg.dispatch_table):
+        if getattr(cls, "__module__", None) == "_targets":
+            del copyreg.dispatch_table[cls]
 
 
 @pytest.fixture(params=START_METHODS)
@@ -57,17 +78,43 @@ def _children_of() -> dict[int, list[int]]:
     return children
 
 
-def descendants(exclude: set[int]) -> list[int]:
-    """Pids below this process, not descending into ``exclude`` but into their children."""
+def descendants(exclude: set[int], prune: Collection[int] = ()) -> list[int]:
+    """Pids below this process, not descending into ``exclude`` but into their children,
+    and leaving out ``prune`` together with everything below it."""
     children = _children_of()
     found: list[int] = []
     stack = [os.getpid()]
     while stack:
         for child in children.get(stack.pop(), []):
+            if child in prune:
+                continue
             if child not in exclude:
                 found.append(child)
             stack.append(child)
     return found
+
+
+def shm_mapped_by(roots: Collection[int]) -> set[str]:
+    """The /dev/shm entries that ``roots`` or a process below them has mapped."""
+    children = _children_of()
+    pids = set(roots)
+    stack = list(roots)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in pids:
+                pids.add(child)
+                stack.append(child)
+    names: set[str] = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue  # it exited while we looked
+        for line in maps.splitlines():
+            _, found, name = line.partition("/dev/shm/")
+            if found:
+                names.add(name.removesuffix(" (deleted)"))
+    return names
 
 
 def open_fds() -> dict[int, str]:
@@ -102,6 +149,14 @@ def _fork_server() -> None:
     _launch.ensure_fork_server()
 
 
+@pytest.fixture(scope="session")
+def shared_process_trees() -> set[int]:
+    """Where a module- or session-scoped fixture registers the root pid of a process tree
+    it keeps across tests (and unregisters it once it has stopped the tree): the leak
+    check ignores the registered trees, and only them."""
+    return _SHARED_PROCESS_TREES
+
+
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
     server = _launch.fork_server_pid()
@@ -115,7 +170,7 @@ def _no_leaks() -> Iterator[None]:
         serentak.active_children()  # reaps children that have ended
         server = _launch.fork_server_pid()
         exclude = {server} if server is not None else set()
-        processes = descendants(exclude)
+        processes = descendants(exclude, prune=_SHARED_PROCESS_TREES)
         fds_now = open_fds()
         extra_fds = {
             fd: target
@@ -123,6 +178,8 @@ def _no_leaks() -> Iterator[None]:
             if fds_before.get(fd) != target and not target.startswith(KEPT_FD_TARGETS)
         }
         extra_shm = shm_entries() - shm_before
+        if extra_shm and _SHARED_PROCESS_TREES:
+            extra_shm -= shm_mapped_by(_SHARED_PROCESS_TREES)
         if not (processes or extra_fds or extra_shm) or time.monotonic() > deadline:
             break
         time.sleep(0.02)

@@ -28,7 +28,10 @@ from ._transport import Connection
 from ._transport import Pipe as _Pipe
 
 if TYPE_CHECKING:
-    from . import _pool, _queues, _sync
+    import logging
+    import types
+
+    from . import _pool, _queues, _sync, managers
 
 
 def fixed_start_method() -> StartMethod:
@@ -232,6 +235,56 @@ class BaseContext:
             context=self.get_context(),
             max_memory_per_child=max_memory_per_child,
         )
+
+    # ---- managers ----------------------------------------------------------------------
+
+    def Manager(self) -> managers.SyncManager:
+        """A started SyncManager whose server process is started with this context.
+
+        Shut it down with ``shutdown()`` (or use it in ``with``); it is shut
+        down anyway when this process exits, and its server dies with this process.
+        """
+        from .managers import SyncManager
+
+        manager = SyncManager(ctx=self.get_context())
+        manager.start()
+        return manager
+
+    # ---- logging and pickling ---------------------------------------------------------
+
+    @staticmethod
+    def get_logger() -> logging.Logger:
+        """The logger serentak writes to: ``"multiprocessing"``, the stdlib's name."""
+        from ._logging import get_logger
+
+        return get_logger()
+
+    @staticmethod
+    def log_to_stderr(level: int | str | None = None) -> logging.Logger:
+        """Make the logger print to stderr (at ``level``, if given); return it."""
+        from ._logging import log_to_stderr
+
+        return log_to_stderr(level)
+
+    @staticmethod
+    def allow_connection_pickling() -> None:
+        """Nothing to do: Connections always pickle (their fd travels beside the pickle)."""
+
+    @property
+    def reducer(self) -> types.ModuleType:
+        """The module that pickles for serentak: :mod:`serentak.reduction`."""
+        from . import reduction
+
+        return reduction
+
+    @reducer.setter
+    def reducer(self, reduction: types.ModuleType) -> None:
+        from . import reduction as ours
+
+        if reduction is not ours:
+            raise ValueError(
+                "serentak pickles with serentak.reduction: no other reducer can be set"
+            )
 
     # ---- start methods --------------------------------------------------------------
 
