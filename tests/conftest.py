@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 import serentak
-from serentak import _launch
+from serentak import _buffers, _launch
 
 START_METHODS = ("fork", "spawn", "forkserver")
 LEAK_GRACE_SECONDS = 5.0
@@ -168,6 +168,7 @@ def _no_leaks() -> Iterator[None]:
     while True:
         gc.collect()
         serentak.active_children()  # reaps children that have ended
+        _buffers.trim()  # the message segments a sender keeps for reuse are a cache
         server = _launch.fork_server_pid()
         exclude = {server} if server is not None else set()
         processes = descendants(exclude, prune=_SHARED_PROCESS_TREES)

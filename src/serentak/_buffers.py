@@ -18,14 +18,16 @@ Why a pool: on this kind of machine fresh shared-memory pages cost far more
 than copying into them (each 4 KiB page allocated and zeroed on first touch,
 no huge pages for shmem), so a sender keeps its segments and refills them,
 and a receiver keeps its mappings. A segment holds one message at a time; its
-first 64 bytes are a header whose first word is the busy flag (set by the
-sender, cleared by the receiver's release).
+first 64 bytes are a header whose first word is the busy word: 0 when free,
+SENT once the sender has filled it, then the pid of the receiver holding it,
+and 0 again on the receiver's release. A segment whose holder has died is
+free again.
 
 Nothing can leak: a segment is a memfd, freed by the kernel once no process
 maps it or holds its fd. The pool only ever gives segments up, never waits on
-them: if a receiver died, or a message was never read, the segment stays busy
-and the pool, past its size limit, closes it; the memory goes with the last
-mapping.
+them: if a message was never read, the segment stays busy and the pool, past
+its size limit, closes it; the memory goes with the last mapping. ``trim()``
+closes every segment not in use.
 
 A buffer that already lives in a segment of serentak's (an array born in
 shared memory, see ``serentak.shared_memory``) is not copied at all: its
@@ -47,12 +49,13 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Final
 
-from . import _posix, _shm
+from . import _native, _posix, _shm
 from ._serialize import dumps_with_fds, loads_with_fds
 
 OOB_THRESHOLD: Final = 64 * 1024
 ALIGNMENT: Final = 64  # numpy wants aligned data; a cache line is plenty
-HEADER: Final = 64  # a pooled segment's header: the busy flag, then unused
+HEADER: Final = 64  # a pooled segment's header: the busy word, then unused
+SENT: Final = 0xFFFF_FFFF  # the busy word of a message not yet received
 SEGMENT_MIN: Final = 1 << 20
 POOL_SEGMENTS: Final = 32  # segments a sending process keeps at most
 POOL_BYTES: Final = 1 << 30  # and bytes
@@ -107,7 +110,7 @@ def pack(obj: Any, *, spawning: bool = False) -> Packed:
 
     data, fds = dumps_with_fds(obj, spawning=spawning, buffer_callback=keep_out_of_band)
     if not buffers:
-        return Packed(data, tuple(os.dup(fd) for fd in fds))
+        return Packed(data, tuple(os.dup(fd) for fd in fds) if fds else ())
     segments, entries = _place(buffers)
     table = (
         _HEAD.pack(len(segments), len(entries))
@@ -194,12 +197,14 @@ def _region(fd: int, kind: SegmentKind, spans: list[tuple[int, int]]) -> tuple[i
         # Someone's shared segment: keep it as one of ours, so what is sliced
         # from it travels on without a copy too.
         segment = _shm.Segment(os.fstat(fd).st_size, _fd=os.dup(fd))
-        return start, segment.buf[start:end]
+        return start, _shm.lasting_view(segment, start, end)
     mapping = _mappings().get(fd)
+    busy = ctypes.c_uint32.from_buffer(mapping, 0)
+    busy.value = os.getpid()  # ours until released: if we die, the sender takes it back
     # The message's bytes as one ctypes array: when the last buffer built on
     # it dies, so does the array, and its finalizer frees the segment.
     region = (ctypes.c_char * (end - start)).from_buffer(mapping, start)
-    weakref.finalize(region, _release, ctypes.c_uint32.from_buffer(mapping, 0))
+    weakref.finalize(region, _release, busy)
     return start, memoryview(region).cast("B")
 
 
@@ -222,6 +227,16 @@ class _Outbound:
         self.view = memoryview(self.mapping)
         self.busy = ctypes.c_uint32.from_buffer(self.mapping, 0)
 
+    def free(self) -> bool:
+        """Whether no message is in it: never used, released, or its holder died."""
+        holder = self.busy.value
+        if holder == 0:
+            return True
+        if holder != SENT and _native.pid_gone(holder):
+            self.busy.value = 0
+            return True
+        return False
+
     def close(self) -> None:
         """Give the segment up here: the memory goes once no other process maps it."""
         del self.busy
@@ -242,11 +257,11 @@ class _Pool:
         """A segment of at least ``size`` bytes, marked busy."""
         with self._lock:
             for segment in self._segments:
-                if segment.size >= size and not segment.busy.value:
-                    segment.busy.value = 1
+                if segment.size >= size and segment.free():
+                    segment.busy.value = SENT
                     return segment
             segment = _Outbound(_capacity(size))
-            segment.busy.value = 1
+            segment.busy.value = SENT
             self._segments.append(segment)
             while len(self._segments) > 1 and (
                 len(self._segments) > POOL_SEGMENTS
@@ -255,11 +270,18 @@ class _Pool:
                 self._evict(keep=segment)
             return segment
 
+    def trim(self) -> None:
+        """Close every segment not in use."""
+        with self._lock:
+            for segment in [s for s in self._segments if s.free()]:
+                self._segments.remove(segment)
+                segment.close()
+
     def _evict(self, keep: _Outbound) -> None:
         # Free segments first; failing that the oldest busy one: its receiver
         # may have died or never read it, and its memory goes with its mapping.
         candidates = [s for s in self._segments if s is not keep]
-        free = [s for s in candidates if not s.busy.value]
+        free = [s for s in candidates if s.free()]
         victim = free[0] if free else candidates[0]
         self._segments.remove(victim)
         victim.close()
@@ -314,6 +336,18 @@ def _pool() -> _Pool:
             # the same free segment.
             _outbound = _Pool()
         return _outbound
+
+
+def trim() -> None:
+    """Give up what this process keeps for reuse: pooled segments that hold no message,
+    and the receiver's cached mappings (each holds an fd: mmap keeps one). What is
+    still in use stays mapped until its last array goes."""
+    global _inbound
+    with _state_lock:
+        pool = _outbound if _outbound is not None and _outbound.pid == os.getpid() else None
+        _inbound = None
+    if pool is not None:
+        pool.trim()
 
 
 def _mappings() -> _Mappings:

@@ -487,7 +487,9 @@ class Manager:
             self._fail_everything(self._broken or RuntimeError("the initializer failed"))
             return
         if not worker.in_flight or worker.in_flight[0].task_id != frame.task_id:
-            return  # a result for a task already failed (terminate, timeout): drop it
+            for fd in frame.fds:  # a result for a task already failed (terminate, timeout)
+                os.close(fd)
+            return
         task = worker.in_flight.popleft()
         ok = kind is Kind.DONE
         task.finish(Outcome(ok, bytes(frame.payload), fds=frame.fds), frame.busy_us)

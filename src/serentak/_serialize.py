@@ -151,12 +151,21 @@ def _rebuild_memoryview(data: Any, fmt: Any, shape: tuple[int, ...]) -> memoryvi
 
 
 class _ThreadPickler(threading.local):
-    """A pickler and stream per thread, reused: building them costs more than a small dump."""
+    """A pickler and stream per thread, reused: building them costs more than a small dump.
+
+    Its buffer callback routes to ``buffer_callback`` of the dump in progress;
+    with none, buffers stay in band, as with a pickler given no callback.
+    """
 
     def __init__(self) -> None:
         self.stream = io.BytesIO()
-        self.pickler = Pickler(self.stream, protocol=PROTOCOL)
+        self.buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None
+        self.pickler = Pickler(self.stream, protocol=PROTOCOL, buffer_callback=self._route)
         self.busy = False
+
+    def _route(self, buffer: pickle.PickleBuffer) -> Any:
+        callback = self.buffer_callback
+        return True if callback is None else callback(buffer)
 
 
 _thread_pickler: Final = _ThreadPickler()
@@ -165,12 +174,13 @@ _thread_pickler: Final = _ThreadPickler()
 def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
     """Pickle ``obj`` for another serentak process (protocol 5)."""
     reusable = _thread_pickler
-    if buffer_callback is not None or reusable.busy:
+    if reusable.busy:
         # A __reduce__ that pickles something itself re-enters here: give it its own.
         stream = io.BytesIO()
         Pickler(stream, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
         return stream.getvalue()
     reusable.busy = True
+    reusable.buffer_callback = buffer_callback
     stream = reusable.stream
     try:
         reusable.pickler.dump(obj)
@@ -179,6 +189,7 @@ def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None
         reusable.pickler.clear_memo()
         stream.seek(0)
         stream.truncate()
+        reusable.buffer_callback = None
         reusable.busy = False
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import ctypes
 import mmap
 import os
 import threading
@@ -91,6 +92,16 @@ def locate(buffer: memoryview) -> tuple[int, int] | None:
         if address <= start and end <= address + size:
             return fd, start - address
     return None
+
+
+def lasting_view(segment: Segment, start: int = 0, end: int | None = None) -> memoryview:
+    """A view of ``segment[start:end]`` that keeps the segment (and so its
+    registration, see :func:`locate`) alive for as long as anything built on
+    the view lives; the segment is closed after the last of them."""
+    end = segment.size if end is None else end
+    region = (ctypes.c_char * (end - start)).from_buffer(segment._mmap, start)
+    weakref.finalize(region, segment.close)
+    return memoryview(region).cast("B")
 
 
 def _attach_segment(index: int, size: int) -> Segment:

@@ -547,3 +547,10 @@ class SharedMemoryManager(BaseManager):
 
 
 SharedMemoryManager.__module__ = SharedMemoryServer.__module__ = "serentak.managers"
+
+
+# Arrays born in shared memory (serentak's own; not in the stdlib's module).
+from ._shared_arrays import copy_of as copy_of  # noqa: E402
+from ._shared_arrays import empty as empty  # noqa: E402
+from ._shared_arrays import full as full  # noqa: E402
+from ._shared_arrays import zeros as zeros  # noqa: E402

@@ -1,0 +1,161 @@
+"""Big buffers out of band: numpy arrays, bytes, bytearrays and memoryviews of 64 KiB or
+more travel through shared memory (pickle protocol 5), in both directions, through Pipes
+and pool tasks; what is received stays valid as long as it is held, whoever dies; arrays
+born shared (serentak.shared_memory.empty and friends) travel without any copy."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import numpy as np
+import pytest
+
+import _buffer_targets as targets
+import serentak
+from serentak import shared_memory
+
+PATIENCE = 20.0
+MIB = 1 << 20
+
+
+def receive(conn: Any) -> Any:
+    assert conn.poll(PATIENCE), "nothing arrived in time"
+    return conn.recv()
+
+
+def started(ctx: Any, target: Any, *args: Any) -> tuple[Any, Any]:
+    """A child running ``target(child_end, *args)``, and our end of its Pipe."""
+    ours, theirs = ctx.Pipe()
+    process = ctx.Process(target=target, args=(theirs, *args))
+    process.start()
+    theirs.close()
+    return process, ours
+
+
+def test_big_buffers_round_trip_through_a_pipe(ctx: Any) -> None:
+    process, conn = started(ctx, targets.echo_until_none)
+    try:
+        array = np.random.default_rng(1).random((1024, 1024))  # 8 MiB
+        grid = memoryview(bytearray(np.arange(64 * 1024, dtype=np.float64).tobytes()))
+        shaped = grid.cast("B").cast("d", (256, 256))
+        messages: list[Any] = [
+            array,
+            bytes(range(256)) * 4096,  # 1 MiB
+            bytearray(b"x" * MIB),
+            np.arange(10),  # small: in band
+            {"nested": [array[::2], b"y" * (2 * MIB)]},  # a strided view: copied whole
+        ]
+        for message in messages:
+            conn.send(message)
+            back = receive(conn)
+            assert type(back) is type(message)
+            if isinstance(message, np.ndarray):
+                np.testing.assert_array_equal(back, message)
+            elif isinstance(message, dict):
+                np.testing.assert_array_equal(back["nested"][0], message["nested"][0])
+                assert back["nested"][1] == message["nested"][1]
+            else:
+                assert back == message
+        conn.send(shaped)
+        view = receive(conn)
+        assert (view.format, view.shape) == ("d", (256, 256))
+        assert view.tobytes() == shaped.tobytes()
+        conn.send(None)
+        process.join(PATIENCE)
+        assert process.exitcode == 0
+    finally:
+        conn.close()
+        process.kill()
+        process.join()
+
+
+def test_held_arrays_stay_valid_while_the_sender_sends_more(ctx: Any) -> None:
+    """The sender reuses a segment only once the receiver has let go of what it sent there."""
+    process, conn = started(ctx, targets.send_filled, 12, MIB // 8)  # 12 x 1 MiB
+    try:
+        held = [receive(conn) for _ in range(12)]
+        for i, array in enumerate(held):
+            assert array.shape == (MIB // 8,)
+            assert (array == float(i)).all(), f"array {i} was overwritten"
+        conn.send(None)
+        process.join(PATIENCE)
+        assert process.exitcode == 0
+    finally:
+        conn.close()
+        process.kill()
+        process.join()
+
+
+def test_a_received_array_outlives_its_sender(ctx: Any) -> None:
+    process, conn = started(ctx, targets.send_one_and_exit, MIB)
+    try:
+        array = receive(conn)
+        process.join(PATIENCE)
+        assert process.exitcode == 0
+        assert array.sum() == float(sum(range(MIB)))
+    finally:
+        conn.close()
+
+
+def test_a_receiver_killed_while_holding_an_array_costs_nothing(ctx: Any) -> None:
+    """Its segment stays busy in the sender, which takes another; nothing leaks (the leak
+    check runs after the test)."""
+    process, conn = started(ctx, targets.hold_until_killed)
+    try:
+        array = np.ones(MIB)
+        conn.send(array)
+        assert receive(conn) == float(MIB)
+        process.kill()
+        process.join(PATIENCE)
+        assert process.exitcode == -signal.SIGKILL
+        other, conn2 = started(ctx, targets.echo_until_none)
+        try:
+            conn2.send(array * 3)
+            np.testing.assert_array_equal(receive(conn2), array * 3)
+            conn2.send(None)
+            other.join(PATIENCE)
+        finally:
+            conn2.close()
+            other.kill()
+            other.join()
+    finally:
+        conn.close()
+
+
+def test_pool_tasks_take_and_return_big_arrays(ctx: Any) -> None:
+    arrays = [np.full((256, 1024), float(i)) for i in range(6)]  # 2 MiB each
+    with ctx.Pool(2) as pool:
+        assert pool.map(targets.total, arrays) == [float(i * 256 * 1024) for i in range(6)]
+        for i, doubled in enumerate(pool.map(targets.double, arrays, chunksize=1)):
+            assert doubled.shape == (256, 1024)
+            assert (doubled == 2.0 * i).all()
+        result = pool.apply_async(targets.double, (arrays[5],)).get(PATIENCE)
+        assert (result == 10.0).all()
+
+
+def test_an_array_born_shared_is_the_same_memory_in_the_worker(ctx: Any) -> None:
+    shared = shared_memory.full((512, 1024), 1.0)  # 4 MiB
+    assert shared.dtype == np.float64
+    with ctx.Pool(2) as pool:
+        pool.apply(targets.fill, (shared, 7.0))
+        assert (shared == 7.0).all(), "the worker wrote to a copy"
+        # Sent back, it is still the same memory.
+        back = pool.apply(targets.same, (shared[100:200],))
+        back[0, 0] = -1.0
+        assert shared[100, 0] == -1.0
+        assert pool.map(targets.total, [shared] * 4) == [float(shared.sum())] * 4
+
+
+def test_shared_array_helpers() -> None:
+    zeros = shared_memory.zeros((3, 4), dtype="int32")
+    assert zeros.shape == (3, 4)
+    assert zeros.dtype == np.int32
+    assert not zeros.any()
+    copied = shared_memory.copy_of(np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(copied, np.arange(6).reshape(2, 3))
+    assert shared_memory.empty(5).shape == (5,)
+    assert shared_memory.empty(0).size == 0
+    with pytest.raises(ValueError, match="shape"):
+        shared_memory.empty((-1, 2))
+    assert serentak.shared_memory.full(2, 3).tolist() == [3, 3]
