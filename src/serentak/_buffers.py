@@ -110,7 +110,7 @@ def pack(obj: Any, *, spawning: bool = False) -> Packed:
 
     data, fds = dumps_with_fds(obj, spawning=spawning, buffer_callback=keep_out_of_band)
     if not buffers:
-        return Packed(data, tuple(os.dup(fd) for fd in fds) if fds else ())
+        return Packed(data, tuple(os.dup(fd) for fd in fds)) if fds else Packed(data)
     segments, entries = _place(buffers)
     table = (
         _HEAD.pack(len(segments), len(entries))

@@ -173,6 +173,9 @@ class Connection:
     def send(self, obj: Any) -> None:
         """Send a picklable object (and the fds of any handles in it, over a socket)."""
         packed = pack(obj)
+        if not packed.fds:
+            self.send_frame(packed.payload)
+            return
         try:
             self.send_frame(packed.payload, packed.fds)
         finally:
@@ -204,19 +207,24 @@ class Connection:
     def send_frame(self, payload: Any, fds: Sequence[int] = ()) -> None:
         """Send one frame: ``payload`` (bytes-like) with ``fds`` attached."""
         fd = self._check_writable()
-        if len(fds) > MAX_FDS:
-            raise ValueError(f"a message can carry at most {MAX_FDS} file descriptors")
         if type(payload) is not bytes:
             payload = memoryview(payload).cast("B")
+        if not fds and len(payload) <= 64 * 1024:
+            # The common case: small, no fds. One copy into a single buffer beats a
+            # scatter list.
+            data = _WORD.pack(len(payload)) + payload
+            sent = os.write(fd, data)
+            if sent < len(data):
+                self._write_rest(fd, b"", data, sent)
+            return
+        if len(fds) > MAX_FDS:
+            raise ValueError(f"a message can carry at most {MAX_FDS} file descriptors")
         header = _header(len(payload), bool(fds))
         if fds:
             if self._socket is None:
                 raise TypeError("file descriptors can only travel over a socket connection")
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
             sent = self._socket.sendmsg([header, payload], ancillary)
-        elif len(payload) <= 64 * 1024:
-            # Small frames: one copy into a single buffer beats a scatter list.
-            sent = os.write(fd, header + payload)
         else:
             sent = os.writev(fd, [header, payload])
         self._write_rest(fd, header, payload, sent)
@@ -255,7 +263,6 @@ class Connection:
         Raises:
             EOFError: the other end is closed and nothing is left to read.
         """
-        self._check_readable()
         payload, fds = self.recv_frame()
         return unpack(payload, fds)
 
