@@ -11,7 +11,6 @@ from __future__ import annotations
 import pickle
 import queue
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,16 +37,19 @@ def raises_within(exception: type[BaseException], call: Callable[[], object]) ->
     return time.monotonic() - start
 
 
-def channel_of(q: Any) -> _queues.SocketChannel:
+def channel_of(q: Any) -> _queues._Channel:
     channel = q._channel
-    assert isinstance(channel, _queues.SocketChannel)
+    assert isinstance(channel, _queues._Channel)
     return channel
 
 
-def socket_capacity(q: Any) -> int:
-    """Bytes the queue's socket holds before a put falls back on the feeder."""
-    value: int = channel_of(q)._writer.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-    return value
+def ring_capacity(q: Any) -> int:
+    """Bytes the queue's ring holds before a put falls back on the feeder."""
+    return channel_of(q)._ring.capacity
+
+
+# Messages of this size fill the ring in a few hundred puts.
+BULKY = 64 * 1024
 
 
 def in_thread(call: Callable[[], object]) -> tuple[threading.Thread, threading.Event]:
@@ -168,16 +170,29 @@ def test_unbounded_queue_defaults(q: _queues.Queue) -> None:
     negative.close()
 
 
-def test_put_beyond_the_socket_never_blocks_and_keeps_order(q: _queues.Queue) -> None:
-    count = socket_capacity(q) // 50 + 1000  # well past what the socket holds
+def test_put_beyond_the_ring_never_blocks_and_keeps_order(q: _queues.Queue) -> None:
+    count = 2 * ring_capacity(q) // BULKY + 10  # well past what the ring holds
     start = time.monotonic()
     for index in range(count):
-        q.put(index)
+        q.put((index, b"b" * BULKY))
     elapsed = time.monotonic() - start
     assert elapsed < PATIENCE
     assert q.qsize() == count
-    assert [q.get(timeout=PATIENCE) for _ in range(count)] == list(range(count))
+    assert [q.get(timeout=PATIENCE)[0] for _ in range(count)] == list(range(count))
     assert q.qsize() == 0
+
+
+def test_put_many_and_get_many(q: _queues.Queue) -> None:
+    q.put_many(range(100))
+    q.put_many(["a", b"b"])
+    assert q.get_many(60) == list(range(60))
+    assert q.get_many(1000, timeout=PATIENCE) == [*range(60, 100), "a", b"b"]
+    assert raises_within(queue.Empty, lambda: q.get_many(5, timeout=0.1)) < LATE
+    bounded = _queues.Queue(3)
+    with pytest.raises(queue.Full):
+        bounded.put_many(range(5), timeout=0.1)
+    assert bounded.get_many(10, block=False) == [0, 1, 2]
+    bounded.close()
 
 
 def test_unpicklable_object_raises_in_put_and_the_queue_still_works(q: _queues.Queue) -> None:
@@ -207,8 +222,8 @@ def test_closed_queue_raises_value_error(q: _queues.Queue) -> None:
 
 
 def test_big_messages_in_one_process(q: _queues.Queue) -> None:
-    inline_max = channel_of(q)._inline_max
-    for size in (inline_max - 100, inline_max + 100, 10 * MB):
+    in_ring_max = _queues._IN_RING_MAX
+    for size in (in_ring_max - 100, in_ring_max + 100, 10 * MB):
         q.put(b"b" * size)
         q.put(bytearray(b"a" * size))
         q.put(["list", b"l" * size])  # pickled, not raw
@@ -373,10 +388,10 @@ def test_big_messages_between_processes(ctx: Any, size: int) -> None:
     finish(process)
 
 
-def test_child_exit_flushes_more_than_the_socket_holds(ctx: Any) -> None:
+def test_child_exit_flushes_more_than_the_ring_holds(ctx: Any) -> None:
     shared = ctx.Queue()
-    size = 4096
-    count = 3 * socket_capacity(shared) // size + 10
+    size = BULKY
+    count = 3 * ring_capacity(shared) // size + 10
     process = run(ctx, _targets.queue_put_and_exit, shared, count, size)
     indexes = [shared.get(timeout=PATIENCE)[0] for _ in range(count)]
     finish(process)
@@ -385,8 +400,8 @@ def test_child_exit_flushes_more_than_the_socket_holds(ctx: Any) -> None:
 
 def test_cancel_join_thread_lets_the_child_exit_without_flushing(ctx: Any) -> None:
     shared = ctx.Queue()
-    size = 4096
-    count = 3 * socket_capacity(shared) // size + 10
+    size = BULKY
+    count = 3 * ring_capacity(shared) // size + 10
     process = run(ctx, _targets.queue_put_cancel_and_exit, shared, count, size)
     finish(process)  # nobody read, and yet it exited
     indexes = []
@@ -476,32 +491,42 @@ def test_consumer_killed_right_after_taking_an_item(ctx: Any) -> None:
     finish(consumer)
 
 
-@pytest.mark.parametrize("socket_empty_after", [True, False])
-def test_consumer_killed_between_taking_and_counting(ctx: Any, socket_empty_after: bool) -> None:
-    """The narrowest window: the datagram is gone, the shared count never heard of it."""
-    shared = ctx.Queue(2)
-    shared.put("taken by the dead")
-    if not socket_empty_after:
-        shared.put("still queued")
-    finish(run(ctx, _targets.queue_take_raw_and_die, shared), -signal.SIGKILL)
-    channel = channel_of(shared)
-    assert channel._tail.load() - channel._head.load() == 2 - socket_empty_after
-    # The next count, or a put that finds the queue full, sees that the
-    # dead reader's message has left the socket.
-    assert shared.qsize() == (0 if socket_empty_after else 1)
-    if not socket_empty_after:
-        shared.put("one more", timeout=PATIENCE)
-        assert shared.full()
-        assert shared.get(timeout=PATIENCE) == "still queued"
-        assert shared.get(timeout=PATIENCE) == "one more"
-    shared.put("one", timeout=PATIENCE)
-    shared.put("two", timeout=PATIENCE)
+def test_consumer_killed_in_the_middle_of_a_get(ctx: Any) -> None:
+    """A reader dies holding the reader lock, the record half copied out: it is taken again."""
+    shared = ctx.JoinableQueue(2)
+    shared.put("taken by the dead, and again")
+    shared.put("next")
+    finish(run(ctx, _targets.queue_die_in_get, shared, False), -signal.SIGKILL)
+    start = time.monotonic()
+    assert shared.get(timeout=PATIENCE) == "taken by the dead, and again"
+    assert time.monotonic() - start < LATE  # the lock was taken over from the dead
+    assert shared.get(timeout=PATIENCE) == "next"
+    shared.task_done()
+    shared.task_done()
+    shared.join()
+    shared.put_many(["one", "two"], timeout=PATIENCE)  # the whole capacity is there
     assert shared.full()
-    assert [shared.get(), shared.get()] == ["one", "two"]
+    assert shared.get_many(2) == ["one", "two"]
+
+
+def test_consumer_killed_after_taking_the_fds_of_a_message(ctx: Any) -> None:
+    """Only the message in flight is lost; the queue and join() go on."""
+    shared = ctx.JoinableQueue()
+    ours, theirs = Pipe()
+    shared.put(theirs)  # a Connection: its fd travels beside the ring
+    theirs.close()
+    shared.put("after")
+    finish(run(ctx, _targets.queue_die_in_get, shared, True), -signal.SIGKILL)
+    assert shared.get(timeout=PATIENCE) == "after"
+    shared.task_done()
+    thread, joined = in_thread(shared.join)
+    assert joined.wait(PATIENCE)  # the lost message is no task to wait for
+    thread.join()
     assert shared.qsize() == 0
+    ours.close()
 
 
-@pytest.mark.parametrize("size", [100, 3 * MB])
+@pytest.mark.parametrize("size", [100, MB, 3 * MB])
 def test_producer_killed_in_a_put_loop(ctx: Any, size: int) -> None:
     shared = ctx.Queue(8)
     started = ctx.Event()
@@ -531,38 +556,43 @@ def test_producer_killed_in_a_put_loop(ctx: Any, size: int) -> None:
     assert shared.qsize() == 0
 
 
-@pytest.mark.parametrize("publish", [False, True])
-def test_producer_killed_holding_the_writer_lock(ctx: Any, publish: bool) -> None:
+@pytest.mark.parametrize("how", ["half record", "side datagram"])
+def test_producer_killed_in_the_middle_of_a_put(ctx: Any, how: str) -> None:
+    """A writer dies holding the writer lock, its record half written or its fds sent."""
     tasks = ctx.JoinableQueue(2)
-    finish(run(ctx, _targets.queue_die_holding_writer_lock, tasks, publish), -signal.SIGKILL)
-    # The next writer takes the lock over from the dead one.
+    tasks.put("before")
+    finish(run(ctx, _targets.queue_die_in_put, tasks, how), -signal.SIGKILL)
+    # The next writer takes the lock over from the dead one and overwrites its half record.
     start = time.monotonic()
-    tasks.put("after", timeout=PATIENCE)
+    ours, theirs = Pipe()
+    tasks.put(theirs, timeout=PATIENCE)  # fds beside the ring: the dead one's are skipped
+    theirs.close()
     assert time.monotonic() - start < LATE
-    assert tasks.get(timeout=PATIENCE) == "after"
+    assert tasks.full()
+    assert tasks.get(timeout=PATIENCE) == "before"
+    sent = tasks.get(timeout=PATIENCE)
+    sent.send("through")
+    assert ours.recv() == "through"
+    sent.close()
+    ours.close()
     tasks.task_done()
-    # An id the dead writer gave out and never sent is no task: join() returns.
+    tasks.task_done()
+    # Nothing the dead writer started counts as a task: join() returns.
     thread, joined = in_thread(tasks.join)
     assert joined.wait(PATIENCE)
     thread.join()
-    tasks.put("again")
-    tasks.put("and again")
-    assert tasks.full()
-    assert [tasks.get(), tasks.get()] == ["again", "and again"]
-    tasks.task_done()
-    tasks.task_done()
-    tasks.join()
+    assert tasks.qsize() == 0
 
 
 def test_producer_killed_with_messages_in_its_feeder(ctx: Any) -> None:
     """What a dead producer still buffered is lost, and its share of the count is reclaimed."""
     shared = ctx.JoinableQueue()
-    size = 4096
-    count = 3 * socket_capacity(shared) // size + 10
+    size = BULKY
+    count = 3 * ring_capacity(shared) // size + 10
     done = ctx.Event()
     process = run(ctx, _targets.queue_put_then_wait, shared, count, size, done)
     assert done.wait(PATIENCE)
-    assert shared.qsize() == count  # the socket's share and the feeder's
+    assert shared.qsize() == count  # the ring's share and the feeder's
     process.kill()
     finish(process, -signal.SIGKILL)
     received = 0

@@ -21,7 +21,8 @@ PyInit__native(void)
             goto error;
         }
     }
-    if (serentak_proc_init(module) < 0 || serentak_sync_init(module) < 0) {
+    if (serentak_proc_init(module) < 0 || serentak_sync_init(module) < 0 ||
+        serentak_ring_init(module) < 0) {
         goto error;
     }
     return module;

@@ -4,6 +4,7 @@
  * proc.c    fork without the interpreter's thread warning, parent-death signal,
  *           POSIX shm names, process liveness by pid
  * sync.c    process-shared, crash-consistent Lock / RLock / Semaphore on futexes
+ * ring.c    crash-consistent ring of records in shared memory (the Queue's fast path)
  */
 #ifndef SERENTAK_NATIVE_H
 #define SERENTAK_NATIVE_H
@@ -18,6 +19,9 @@ int serentak_proc_init(PyObject *module);
 /* sync.c */
 extern PyMethodDef serentak_sync_methods[];
 int serentak_sync_init(PyObject *module);
+
+/* ring.c */
+int serentak_ring_init(PyObject *module);
 
 /* Shared by both: is the process `pid` gone (exited, zombie included)?
  * Returns 1 if gone, 0 if alive, -1 if it cannot tell (errno set). */

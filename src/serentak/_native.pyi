@@ -2,7 +2,7 @@
 
 from typing import Final
 
-from _typeshed import WriteableBuffer
+from _typeshed import ReadableBuffer, WriteableBuffer
 
 # ---- proc.c ----------------------------------------------------------------
 
@@ -55,3 +55,38 @@ class Futex:
     def add(self, delta: int, /) -> int: ...
     def wait(self, expected: int, timeout: float | None = None, /) -> bool: ...
     def wake(self, count: int, /) -> int: ...
+
+# ---- ring.c ----------------------------------------------------------------
+
+RING_HEADER: Final[int]
+RING_HOLD: Final[int]
+RING_WRITER_LOCK: Final[int]
+RING_SPACE_WAITERS: Final[int]
+RING_SIDE_TAG: Final[int]
+RING_READER_LOCK: Final[int]
+RING_HEAD_COUNT: Final[int]
+RING_USER: Final[int]
+
+class Ring:
+    """A crash-consistent ring of records in a mapping of a memfd (RING_HEADER + 2**k bytes).
+
+    Exports the whole mapping as a writable buffer.
+    """
+
+    def __init__(self, fd: int, size: int) -> None: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    @property
+    def capacity(self) -> int: ...
+    def put(
+        self,
+        kind: int,
+        payload: ReadableBuffer,
+        maxsize: int,
+        deadline: float | None,
+        locked: bool,
+        /,
+    ) -> bool: ...
+    def fits(self, length: int, maxsize: int, /) -> bool: ...
+    def get(self, deadline: float | None, /) -> tuple[int, bytes] | None: ...
+    def finish_hold(self) -> None: ...
+    def counts(self) -> tuple[int, int]: ...
