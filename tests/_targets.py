@@ -859,28 +859,47 @@ def queue_get_then_wait(queue: Any, took: Any, results: Any) -> None:
         signal.pause()
 
 
-def queue_take_raw_and_die(queue: Any) -> None:
-    """Take one datagram off the socket and die before the queue counts the take.
-
-    This is the narrowest window of a get: the message has left the kernel, the
-    shared count has not heard of it.
-    """
+def queue_die_in_get(queue: Any, with_side_datagram: bool) -> None:
+    """Die inside a get: holding the reader lock (as in the middle of a copy out of the ring),
+    and, if ``with_side_datagram``, after taking the fds that travel beside the record."""
     import os
     import signal
 
-    queue._channel._reader.recvmsg_into([bytearray(1 << 22)], 4096)
+    from serentak import _native
+
+    channel = queue._channel
+    lock = _native.Futex(channel._ring_view[_native.RING_READER_LOCK :])
+    while not lock.compare_exchange(0, os.getpid()):
+        pass
+    if with_side_datagram:
+        channel._reader.recvmsg(16, 4096)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def queue_die_holding_writer_lock(queue: Any, publish: bool) -> None:
-    """Take the writer lock (and, if ``publish``, give out an id) and die without sending."""
+def queue_die_in_put(queue: Any, how: str) -> None:
+    """Die inside a put, holding the writer lock: after writing half a record past tail
+    (``"half record"``), or after sending a record's fds beside the ring (``"side datagram"``)."""
+    import array
     import os
     import signal
+    import socket
+
+    from serentak import _native
 
     channel = queue._channel
-    channel._acquire()
-    if publish:
-        channel._tail.add(1)
+    view = channel._ring_view
+    lock = _native.Futex(view[_native.RING_WRITER_LOCK :])
+    while not lock.compare_exchange(0, os.getpid()):
+        pass
+    if how == "half record":
+        tail = int.from_bytes(view[8:16], "little") & 0xFFFF_FFFF
+        start = _native.RING_HEADER + tail % (len(view) - _native.RING_HEADER)
+        view[start : start + 8] = (1000).to_bytes(4, "little") + (0).to_bytes(4, "little")
+        view[start + 8 : start + 508] = b"\x80half" * 100
+    else:
+        tag = _native.Futex(view[_native.RING_SIDE_TAG :]).add(1)
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [os.dup(0)]))]
+        channel._writer.sendmsg([tag.to_bytes(4, "little")], rights)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -896,14 +915,14 @@ def queue_put_forever(queue: Any, size: int, started: Any) -> None:
 
 
 def queue_put_and_exit(queue: Any, count: int, size: int) -> None:
-    """Put ``count`` items of ``size`` bytes (more than the socket holds) and return at once."""
+    """Put ``count`` items of ``size`` bytes (more than the ring holds) and return at once."""
     payload = b"f" * size
     for index in range(count):
         queue.put((index, payload))
 
 
 def queue_put_then_wait(queue: Any, count: int, size: int, done: Any) -> None:
-    """Put ``count`` items (more than the socket holds: the rest wait in the feeder), say so,
+    """Put ``count`` items (more than the ring holds: the rest wait in the feeder), say so,
     and wait to be killed."""
     import signal
 
@@ -1083,6 +1102,44 @@ def _mgr_touch(path: str) -> None:
         marker.write("unpickled")
 
 
+def mgr_queue_worker(tasks: Any, results: Any, rlock: Any, semaphore: Any) -> None:
+    """Take from ``tasks`` (a JoinableQueue proxy) until None, marking each done; put doubles
+    on ``results``; take the RLock twice around each put; release ``semaphore`` at the end."""
+    while True:
+        item = tasks.get(timeout=30)
+        if item is None:
+            tasks.task_done()
+            break
+        with rlock, rlock:  # reentrant: the same thread takes it twice
+            results.put(2 * item)
+        tasks.task_done()
+    semaphore.release()
+
+
+_mgr_handles: Any = None
+
+
+def mgr_handles_init(lock: Any, queue: Any, value: Any) -> None:
+    """Pool initializer: keep a Lock, a Queue and a Value, inherited at the worker's start."""
+    global _mgr_handles  # the worker's state, set by its initializer
+    _mgr_handles = (lock, queue, value)
+
+
+def mgr_handles_use(n: int, *handles: Any) -> int:
+    """Pool task: add ``n`` to a Value under a Lock and put it on a Queue: those ``handles``
+    (proxies), else the ones the initializer kept."""
+    lock, queue, value = handles or _mgr_handles
+    with lock:
+        value.value += n
+    queue.put(n)
+    return n
+
+
+def mgr_handle_name(handle: Any) -> str:
+    """Pool task given a handle as its argument (refused unless it is a proxy)."""
+    return type(handle).__name__
+
+
 def lst_client(address: Any, authkey: bytes | None, message: Any) -> None:
     """Connect to a Listener, send ``message``, send back what comes, close."""
     from serentak.connection import Client
@@ -1129,3 +1186,140 @@ def distributed_weighted(weights: bytes, x: int) -> int:
 
 def distributed_sum(array: Any) -> float:
     return float(array.sum())
+
+
+# ---- test_pool_features -------------------------------------------------------------
+#
+# Progress bars, adaptive chunks, lazy inputs, worker state, recycling, sizing, stats.
+
+
+def feat_sleep_echo(seconds: float, x: Any) -> Any:
+    """``x``, after ``seconds`` of sleep: a task of known, load-independent length."""
+    import time
+
+    time.sleep(seconds)
+    return x
+
+
+def feat_sleep_or_raise(seconds: float, x: int) -> int:
+    """Sleep ``seconds``; then raise ValueError for multiples of 3, else return ``x``."""
+    import time
+
+    time.sleep(seconds)
+    if x % 3 == 0:
+        raise ValueError(x)
+    return x
+
+
+def feat_state_init(value: Any) -> None:
+    """An initializer: build this worker's state (what it was given, who built it, a counter)."""
+    import os
+
+    import serentak
+
+    state = serentak.worker_state()
+    state["value"] = value
+    state["built_by"] = os.getpid()
+    state["calls"] = 0
+
+
+def feat_state_use(x: Any) -> tuple[Any, Any, int, int, int]:
+    """``(x, value, built_by, pid, calls)`` from this worker's state, counting the call."""
+    import os
+
+    import serentak
+
+    state = serentak.worker_state()
+    state["calls"] += 1
+    return x, state["value"], state["built_by"], os.getpid(), state["calls"]
+
+
+def feat_ballast(limit_mb: float, headroom_mb: float) -> None:
+    """An initializer: take this worker's resident memory to ``limit_mb - headroom_mb``
+    (kept in its worker_state), so that a few tasks of feat_leak take it past the limit."""
+    from serentak import _tasks, worker_state
+
+    missing = limit_mb - headroom_mb - _tasks.resident_memory_mb()
+    worker_state()["ballast"] = b"\x01" * max(0, int(missing * 2**20))  # written: resident
+
+
+def feat_leak(path: str, mb: int, task_id: int) -> tuple[int, int]:
+    """pool_record, leaking ``mb`` MiB (resident) in this worker first."""
+    from serentak import worker_state
+
+    worker_state().setdefault("leaked", []).append(b"\x01" * (mb * 2**20))
+    return pool_record(path, task_id)
+
+
+def feat_environ(names: list[str]) -> dict[str, str | None]:
+    """These variables of this worker's environment."""
+    import os
+
+    return {name: os.environ.get(name) for name in names}
+
+
+# ---- test_sync, test_sharedctypes: every primitive and ctypes type in a child ------------
+
+
+def sync_hold_deep_until_killed(lock: Any, holding: Any, depth: int) -> None:
+    """Take the RLock ``lock`` ``depth`` times, say so, and wait to be killed."""
+    import signal
+
+    for _ in range(depth):
+        lock.acquire()
+    holding.set()
+    while True:
+        signal.pause()
+
+
+def sync_use_every_primitive(conn: Any, primitives: dict[str, Any]) -> None:
+    """Use each primitive the parent passed (it holds the lock and the RLock, and has
+    taken the bounded semaphore): report on ``conn`` what this process saw."""
+    seen: dict[str, Any] = {}
+    lock, rlock = primitives["Lock"], primitives["RLock"]
+    # Held by the parent: not ours, whichever way acquire() is called.
+    seen["Lock"] = [lock.acquire(False), lock.acquire(True, 0.05), lock.acquire(timeout=0)]
+    seen["RLock"] = [rlock.acquire(False), rlock.acquire(block=True, timeout=0.05)]
+    sem = primitives["Semaphore"]
+    with sem as entered:
+        seen["Semaphore"] = [entered, sem.acquire(True, 1), sem.acquire(False), sem.get_value()]
+    bounded = primitives["BoundedSemaphore"]
+    bounded.release()  # the parent's acquire, undone here
+    try:
+        bounded.release()
+    except ValueError as exc:
+        seen["BoundedSemaphore"] = [bounded.get_value(), str(exc)]
+    condition = primitives["Condition"]
+    with condition:
+        seen["Condition"] = [condition.wait(0.01), condition.wait_for(lambda: True, 1)]
+    primitives["Event"].set()
+    seen["Barrier"] = primitives["Barrier"].wait(30)
+    conn.send(seen)
+    conn.close()
+
+
+class SctUnion(_ctypes.Union):
+    """A Union for Value(SctUnion) in a child."""
+
+    _fields_ = (("i", _ctypes.c_int32), ("f", _ctypes.c_float))
+
+
+def sct_set_fields(conn: Any, union: Any, grid: Any, array: Any) -> None:
+    """Report what the child sees, then write through each object (a slice included)."""
+    conn.send((union.i, [list(row) for row in grid], array[1:3], array.get_obj()[:]))
+    union.f = 1.5
+    grid[1][0] = 9.25
+    with array:  # a synchronized array is its own context manager, on its lock
+        array[1:3] = [20, 30]
+    conn.close()
+
+
+def sct_hold_value_lock_until_killed(value: Any, holding: Any) -> None:
+    """Enter ``value``'s lock, half-update it, say so, and wait to be killed."""
+    import signal
+
+    value.get_lock().acquire()
+    value.value = -1  # the critical section's work, interrupted for good
+    holding.set()
+    while True:
+        signal.pause()
