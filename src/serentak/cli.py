@@ -4,6 +4,11 @@
 live, as its own program, and its output is checked against what the tutorial
 says it prints; then section 10's claim, processes against threads on
 CPU-bound work, is measured on this machine.
+
+``serentak bench`` measures how fast data moves (Pool.map of numpy arrays,
+Queue messages, apply_async round trips, maps of tiny tasks) for serentak, the
+stdlib, and loky, joblib, mpire and faster-fifo where installed, side by side
+in one run, and prints the ratios; ``--plot FILE.png`` draws them.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ def _demo(start_method: str | None, sections: Sequence[str]) -> int:
             _say(textwrap.indent(run.stderr.rstrip(), "  ! "))
         if not ok:
             failures.append(example.section)
+    from ._robustness import demo_scene  # a worker killed mid-map: issue 4's scene
+
+    failures += demo_scene(start_method, sections, _say)
     if not sections or "10" in sections:
         _demo_comparison()
     _say()
@@ -96,6 +104,41 @@ def _info() -> int:
     return 0
 
 
+def _run_bench(
+    start_method: str | None, quick: bool, only: Sequence[str], rounds: int | None, plot: str | None
+) -> int:
+    from . import _bench
+
+    chosen = [
+        w
+        for w in _bench.workloads(_bench.QUICK if quick else _bench.FULL)
+        if w.name in only or not only
+    ]
+    try:
+        if plot is not None:
+            _bench.require_matplotlib()  # before minutes of measuring, not after
+            if not os.path.isdir(os.path.dirname(os.path.abspath(plot))):
+                raise _bench.CannotRun(f"--plot: no directory to write {plot} in")
+        _bench.require_numpy(chosen)
+    except _bench.CannotRun as reason:
+        print(f"serentak bench: {reason}", file=sys.stderr)
+        return 2
+    rounds = rounds or (1 if quick else 3)
+    results = _bench.run(
+        chosen,
+        start_method or DEFAULT_START_METHOD.value,
+        rounds,
+        on_progress=lambda text: print(f"running {text}", file=sys.stderr, flush=True),
+    )
+    _say(f"serentak bench: how fast data moves, {os.cpu_count()} CPUs")
+    _say(_bench.format_table(results))
+    if plot is not None:
+        _bench.plot(results, plot)
+        _say(f"plot written to {plot}")
+    serentak_failed = any(library == _bench.SERENTAK for _, library in results.errors)
+    return 1 if serentak_failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``serentak`` command."""
     parser = argparse.ArgumentParser(prog="serentak", description=__doc__.splitlines()[0])
@@ -106,9 +149,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("sections", nargs="*", help="only these sections (e.g. 3.1 7.2 10)")
     commands.add_parser("info", help="platform, cores, start methods")
+    from ._bench import WORKLOAD_NAMES
+
+    bench = commands.add_parser(
+        "bench", help="data speed against the stdlib, loky, joblib, mpire, faster-fifo"
+    )
+    bench.add_argument(
+        "--start-method", choices=[m.value for m in StartMethod], help="default: forkserver"
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="smaller sizes, one round (a smoke test)"
+    )
+    bench.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=WORKLOAD_NAMES,
+        metavar="NAME",
+        help=f"run this workload only (repeatable): {', '.join(WORKLOAD_NAMES)}",
+    )
+    bench.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds of each workload, median shown (default 3; 1 with --quick)",
+    )
+    bench.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the ratios to FILE.png (needs matplotlib: pip install 'serentak[bench]')",
+    )
     options = parser.parse_args(argv)
     if options.command == "demo":
         return _demo(options.start_method, options.sections)
+    if options.command == "bench":
+        if options.rounds is not None and options.rounds < 1:
+            bench.error("--rounds must be at least 1")
+        return _run_bench(
+            options.start_method, options.quick, options.only, options.rounds, options.plot
+        )
     return _info()
 
 

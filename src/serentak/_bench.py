@@ -1,0 +1,702 @@
+"""Data-speed workloads for ``serentak bench``: serentak against the stdlib and the alternatives.
+
+Every library present runs every workload it can, in the same run, round by
+round, the order of the libraries turning from one round to the next so that
+the noise of a shared machine weighs on all alike; the table shows medians and
+the ratio of serentak's speed to each other library's (above 1: serentak is
+faster)::
+
+    parent (this process)                        workers / producer
+    ─────────────────────                        ──────────────────
+    Pool workloads: pool.map(f, items) ────────▶ 2 pool workers per library,
+                    ◀── results ──────────────── started once, kept warm
+    Queue workloads: queue.get() ◀── put ─────── 1 producer process per round
+
+The stdlib's ``multiprocessing`` and the alternatives (loky, joblib, mpire,
+faster-fifo) are loaded only here, by name, when the bench runs: serentak's
+runtime never imports them. numpy is needed by the array workloads alone and
+loaded when they run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import importlib
+import importlib.metadata
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any, Protocol
+
+from . import __version__
+
+MIB = 1 << 20
+WORKERS = 2
+SERENTAK = "serentak"
+STDLIB = "stdlib"
+INSTALL_HINT = "pip install 'serentak[bench]'"
+
+
+class CannotRun(Exception):
+    """What the bench was asked to do cannot be done here (a package it needs is missing)."""
+
+
+# -- the work the pools run (importable, so every start method can ship it by reference) --
+
+
+def tiny(x: int) -> int:
+    """The smallest task: all cost is the pool's."""
+    return x + 1
+
+
+def total(array: Any) -> float:
+    """The sum of a numpy array: big argument, small result."""
+    return float(array.sum())
+
+
+def doubled(array: Any) -> Any:
+    """The array times 2: big argument, big result."""
+    return array * 2
+
+
+def produce(queue: Any, message: object, count: int) -> None:
+    """The producer process of the Queue workloads."""
+    for _ in range(count):
+        queue.put(message)
+
+
+# -- the libraries, behind one interface each for pools and queues --
+
+
+class PoolUnderTest(Protocol):
+    """What the Pool workloads need of a library's pool of ``WORKERS`` processes."""
+
+    def map(
+        self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None = None
+    ) -> list[Any]:
+        """``func`` over ``items``, results in order; ``None``: the library's default chunks."""
+
+    def call(self, func: Callable[[Any], Any], arg: Any) -> Any:
+        """One task, submitted and waited for."""
+
+    def close(self) -> None:
+        """Stop the workers."""
+
+
+class QueueUnderTest(Protocol):
+    """What the Queue workloads need of a library's queue and a process to feed it."""
+
+    def make(self) -> Any:
+        """A new queue with ``put`` and ``get``."""
+
+    def start(self, queue: Any, message: object, count: int) -> Any:
+        """A started process running :func:`produce`, with ``join()`` and ``exitcode``."""
+
+    def dispose(self, queue: Any) -> None:
+        """Release what ``queue`` holds in this process."""
+
+
+class ContextPool:
+    """serentak's or the stdlib's ``Pool``: the API they share."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._pool = ctx.Pool(WORKERS)
+
+    def map(
+        self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None = None
+    ) -> list[Any]:
+        result: list[Any] = self._pool.map(func, items, chunksize)
+        return result
+
+    def call(self, func: Callable[[Any], Any], arg: Any) -> Any:
+        return self._pool.apply_async(func, (arg,)).get()
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+
+class ContextQueue:
+    """serentak's or the stdlib's ``Queue``, fed by a ``Process`` of the same context."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+
+    def make(self) -> Any:
+        return self._ctx.Queue()
+
+    def start(self, queue: Any, message: object, count: int) -> Any:
+        process = self._ctx.Process(target=produce, args=(queue, message, count), daemon=True)
+        process.start()
+        return process
+
+    def dispose(self, queue: Any) -> None:
+        queue.close()
+        queue.join_thread()
+
+
+class LokyPool:
+    """loky's ``ProcessPoolExecutor`` (cloudpickle, its own start method)."""
+
+    def __init__(self) -> None:
+        import loky
+
+        self._executor = loky.ProcessPoolExecutor(max_workers=WORKERS)
+
+    def map(
+        self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None = None
+    ) -> list[Any]:
+        return list(self._executor.map(func, items, chunksize=chunksize or 1))
+
+    def call(self, func: Callable[[Any], Any], arg: Any) -> Any:
+        return self._executor.submit(func, arg).result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class JoblibPool:
+    """joblib's ``Parallel`` (loky backend), kept open so its workers are reused."""
+
+    def __init__(self) -> None:
+        import joblib
+
+        self._delayed = joblib.delayed
+        self._parallel = joblib.Parallel(n_jobs=WORKERS)
+        self._parallel.__enter__()
+
+    def map(
+        self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None = None
+    ) -> list[Any]:
+        self._parallel.batch_size = chunksize or "auto"
+        result: list[Any] = self._parallel(self._delayed(func)(item) for item in items)
+        return result
+
+    def call(self, func: Callable[[Any], Any], arg: Any) -> Any:
+        return self._parallel([self._delayed(func)(arg)])[0]
+
+    def close(self) -> None:
+        from joblib.externals.loky import get_reusable_executor
+
+        self._parallel.__exit__(None, None, None)
+        # joblib keeps its workers for later calls; the bench has none to make.
+        get_reusable_executor().shutdown(wait=True)
+
+
+class MpirePool:
+    """mpire's ``WorkerPool``, kept alive between calls."""
+
+    def __init__(self, start_method: str) -> None:
+        import mpire
+
+        self._pool = mpire.WorkerPool(n_jobs=WORKERS, start_method=start_method, keep_alive=True)
+
+    def map(
+        self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None = None
+    ) -> list[Any]:
+        result: list[Any] = self._pool.map(
+            func, items, chunk_size=chunksize, concatenate_numpy_output=False
+        )
+        return result
+
+    def call(self, func: Callable[[Any], Any], arg: Any) -> Any:
+        return self._pool.apply_async(func, (arg,)).get()
+
+    def close(self) -> None:
+        self._pool.terminate()
+
+
+class FasterFifoQueue:
+    """faster-fifo's ``Queue``, fed by a stdlib ``Process`` (it pickles through the stdlib)."""
+
+    def __init__(self, stdlib_ctx: Any) -> None:
+        import faster_fifo
+
+        # Makes its Queue picklable to spawned and fork-server children, as its docs ask.
+        importlib.import_module("faster_fifo_reduction")
+        self._queue_type = faster_fifo.Queue
+        self._feeder = ContextQueue(stdlib_ctx)
+
+    def make(self) -> Any:
+        return self._queue_type(max_size_bytes=64 * MIB)
+
+    def start(self, queue: Any, message: object, count: int) -> Any:
+        return self._feeder.start(queue, message, count)
+
+    def dispose(self, queue: Any) -> None:
+        queue.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Library:
+    """One library in the comparison; ``pool`` and ``queue`` start its part of each kind."""
+
+    name: str
+    version: str
+    pool: Callable[[], PoolUnderTest] | None
+    queue: Callable[[], QueueUnderTest] | None
+
+
+def _stdlib_context(start_method: str) -> Any:
+    # The stdlib is what serentak is measured against: loaded here, by name, only when
+    # the bench runs (the runtime never uses it).
+    return importlib.import_module("multiprocessing").get_context(start_method)
+
+
+def _installed(module: str, distribution: str) -> str | None:
+    """The version of ``distribution`` if ``module`` imports, else None."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return None
+    return importlib.metadata.version(distribution)
+
+
+def libraries(start_method: str) -> list[Library]:
+    """serentak, the stdlib, and whichever alternatives are installed, in that order."""
+    from ._context import default_context
+
+    ours = default_context.get_context(start_method)
+    stdlib = _stdlib_context(start_method)
+    found = [
+        Library(
+            SERENTAK, __version__, functools.partial(ContextPool, ours), lambda: ContextQueue(ours)
+        ),
+        Library(
+            STDLIB,
+            platform.python_version(),
+            functools.partial(ContextPool, stdlib),
+            lambda: ContextQueue(stdlib),
+        ),
+    ]
+    alternatives: Iterable[tuple[str, str, Callable[[], Any] | None, Callable[[], Any] | None]] = (
+        ("loky", "loky", LokyPool, None),
+        ("joblib", "joblib", JoblibPool, None),
+        ("mpire", "mpire", functools.partial(MpirePool, start_method), None),
+        ("faster_fifo", "faster-fifo", None, lambda: FasterFifoQueue(stdlib)),
+    )
+    for module, distribution, pool, queue in alternatives:
+        version = _installed(module, distribution)
+        if version is not None:
+            found.append(Library(module, version, pool, queue))
+    return found
+
+
+# -- the workloads --
+
+
+class Kind(enum.Enum):
+    """Which part of a library a workload uses."""
+
+    POOL = "pool"
+    QUEUE = "queue"
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """How a workload's figure reads: its label, format, and which way is better."""
+
+    label: str
+    spec: str
+    higher_is_better: bool
+
+
+GB_PER_S = Unit("GB/s", ",.2f", higher_is_better=True)
+MSG_PER_S = Unit("msg/s", ",.0f", higher_is_better=True)
+ITEMS_PER_S = Unit("items/s", ",.0f", higher_is_better=True)
+MICROSECONDS = Unit("us", ",.1f", higher_is_better=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """Issue 6's aim for a workload: a ratio to the stdlib and an absolute figure."""
+
+    vs_stdlib: float
+    at_least: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much work each workload does (``--quick`` uses smaller ones)."""
+
+    small_arrays: tuple[int, int]  # (count, MiB each)
+    big_arrays: tuple[int, int]
+    small_messages: int
+    big_messages: int  # of 1 MiB
+    round_trips: int
+    tiny_tasks: int
+
+
+FULL = Sizes((16, 8), (8, 64), 200_000, 1_000, 1_000, 200_000)
+QUICK = Sizes((4, 1), (2, 4), 5_000, 50, 100, 20_000)
+ARRAY_GOAL = Goal(vs_stdlib=10.0, at_least=3.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One measured figure; ``measure`` gets the library's pool or queue, by ``kind``."""
+
+    name: str
+    title: str
+    unit: Unit
+    kind: Kind
+    measure: Callable[[Any], float]
+    goal: Goal | None = None
+    needs_numpy: bool = False
+
+
+@functools.lru_cache(maxsize=1)
+def _arrays(count: int, mib: int) -> tuple[list[Any], list[float]]:
+    """``count`` float64 arrays of ``mib`` MiB each, and their sums (one size kept at a time)."""
+    import numpy
+
+    arrays = [numpy.arange(mib * MIB // 8, dtype=numpy.float64) + i for i in range(count)]
+    return arrays, [float(array.sum()) for array in arrays]
+
+
+def _array_speed(pool: PoolUnderTest, shape: tuple[int, int], double: bool) -> float:
+    """GB/s of arrays handed to the workers (their bytes over the wall time of the map)."""
+    arrays, sums = _arrays(*shape)
+    started = time.perf_counter()
+    results = pool.map(doubled if double else total, arrays)
+    seconds = time.perf_counter() - started
+    if double:
+        good = all(
+            r.shape == a.shape and r[-1] == 2 * a[-1] for r, a in zip(results, arrays, strict=True)
+        )
+    else:
+        good = results == sums
+    if not good:
+        raise RuntimeError("the workers computed something else")
+    return float(sum(array.nbytes for array in arrays)) / seconds / 1e9
+
+
+def _tiny_map_speed(pool: PoolUnderTest, count: int) -> float:
+    """Items per second of a map of ``count`` tiny tasks at the library's default chunks."""
+    started = time.perf_counter()
+    results = pool.map(tiny, range(count))
+    seconds = time.perf_counter() - started
+    if len(results) != count or results[-1] != count:
+        raise RuntimeError("the map lost or changed results")
+    return count / seconds
+
+
+def _round_trip(pool: PoolUnderTest, count: int) -> float:
+    """Median microseconds from submitting one tiny task to holding its result."""
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        pool.call(tiny, 1)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e6
+
+
+class _ProducerFailed:
+    """Put in the queue by the watchdog when the producer died: the consumer must not wait."""
+
+
+def _watch(producer: Any, queue: Any) -> None:
+    producer.join()
+    if producer.exitcode != 0:
+        queue.put(_ProducerFailed)
+
+
+def _transfer_speed(queue_kind: QueueUnderTest, message: object, count: int) -> float:
+    """Messages per second from a producer process to this one.
+
+    The clock starts at the first message, so starting the producer is not counted.
+    """
+    queue = queue_kind.make()
+    producer = queue_kind.start(queue, message, count)
+    watchdog = threading.Thread(target=_watch, args=(producer, queue), daemon=True)
+    watchdog.start()
+    try:
+        failed = queue.get() is _ProducerFailed
+        started = time.perf_counter()
+        for _ in range(count - 1):
+            if failed:
+                break
+            failed = queue.get() is _ProducerFailed
+        seconds = time.perf_counter() - started
+        watchdog.join()
+    finally:
+        queue_kind.dispose(queue)
+    if failed or producer.exitcode != 0:
+        raise RuntimeError(f"the producer process failed with exit code {producer.exitcode}")
+    return (count - 1) / seconds
+
+
+def _mib_transfer_speed(queue_kind: QueueUnderTest, count: int) -> float:
+    """GB/s of 1 MiB ``bytes`` messages from a producer process to this one."""
+    return _transfer_speed(queue_kind, b"x" * MIB, count) * MIB / 1e9
+
+
+def workloads(sizes: Sizes) -> list[Workload]:
+    """The workloads of ``serentak bench`` at ``sizes``, in the order they run."""
+    pool_arrays: list[Workload] = []
+    for label, shape in (("small", sizes.small_arrays), ("big", sizes.big_arrays)):
+        for returns, double in (("sum", False), ("x2", True)):
+            pool_arrays.append(
+                Workload(
+                    f"map-{returns}-{label}",
+                    f"Pool.map {shape[0]} x {shape[1]} MiB -> {returns}",
+                    GB_PER_S,
+                    Kind.POOL,
+                    functools.partial(_array_speed, shape=shape, double=double),
+                    goal=ARRAY_GOAL,
+                    needs_numpy=True,
+                )
+            )
+    return [
+        *pool_arrays,
+        Workload(
+            "queue-int",
+            "Queue 1 -> 1, int",
+            MSG_PER_S,
+            Kind.QUEUE,
+            functools.partial(_transfer_speed, message=12345, count=sizes.small_messages),
+        ),
+        Workload(
+            "queue-100B",
+            "Queue 1 -> 1, 100 B",
+            MSG_PER_S,
+            Kind.QUEUE,
+            functools.partial(_transfer_speed, message=b"x" * 100, count=sizes.small_messages),
+        ),
+        Workload(
+            "queue-1MiB",
+            "Queue 1 -> 1, 1 MiB",
+            GB_PER_S,
+            Kind.QUEUE,
+            functools.partial(_mib_transfer_speed, count=sizes.big_messages),
+        ),
+        Workload(
+            "apply-rtt",
+            "apply_async round trip, median",
+            MICROSECONDS,
+            Kind.POOL,
+            functools.partial(_round_trip, count=sizes.round_trips),
+        ),
+        Workload(
+            "map-tiny",
+            f"Pool.map {sizes.tiny_tasks:,} tiny tasks",
+            ITEMS_PER_S,
+            Kind.POOL,
+            functools.partial(_tiny_map_speed, count=sizes.tiny_tasks),
+        ),
+    ]
+
+
+WORKLOAD_NAMES = tuple(workload.name for workload in workloads(QUICK))
+
+
+# -- running and reporting --
+
+
+@dataclasses.dataclass
+class Results:
+    """Samples of every (workload, library) pair measured, and the errors met."""
+
+    workloads: list[Workload]
+    libraries: list[Library]
+    rounds: int
+    start_method: str
+    samples: dict[tuple[str, str], list[float]] = dataclasses.field(default_factory=dict)
+    errors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+
+    def median(self, workload: Workload, library: str) -> float | None:
+        samples = self.samples.get((workload.name, library))
+        return statistics.median(samples) if samples else None
+
+    def speed_ratio(self, workload: Workload, library: str, against: str) -> float | None:
+        """How many times faster ``library`` is than ``against`` (above 1: faster)."""
+        ours, theirs = self.median(workload, library), self.median(workload, against)
+        if ours is None or theirs is None:
+            return None
+        return ours / theirs if workload.unit.higher_is_better else theirs / ours
+
+    def goal_met(self, workload: Workload) -> bool | None:
+        ours = self.median(workload, SERENTAK)
+        ratio = self.speed_ratio(workload, SERENTAK, STDLIB)
+        if workload.goal is None or ours is None or ratio is None:
+            return None
+        return ratio >= workload.goal.vs_stdlib and ours >= workload.goal.at_least
+
+
+def require_numpy(chosen: Sequence[Workload]) -> None:
+    """Raises CannotRun when a workload in ``chosen`` needs numpy and it is missing."""
+    needing = [w.name for w in chosen if w.needs_numpy]
+    if not needing:
+        return
+    try:
+        importlib.import_module("numpy")
+    except ImportError:
+        raise CannotRun(
+            f"the array workloads ({', '.join(needing)}) need numpy, which is not installed:"
+            f" pip install numpy (or {INSTALL_HINT});"
+            f" or run the others alone, e.g. --only {WORKLOAD_NAMES[-1]}"
+        ) from None
+
+
+def require_matplotlib() -> None:
+    """Raises CannotRun when matplotlib, which ``--plot`` draws with, is missing."""
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        raise CannotRun(
+            f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}"
+            " (or pip install matplotlib)"
+        ) from None
+
+
+def _warm_up(pool: PoolUnderTest, chosen: Sequence[Workload]) -> None:
+    """Start the workers, and have them load numpy if the workloads send arrays."""
+    pool.map(tiny, range(100))
+    if any(workload.needs_numpy for workload in chosen):
+        import numpy
+
+        pool.map(total, [numpy.zeros(1)] * 8 * WORKERS, 1)
+
+
+def run(
+    chosen: Sequence[Workload],
+    start_method: str,
+    rounds: int,
+    on_progress: Callable[[str], None] = lambda text: None,
+    among: Collection[str] | None = None,
+) -> Results:
+    """Measure ``chosen`` for every library present (or those named in ``among``),
+    ``rounds`` times each."""
+    require_numpy(chosen)
+    found = [lib for lib in libraries(start_method) if among is None or lib.name in among]
+    results = Results(list(chosen), found, rounds, start_method)
+    kinds = {workload.kind for workload in chosen}
+    pools: dict[str, PoolUnderTest] = {}
+    queues: dict[str, QueueUnderTest] = {}
+    try:
+        for library in found:
+            if Kind.POOL in kinds and library.pool is not None:
+                pools[library.name] = library.pool()
+                _warm_up(pools[library.name], chosen)
+            if Kind.QUEUE in kinds and library.queue is not None:
+                queues[library.name] = library.queue()
+        for workload in chosen:
+            subjects: dict[str, Any] = pools if workload.kind is Kind.POOL else queues
+            names = list(subjects)
+            on_progress(f"{workload.name}: {workload.title} ({', '.join(names)})")
+            for turn in range(rounds):
+                shift = turn % len(names)
+                for name in names[shift:] + names[:shift]:
+                    if (workload.name, name) in results.errors:
+                        continue
+                    try:
+                        figure = workload.measure(subjects[name])
+                    except Exception as error:
+                        results.errors[workload.name, name] = f"{type(error).__name__}: {error}"
+                    else:
+                        results.samples.setdefault((workload.name, name), []).append(figure)
+    finally:
+        for pool in pools.values():
+            pool.close()
+        _arrays.cache_clear()
+    return results
+
+
+def format_table(results: Results) -> str:
+    """The figures, then serentak's speed against each other library, as text."""
+    names = [library.name for library in results.libraries]
+    others = names[1:]
+    title_width = max(len(w.title) for w in results.workloads)
+    unit_width = max(len(w.unit.label) for w in results.workloads)
+    lines = [
+        f"{WORKERS} workers, start method {results.start_method},"
+        f" median of {results.rounds} round(s)",
+        "libraries: " + ", ".join(f"{lib.name} {lib.version}" for lib in results.libraries),
+        "",
+        f"{'workload':{title_width}s}  {'unit':{unit_width}s}"
+        + "".join(f"{n:>13s}" for n in names),
+    ]
+    for workload in results.workloads:
+        cells = []
+        for name in names:
+            value = results.median(workload, name)
+            missing = "error" if (workload.name, name) in results.errors else "-"
+            cells.append(f"{missing:>13s}" if value is None else f"{value:>13{workload.unit.spec}}")
+        lines.append(
+            f"{workload.title:{title_width}s}  {workload.unit.label:{unit_width}s}" + "".join(cells)
+        )
+    lines += [
+        "",
+        "serentak's speed / each library's (above 1: serentak is faster)",
+        f"{'workload':{title_width}s}"
+        + "".join(f"{'vs ' + n:>15s}" for n in others)
+        + ("  goal" if any(w.goal for w in results.workloads) else ""),
+    ]
+    for workload in results.workloads:
+        ratios = [results.speed_ratio(workload, SERENTAK, other) for other in others]
+        row = f"{workload.title:{title_width}s}" + "".join(
+            f"{'-':>15s}" if r is None else f"{r:>14.2f}x" for r in ratios
+        )
+        met = results.goal_met(workload)
+        if workload.goal is not None and met is not None:
+            row += (
+                f"  >= {workload.goal.vs_stdlib:g}x stdlib and >= {workload.goal.at_least:g}"
+                f" {workload.unit.label}: {'met' if met else 'NOT met'}"
+            )
+        lines.append(row)
+    if {"loky", "joblib"} & set(names):
+        lines += [
+            "",
+            "loky and joblib start their workers their own way, whatever the start method.",
+        ]
+    if "faster_fifo" in names:
+        lines.append("faster_fifo's producer is a stdlib Process.")
+    if results.errors:
+        lines += ["", "errors:"]
+        lines += [f"  {w} / {lib}: {text}" for (w, lib), text in results.errors.items()]
+    return "\n".join(lines)
+
+
+def plot(results: Results, path: str) -> None:
+    """Draw each library's speed relative to the stdlib, per workload, to the PNG ``path``."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, no display needed
+    import matplotlib.pyplot as plt
+
+    workloads_shown = results.workloads
+    names = [library.name for library in results.libraries]
+    width = 0.8 / len(names)
+    figure, axes = plt.subplots(figsize=(max(8.0, 1.3 * len(workloads_shown) + 2), 5.5))
+    for index, name in enumerate(names):
+        offset = (index - (len(names) - 1) / 2) * width
+        points = [
+            (position + offset, ratio)
+            for position, workload in enumerate(workloads_shown)
+            if (ratio := results.speed_ratio(workload, name, STDLIB)) is not None
+        ]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        bars = axes.bar(xs, ys, width, label=name)
+        if name == SERENTAK:
+            axes.bar_label(bars, labels=[f"{y:.1f}x" for y in ys], fontsize=7)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.set_yscale("log")
+    axes.set_xticks(
+        range(len(workloads_shown)), [w.title for w in workloads_shown], rotation=25, ha="right"
+    )
+    axes.set_ylabel("speed relative to the stdlib (log scale, above 1: faster)")
+    axes.set_title(
+        f"serentak bench: {WORKERS} workers, {results.start_method},"
+        f" median of {results.rounds} round(s)"
+    )
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

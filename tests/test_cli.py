@@ -1,0 +1,137 @@
+"""The ``serentak`` command: ``bench`` runs its workloads side by side and prints the ratios,
+``--plot`` draws them or says how to install what it needs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serentak import _bench
+
+PATIENCE = 50.0
+
+
+def serentak_command(
+    *args: str, blocked: tuple[str, ...] = (), tmp_path: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``serentak ARGS`` as a user would, with the modules in ``blocked`` not importable."""
+    env = dict(os.environ)
+    if blocked:
+        if tmp_path is None:
+            raise ValueError("blocking modules needs a directory for the stand-ins")
+        shadow = tmp_path / "blocked"
+        for module in blocked:
+            (shadow / module).mkdir(parents=True)
+            (shadow / module / "__init__.py").write_text(
+                f"raise ImportError('{module} is blocked by the test')\n"
+            )
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "serentak", *args],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_bench_quick_prints_figures_and_ratios(start_method: str) -> None:
+    run = serentak_command(
+        "bench", "--quick", "--only", "apply-rtt", "--start-method", start_method
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    rows = [line for line in lines if line.startswith("apply_async round trip")]
+    assert len(rows) == 2, run.stdout  # the figures, then the ratios
+    figures, ratios = rows
+    assert figures.split()[-2:] != ["-", "-"]  # both serentak's and the stdlib's
+    assert "vs stdlib" in run.stdout
+    assert ratios.split()[4].endswith("x")
+    assert float(ratios.split()[4].rstrip("x")) > 0
+    assert f"start method {start_method}" in run.stdout
+    assert not any(line.startswith(("Queue", "Pool.map")) for line in lines)
+
+
+@pytest.mark.parametrize("matplotlib", ["blocked", "as installed"])
+def test_bench_plot_draws_or_says_how_to_install(matplotlib: str, tmp_path: Path) -> None:
+    picture = tmp_path / "bench.png"
+    blocked = ("matplotlib",) if matplotlib == "blocked" else ()
+    run = serentak_command(
+        "bench",
+        "--quick",
+        "--only",
+        "apply-rtt",
+        "--plot",
+        str(picture),
+        blocked=blocked,
+        tmp_path=tmp_path,
+    )
+    if blocked or importlib.util.find_spec("matplotlib") is None:
+        assert run.returncode == 2
+        assert "--plot needs matplotlib" in run.stderr
+        assert "pip install 'serentak[bench]'" in run.stderr
+        assert run.stdout == ""  # said before measuring anything, not after
+        assert not picture.exists()
+    else:
+        assert run.returncode == 0, run.stderr
+        assert f"plot written to {picture}" in run.stdout
+        assert picture.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_bench_array_workloads_without_numpy_say_so(tmp_path: Path) -> None:
+    run = serentak_command(
+        "bench", "--quick", "--only", "map-sum-small", blocked=("numpy",), tmp_path=tmp_path
+    )
+    assert run.returncode == 2
+    assert "need numpy" in run.stderr
+    assert "pip install numpy" in run.stderr
+    assert run.stdout == ""
+
+
+def test_bench_rejects_an_unknown_workload() -> None:
+    run = serentak_command("bench", "--only", "no-such-workload")
+    assert run.returncode == 2
+    assert "map-tiny" in run.stderr  # the choices are listed
+
+
+def _results(
+    unit: _bench.Unit, ours: float, theirs: float
+) -> tuple[_bench.Results, _bench.Workload]:
+    workload = _bench.Workload("w", "w", unit, _bench.Kind.POOL, lambda pool: 0.0)
+    libraries = [
+        _bench.Library(_bench.SERENTAK, "0", None, None),
+        _bench.Library(_bench.STDLIB, "0", None, None),
+    ]
+    results = _bench.Results([workload], libraries, rounds=3, start_method="fork")
+    results.samples[workload.name, _bench.SERENTAK] = [ours, ours * 10, ours / 10]
+    results.samples[workload.name, _bench.STDLIB] = [theirs]
+    return results, workload
+
+
+@pytest.mark.parametrize(
+    ("unit", "ours", "theirs", "faster"),
+    [(_bench.GB_PER_S, 4.0, 2.0, 2.0), (_bench.MICROSECONDS, 50.0, 100.0, 2.0)],
+)
+def test_ratios_read_as_speed_whichever_way_the_unit_goes(
+    unit: _bench.Unit, ours: float, theirs: float, faster: float
+) -> None:
+    results, workload = _results(unit, ours, theirs)
+    assert results.median(workload, _bench.SERENTAK) == ours
+    assert results.speed_ratio(workload, _bench.SERENTAK, _bench.STDLIB) == faster
+    assert f"{faster:.2f}x" in _bench.format_table(results)
+
+
+def test_array_goal_needs_both_the_ratio_and_the_absolute_figure() -> None:
+    goal = _bench.Goal(vs_stdlib=10.0, at_least=3.0)
+    for ours, theirs, met in ((4.0, 0.3, True), (4.0, 1.0, False), (2.0, 0.1, False)):
+        results, workload = _results(_bench.GB_PER_S, ours, theirs)
+        workload = _bench.Workload("w", "w", _bench.GB_PER_S, _bench.Kind.POOL, len, goal=goal)
+        results.workloads = [workload]
+        assert results.goal_met(workload) is met
