@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, TypeVar
 
 from ._exceptions import TimeoutError
@@ -119,7 +119,11 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         end = None if timeout is None else time.monotonic() + timeout
-        arguments = zip(*iterables)  # noqa: B905 (map() stops at the shortest, as zip does)
+        arguments: Iterable[tuple[Any, ...]] = zip(*iterables)  # noqa: B905 (stops at the shortest)
+        sized = [it for it in iterables if isinstance(it, Sized)]
+        if sized and len(sized) == len(iterables):
+            # The progress bar's total: zip() hides the inputs' lengths.
+            arguments = _SizedZip(arguments, min(map(len, sized)))
         results = self._pool._imap(
             IMapIterator, Kind.STARMAP, fn, arguments, chunksize, None, progress
         )
@@ -140,6 +144,20 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         self._pool.close()
         if wait:
             self._pool.join()
+
+
+class _SizedZip:
+    """Executor.map's zipped arguments, with the length the inputs give them."""
+
+    def __init__(self, arguments: Iterable[tuple[Any, ...]], length: int) -> None:
+        self._arguments = arguments
+        self._length = length
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._arguments)
+
+    def __len__(self) -> int:
+        return self._length
 
 
 def _until(results: IMapIterator, end: float | None) -> Iterator[Any]:

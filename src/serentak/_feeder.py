@@ -182,15 +182,17 @@ class MapJob:
         return True
 
     def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
-        sink = self.sink
-        if sink is not None:
-            sink._complete_chunk(index, outcome)
         items = self.sizes.pop(index, 0)
         if busy_us:
             self.chunker.observe(items, busy_us)
+        # The bar moves (and, at the last chunk, closes) before the caller can see
+        # the chunk: once map() returns, its bar shows 100% and prints no more.
         if self.progress is not None:
             self.progress.update(items)
         self.feeder.release(self, consumed=False)
+        sink = self.sink
+        if sink is not None:
+            sink._complete_chunk(index, outcome)
 
 
 class Feeder:

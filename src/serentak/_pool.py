@@ -533,9 +533,11 @@ THREAD_LIMIT_VARIABLES: Final = (
 
 
 def thread_limits(cores: int, workers: int) -> dict[str, str]:
-    """The thread-limit variables a worker gets: those the user did not set."""
+    """The thread-limit variables a worker gets: the user's value where one is set,
+    else ``cores // workers``. The user's goes too, as a fork server started before
+    it was set would not pass it on."""
     threads = str(max(1, cores // workers))
-    return {name: threads for name in THREAD_LIMIT_VARIABLES if name not in os.environ}
+    return {name: os.environ.get(name, threads) for name in THREAD_LIMIT_VARIABLES}
 
 
 def check_pool_arguments(

@@ -381,6 +381,7 @@ def worker_main(
     options: WorkerOptions,
 ) -> None:
     """The target of every pool worker process."""
+    _worker_state.clear()  # a forked worker starts as empty as a spawned one
     for name, value in options.environ:
         os.environ.setdefault(name, value)
     # Ctrl-C reaches the whole process group; the parent decides what it means
@@ -408,7 +409,7 @@ def describe_exit(pid: int, exitcode: int | None) -> str:
         except ValueError:
             name = f"signal {-exitcode}"
         hint = (
-            " (SIGKILL: often the kernel's out-of-memory killer)"
+            " (often the kernel's out-of-memory killer)"
             if -exitcode == signal.SIGKILL
             else ""
         )
