@@ -34,15 +34,25 @@ install: $(STAMP)
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=69" wheel
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,dask]'
 	touch $(STAMP)
 
-# Every CPython 3.10 to 3.13 found on PATH, each in its own virtualenv.
+# Every CPython 3.10 to 3.13 found on the machine, each in its own virtualenv
+# (.venv-3.X). An interpreter counts when it runs: `python3.X` on PATH, else
+# pyenv's build of it (a pyenv shim on PATH fails unless that version is selected).
+PYENV_ROOT ?= $(HOME)/.pyenv
+# Every version runs even when an earlier one fails; the summary names the failures.
 test-versions:
-	@set -e; found=0; for v in 3.10 3.11 3.12 3.13; do \
-	  if command -v python$$v >/dev/null 2>&1; then found=1; \
-	    echo "== Python $$v"; $(MAKE) --no-print-directory pytest PYTHON=python$$v VENV=.venv-$$v; \
-	  fi; done; test $$found = 1
+	@found=""; failed=""; for v in 3.10 3.11 3.12 3.13; do \
+	  py=""; \
+	  for c in python$$v $(PYENV_ROOT)/versions/$$v*/bin/python$$v; do \
+	    if $$c -c "import sys" >/dev/null 2>&1; then py=$$c; break; fi; done; \
+	  if [ -n "$$py" ]; then found="$$found $$v"; \
+	    echo "== Python $$v ($$py)"; \
+	    $(MAKE) --no-print-directory pytest PYTHON=$$py VENV=.venv-$$v || failed="$$failed $$v"; \
+	  fi; done; \
+	echo "== Python versions tested:$${found:- none}; failed:$${failed:- none}"; \
+	test -n "$$found" && test -z "$$failed"
 
 clean:
 	rm -rf $(VENV) .venv-* build src/*.egg-info src/serentak/*.so

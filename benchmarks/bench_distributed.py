@@ -2,11 +2,13 @@
 
 Run: ``python benchmarks/bench_distributed.py [--quick]`` (needs ``serentak[dask]``).
 
-Both pools have two single-threaded worker processes on this machine: the
-distributed one a ``LocalCluster`` (no address), so what is measured is what
-Dask adds (scheduler, client, TCP), not a network. Rounds alternate between
-the two pools; each figure is the median of the rounds, in milliseconds per
-task, with the ratio distributed / local (how many times the local pool's cost).
+The three pools have two single-threaded worker processes on this machine:
+the stdlib's ``multiprocessing.Pool`` (forkserver), ``serentak.Pool``, and
+``serentak.distributed.Pool`` on a ``LocalCluster`` (no address), so what is
+measured is what Dask adds (scheduler, client, TCP), not a network. Rounds
+alternate between the pools; each figure is the median of the rounds, in
+milliseconds per task, with the ratios distributed / serentak.Pool and
+distributed / stdlib (how many times their cost).
 
 Workloads:
   apply-rtt          apply_async(f, (1,)).get(), one task at a time: latency
@@ -15,12 +17,13 @@ Workloads:
   8 MiB in           map over distinct 8 MiB arrays, one per task, a float back
   8 MiB in and out   the same, the array back (doubled)
   8 MiB shared       starmap of (one 8 MiB array, i): scattered once by the
-                     distributed pool, sent with every task by the local one
+                     distributed pool, sent with every task by the others
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
@@ -104,36 +107,49 @@ def workloads(pool: Any, quick: bool) -> dict[str, Callable[[], float]]:
     }
 
 
+def started(make: Callable[[], Any]) -> tuple[Any, float]:
+    """A pool from ``make``, once its workers have run a first task each; seconds it took."""
+    began = time.perf_counter()
+    pool = make()
+    pool.map(tiny, range(WORKERS * 4), chunksize=1)
+    return pool, time.perf_counter() - began
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer tasks and rounds")
     options = parser.parse_args()
     rounds = 3 if options.quick else 5
 
-    started = time.perf_counter()
-    local = serentak.Pool(WORKERS)
-    local.map(tiny, range(WORKERS * 4), chunksize=1)  # workers up
-    local_start = time.perf_counter() - started
-    started = time.perf_counter()
-    distributed = DistributedPool(processes=WORKERS)
-    distributed.map(tiny, range(WORKERS * 4), chunksize=1)
-    distributed_start = time.perf_counter() - started
+    # The stdlib's pool first: its fork server starts before Dask's threads exist.
+    stdlib, stdlib_start = started(lambda: multiprocessing.get_context("forkserver").Pool(WORKERS))
+    local, local_start = started(lambda: serentak.Pool(WORKERS))
+    distributed, distributed_start = started(lambda: DistributedPool(processes=WORKERS))
     print(
-        f"pool start (2 workers, first results): serentak.Pool {local_start * 1e3:.0f} ms, "
+        f"pool start (2 workers, first results): multiprocessing.Pool {stdlib_start * 1e3:.0f} ms, "
+        f"serentak.Pool {local_start * 1e3:.0f} ms, "
         f"serentak.distributed.Pool (LocalCluster) {distributed_start * 1e3:.0f} ms\n"
     )
     try:
-        ours, theirs = workloads(local, options.quick), workloads(distributed, options.quick)
-        print(f"{'ms per task (median)':24s} {'serentak.Pool':>14s} {'distributed':>12s}  ratio")
-        for name in ours:
-            local_times, distributed_times = [], []
+        pools = [stdlib, local, distributed]
+        runs = [workloads(pool, options.quick) for pool in pools]
+        print(
+            f"{'ms per task (median)':24s} {'stdlib':>9s} {'serentak':>9s} {'distributed':>12s}"
+            f"  {'/serentak':>9s} {'/stdlib':>8s}"
+        )
+        for name in runs[0]:
+            times: list[list[float]] = [[] for _ in pools]
             for _ in range(rounds):
-                local_times.append(ours[name]())
-                distributed_times.append(theirs[name]())
-            a, b = statistics.median(local_times), statistics.median(distributed_times)
-            print(f"{name:24s} {a * 1e3:14.3f} {b * 1e3:12.3f}  {b / a:6.1f}x")
+                for run, samples in zip(runs, times, strict=True):
+                    samples.append(run[name]())
+            a, b, c = (statistics.median(samples) for samples in times)
+            print(
+                f"{name:24s} {a * 1e3:9.3f} {b * 1e3:9.3f} {c * 1e3:12.3f}"
+                f"  {c / b:8.1f}x {c / a:7.1f}x"
+            )
         print(f"\nscattered by the distributed pool: {distributed.scattered} inputs")
     finally:
+        stdlib.terminate()
         local.terminate()
         distributed.terminate()
 

@@ -57,7 +57,14 @@ from typing import Any, Final, Protocol
 
 from distributed import KilledWorker
 
-from ._distributed_worker import Call, Reply, Status, run
+from ._distributed_worker import (
+    Call,
+    Reply,
+    Status,
+    let_go_on_scheduler,
+    let_go_on_worker,
+    run,
+)
 from ._exceptions import PoolTerminatedError, ProcessError, RemoteTraceback, WorkerLostError
 from ._feeder import MapJob
 from ._manager import PoolStats, WorkerStats
@@ -82,6 +89,10 @@ SCATTER_THRESHOLD: Final = 1 << 20
 # is a tuple), not further.
 SEARCH_DEPTH: Final = 2
 _PLAIN_TYPES: Final = frozenset({int, float, complex, str, bool, type(None)})
+# How long a cancel (Ctrl-C) waits for the scheduler, then for the workers, to
+# let go of the cancelled tasks: a few milliseconds is usual; past this it
+# returns anyway, as Ctrl-C must.
+CANCEL_PATIENCE: Final = 0.25
 
 
 # What the engine uses of Dask's Client, Future and LocalCluster (Dask's own
@@ -405,6 +416,15 @@ class DaskEngine:
             return
         with self._lock:
             entry.future = future
+            # Cancelled (Ctrl-C) or terminated while it was being submitted: whoever
+            # popped it completed it, but could not cancel a future not made yet.
+            orphan = self._in_flight.get(key) is not entry
+        if orphan:
+            try:
+                self._client.cancel([future])
+            except Exception:
+                pass  # a closed client: the scheduler has dropped it already
+            return
         future.add_done_callback(self._done.put)
 
     def close(self) -> None:
@@ -473,11 +493,34 @@ class DaskEngine:
                 self._client.cancel(futures)
             except Exception:
                 pass  # a client that is closing cancels them anyway
+            else:
+                self._await_let_go([future.key for future in futures])
         reason = _cancelled()
         for entry in entries:
             self._shared.release(entry.shared)
             entry.task.sink._complete_chunk(entry.task.index, Outcome.of_exception(reason))
         self._done.put(None)  # the collector may have the cluster to shut down now
+
+    def _await_let_go(self, keys: list[Hashable]) -> None:
+        """Return once the scheduler and every worker have let go of the cancelled ``keys``.
+
+        ``client.cancel`` only sends the cancel on its way: until the scheduler
+        has it, it goes on handing queued tasks to workers, and until a worker
+        hears of it, that worker starts the tasks it holds as soon as it is
+        free. Waiting for both (a few milliseconds; at most CANCEL_PATIENCE
+        each) means that once Ctrl-C has raised, none of the call's tasks that
+        had not started yet will. Best effort: a scheduler or worker that cannot
+        run the probe (no serentak there, say) is not waited for.
+        """
+        client: Any = self._client
+        try:
+            client.run_on_scheduler(let_go_on_scheduler, keys, client.id, CANCEL_PATIENCE)
+        except Exception:
+            pass  # then the workers are asked all the same
+        try:
+            client.run(let_go_on_worker, keys, CANCEL_PATIENCE, on_error="ignore")
+        except Exception:
+            pass
 
     # ---- internals --------------------------------------------------------------------
 
@@ -514,6 +557,9 @@ class DaskEngine:
             futures = [future for future in batch if future is not None]
             if futures:
                 self._complete(futures)
+            # Hold no future while waiting for the next: a future held keeps its
+            # result in the cluster's memory.
+            del batch, futures
             with self._lock:
                 if self._state is _State.TERMINATED:
                     return  # terminate() shuts down, in its own thread

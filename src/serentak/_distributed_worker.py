@@ -23,19 +23,28 @@ does with tracebacks.
 
 Dask is imported only to learn the worker's address for the reply: the
 module loads, and its functions run, outside a worker too.
+
+Two more pieces run on the cluster: ``dask_setup``, the preload hook of the
+LocalCluster's worker processes (they ignore SIGINT: Ctrl-C in a terminal
+reaches the whole process group, and must interrupt the caller, not kill
+its workers), and the probes with which a cancel waits until the scheduler
+and the workers have let go of the cancelled tasks (``let_go_on_scheduler``,
+``let_go_on_worker``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import enum
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from ._exceptions import TimeoutError
@@ -244,3 +253,56 @@ def _overdue_failure(helper: threading.Thread, timeout: float) -> Failure:
     where = "".join(traceback.format_stack(frame)) if frame is not None else "(it had just ended)\n"
     text = f"Where the task was when its time ran out:\n{where}serentak.TimeoutError: {message}\n"
     return Failure(TimeoutError(message), "serentak.TimeoutError", message, text)
+
+
+# ---- on the cluster, besides tasks ---------------------------------------------------------
+
+# Worker task states in which a task has not started and will not start once
+# the worker hears that it was released.
+_NOT_STARTED: Final = frozenset({"waiting", "ready", "constrained", "fetch", "flight", "missing"})
+_PROBE_INTERVAL: Final = 0.002
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask's preload hook, in each worker process of a pool's own LocalCluster: ignore
+    SIGINT, as ``serentak.Pool``'s workers do. A terminal sends Ctrl-C to the whole
+    process group, workers included; it is for the caller (its wait raises
+    KeyboardInterrupt and cancels the call's tasks), and would otherwise kill every
+    worker in the middle of its task."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def let_go_on_scheduler(
+    keys: Sequence[str], client: str, patience: float, dask_scheduler: Any = None
+) -> int:
+    """(Run on the scheduler.) Wait until no key in ``keys`` is wanted by ``client`` any
+    more, that is until the scheduler has handled the client's cancel, which travels on
+    another connection; at most ``patience`` seconds. Returns how many still are."""
+    deadline = time.monotonic() + patience
+    while True:
+        state = dask_scheduler.clients.get(client)
+        wanted = 0
+        if state is not None:
+            for key in keys:
+                task = dask_scheduler.tasks.get(key)
+                wanted += task is not None and state in (task.who_wants or ())
+        if not wanted or time.monotonic() > deadline:
+            return wanted
+        await asyncio.sleep(_PROBE_INTERVAL)
+
+
+async def let_go_on_worker(keys: Sequence[str], patience: float, dask_worker: Any = None) -> int:
+    """(Run on each worker.) Wait until no key in ``keys`` is queued on this worker, that is
+    until it has dropped the cancelled tasks it held and had not started; at most
+    ``patience`` seconds. Returns how many still are queued."""
+    deadline = time.monotonic() + patience
+    while True:
+        tasks = dask_worker.state.tasks
+        queued = 0
+        for key in keys:
+            task = tasks.get(key)
+            queued += task is not None and task.state in _NOT_STARTED
+        if not queued or time.monotonic() > deadline:
+            return queued
+        await asyncio.sleep(_PROBE_INTERVAL)

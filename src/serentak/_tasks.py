@@ -408,11 +408,7 @@ def describe_exit(pid: int, exitcode: int | None) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        hint = (
-            " (often the kernel's out-of-memory killer)"
-            if -exitcode == signal.SIGKILL
-            else ""
-        )
+        hint = " (often the kernel's out-of-memory killer)" if -exitcode == signal.SIGKILL else ""
         return f"worker process {pid} was killed by {name}{hint}"
     return f"worker process {pid} exited with code {exitcode}"
 

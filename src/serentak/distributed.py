@@ -42,6 +42,7 @@ except ImportError as _missing:  # pragma: no cover - the test suite installs Da
         "serentak.distributed runs on Dask, which is not installed: pip install 'serentak[dask]'"
     ) from _missing
 
+from . import _distributed_worker
 from ._context import default_context
 from ._distributed import (
     Client,
@@ -107,7 +108,11 @@ class Pool(BasePool):
       its result is dropped.
     - Ctrl-C while waiting in ``map``, ``get()``, ``wait()`` or an ``imap``'s
       ``next()`` cancels that call's tasks and raises KeyboardInterrupt at
-      once; the pool stays usable. Leaving the ``with`` block (or
+      once (after the few milliseconds it takes the scheduler and the workers
+      to drop the tasks not started yet, so that none of them starts after
+      it); the tasks running then run to their end. The pool stays usable.
+      The LocalCluster's workers ignore SIGINT, so a Ctrl-C in a terminal,
+      which reaches them too, leaves them running. Leaving the ``with`` block (or
       ``terminate()``) fails everything unfinished with
       :class:`serentak.PoolTerminatedError` and closes the client (and the
       LocalCluster).
@@ -144,6 +149,11 @@ class Pool(BasePool):
                 "dashboard_address": None,
             }
             options.update(cluster_options or {})
+            # Its workers ignore SIGINT (_distributed_worker.dask_setup): Ctrl-C in a
+            # terminal is the caller's, not theirs, though it reaches their process group.
+            preload = options.get("preload") or []
+            preload = [preload] if isinstance(preload, str) else list(preload)
+            options["preload"] = [*preload, _distributed_worker.__name__]
             cluster = _new_local_cluster(**options)
             try:
                 client = _new_client(cluster, set_as_default=False, direct_to_workers=True)
