@@ -182,7 +182,7 @@ def test_map_timeout_counts_from_the_call(ctx: Any, gates: Path, tmp_path: Path)
         started = time.monotonic()
         results = executor.map(held, range(3), timeout=0.5)
         assert next(results) == 0
-        with pytest.raises(TimeoutError):
+        with pytest.raises(concurrent.futures.TimeoutError):  # on 3.10 not the builtin one
             next(results)
         elapsed = time.monotonic() - started
         assert 0.5 <= elapsed < PATIENCE / 2
@@ -321,3 +321,28 @@ def test_asyncio_sees_a_call_fail(ctx: Any) -> None:
         error = asyncio.run(main(executor))
     assert isinstance(error, ValueError)
     assert str(error) == "async boom"
+
+
+def test_asyncio_sees_a_dead_worker_and_the_executor_goes_on(ctx: Any) -> None:
+    """A call whose worker is SIGKILLed fails with WorkerLostError in the awaiting
+    coroutine; the calls around it, lambdas and closures among them, still complete."""
+    offset = 100
+
+    async def main(executor: concurrent.futures.Executor) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        calls = [
+            loop.run_in_executor(executor, _targets.pool_fault, ("ok", 1)),
+            loop.run_in_executor(executor, _targets.pool_fault, ("sigkill", 2)),
+            loop.run_in_executor(executor, lambda: offset + 3),
+            loop.run_in_executor(executor, _targets.pool_fault, ("ok", 4)),
+        ]
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    with executor_of(ctx) as executor:
+        started = time.monotonic()
+        first, lost, third, fourth = asyncio.run(main(executor))
+        assert time.monotonic() - started < PATIENCE / 2
+        assert isinstance(lost, serentak.WorkerLostError)
+        assert "SIGKILL" in str(lost)
+        assert [first, third, fourth] == [10, 103, 40]
+        assert list(executor.map(lambda x: x + offset, range(3))) == [100, 101, 102]

@@ -36,3 +36,27 @@ def test_daemon_stops_with_the_main_process(start_method: str) -> None:
     assert run.returncode == 0, run.stderr
     assert run.lines[-1] == "Main process selesai"
     assert run.seconds < 7.0
+
+
+def test_demo_robustness_scene(start_method: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 4's scene: a worker SIGKILLed in the middle of a map; the demo shows the
+    # error, naming the signal, then the same pool's next result.
+    from serentak import cli
+
+    assert cli.main(["demo", "--start-method", start_method, "robustness"]) == 0
+    out = capsys.readouterr().out
+    shown = [line.removeprefix("  > ") for line in out.splitlines() if line.startswith("  > ")]
+    assert len(shown) == 2, out
+    assert shown[0].startswith("WorkerLostError: worker process "), out
+    assert "SIGKILL" in shown[0], out
+    assert "out-of-memory" in shown[0], out
+    assert shown[1] == "[1, 4, 16, 25]", out
+    assert "  as it should:" in out
+    assert "§5+  (serentak) A worker killed in the middle of a map" in out
+
+
+def test_demo_robustness_scene_is_checked() -> None:
+    from serentak import _robustness
+
+    assert not _robustness.output_is_right(["[1, 4, 16, 25]"])
+    assert not _robustness.output_is_right(["WorkerLostError: worker process 1 exited", "[1]"])

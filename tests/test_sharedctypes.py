@@ -369,3 +369,157 @@ def test_structures_in_a_child(ctx: Any) -> None:
     run(ctx, _targets.sct_move_point, point, points)
     assert (point.x, point.y) == (2, 3.0)
     assert [p.x for p in points] == [11, 12]
+
+
+# ---- every ctypes type, locks, copy and synchronized, across processes ----------------------
+
+CTYPES_TYPES: dict[str, tuple[type[Any], Any, Any]] = {
+    "c_bool": (ctypes.c_bool, True, False),
+    "c_int8": (ctypes.c_int8, -128, 127),
+    "c_uint16": (ctypes.c_uint16, 65_535, 1),
+    "c_int32": (ctypes.c_int32, -(2**31), 2),
+    "c_uint64": (ctypes.c_uint64, 2**64 - 1, 3),
+    "c_size_t": (ctypes.c_size_t, 2**40, 4),
+    "c_ssize_t": (ctypes.c_ssize_t, -(2**40), 5),
+    "c_longdouble": (ctypes.c_longdouble, 1.25, -2.5),
+    "c_float": (ctypes.c_float, 0.5, 8.0),
+    "c_char": (ctypes.c_char, b"\xff", b"a"),
+    "c_wchar": (ctypes.c_wchar, "\u20ac", "b"),
+    "c_void_p": (ctypes.c_void_p, 0xDEAD_BEEF, 16),
+}
+
+
+@pytest.mark.parametrize("name", CTYPES_TYPES)
+def test_every_simple_ctypes_type_as_the_stdlib(name: str) -> None:
+    ctype, first, second = CTYPES_TYPES[name]
+    for factory in ("RawValue", "Value"):
+        ours = getattr(sharedctypes, factory)(ctype, first)
+        theirs = getattr(stdlib_sharedctypes, factory)(ctype, first)
+        assert ours.value == theirs.value == first
+        assert repr(ours) == repr(theirs)
+        ours.value = second
+        assert ours.value == second
+        assert repr(getattr(sharedctypes, factory)(ctype)) == repr(
+            getattr(stdlib_sharedctypes, factory)(ctype)
+        )
+    ours_array = sharedctypes.Array(ctype, [first, second])
+    theirs_array = stdlib_sharedctypes.Array(ctype, [first, second])
+    assert type(ours_array).__name__ == type(theirs_array).__name__
+    assert ours_array[:] == theirs_array[:]
+    assert ours_array[::-1] == theirs_array[::-1]
+    assert ours_array.get_obj()[:] == ours_array[:]
+
+
+def test_unions_and_nested_arrays_as_the_stdlib() -> None:
+    ours: Any = sharedctypes.Value(_targets.SctUnion)
+    theirs: Any = stdlib_sharedctypes.Value(_targets.SctUnion)
+    for union in (ours, theirs):
+        union.f = 1.5
+    assert ours.i == theirs.i == 0x3FC0_0000
+    assert type(ours).__name__ == type(theirs).__name__ == "SynchronizedSctUnion"
+    grid_type = ctypes.c_double * 2 * 2
+    grid = sharedctypes.Array(ctypes.c_double * 2, [(1.0, 2.0), (3.0, 4.0)])
+    assert [list(row) for row in grid] == [[1.0, 2.0], [3.0, 4.0]]
+    assert type(grid.get_obj()).__name__ == grid_type.__name__
+
+
+def test_lock_true_none_false_and_given_as_the_stdlib() -> None:
+    for lock in (True, None, 1):
+        value = sharedctypes.Value("i", 1, lock=lock)
+        array = sharedctypes.Array("i", 2, lock=lock)
+        assert type(value.get_lock()).__name__ == type(array.get_lock()).__name__ == "RLock"
+        assert value.get_lock() is not array.get_lock()
+    rlock = serentak.RLock()
+    shared = [sharedctypes.Value("d", lock=rlock), sharedctypes.Array("c", 3, lock=rlock)]
+    assert all(obj.get_lock() is rlock for obj in shared)
+    with shared[0], shared[1]:  # the wrappers are context managers on their (re-entrant) lock
+        assert rlock._count() == 2
+    for factory in (sharedctypes.Value, sharedctypes.Array):
+        assert not hasattr(factory("i", 1, lock=False), "get_lock")
+        assert not hasattr(getattr(stdlib_sharedctypes, factory.__name__)("i", 1, lock=False), "x")
+
+
+def test_copy_and_synchronized_as_the_stdlib() -> None:
+    source = sharedctypes.RawArray("i", [1, 2, 3])
+    duplicate = sharedctypes.copy(source)
+    theirs = stdlib_sharedctypes.copy(stdlib_sharedctypes.RawArray("i", [1, 2, 3]))
+    assert type(duplicate).__name__ == type(theirs).__name__
+    assert duplicate[:] == theirs[:] == [1, 2, 3]
+    lock = serentak.Lock()
+    wrapped: Any = sharedctypes.synchronized(duplicate, lock)
+    assert wrapped.get_lock() is lock
+    assert wrapped.get_obj() is duplicate
+    assert type(wrapped).__name__ == "SynchronizedArray"
+    wrapped[0:2] = [7, 8]
+    assert duplicate[:] == [7, 8, 3]
+    point: Any = sharedctypes.synchronized(sharedctypes.RawValue(_targets.SctPoint, 1, 2.0))
+    assert type(point).__name__ == "SynchronizedSctPoint"
+    assert (point.x, point.y) == (1, 2.0)
+
+
+def test_ctypes_types_across_processes(ctx: Any) -> None:
+    names = list(CTYPES_TYPES)
+    values = [ctx.Value(CTYPES_TYPES[n][0], CTYPES_TYPES[n][1]) for n in names]
+    raws = [ctx.RawValue(CTYPES_TYPES[n][0], CTYPES_TYPES[n][1]) for n in names]
+    ours, theirs = ctx.Pipe()
+    with ours, theirs:
+        process = ctx.Process(
+            target=_targets.sct_swap_values,
+            args=(theirs, values + raws, [CTYPES_TYPES[n][2] for n in names] * 2),
+        )
+        process.start()
+        seen = ours.recv()
+        process.join(PATIENCE)
+    assert process.exitcode == 0
+    assert seen == [CTYPES_TYPES[n][1] for n in names] * 2
+    assert [v.value for v in values + raws] == [CTYPES_TYPES[n][2] for n in names] * 2
+
+
+def test_union_grid_and_slices_in_a_child(ctx: Any) -> None:
+    union = ctx.RawValue(_targets.SctUnion)
+    union.i = 7
+    grid = ctx.RawArray(ctypes.c_double * 2, 2)
+    lock = ctx.RLock()  # the child's `with array` then takes it again for the slice
+    array = ctx.Array("q", [1, 2, 3, 4], lock=lock)
+    ours, theirs = ctx.Pipe()
+    with ours, theirs:
+        run(ctx, _targets.sct_set_fields, theirs, union, grid, array)
+        assert ours.recv() == (7, [[0.0, 0.0], [0.0, 0.0]], [2, 3], [1, 2, 3, 4])
+    assert union.f == 1.5
+    assert [list(row) for row in grid] == [[0.0, 0.0], [9.25, 0.0]]
+    assert array[:] == [1, 20, 30, 4]
+    assert array.get_lock() is lock
+    assert lock.acquire(False)  # the child's `with array` released the given lock
+    lock.release()
+
+
+def test_copy_and_synchronized_objects_in_a_child(ctx: Any) -> None:
+    copied = sharedctypes.copy(ctx.RawValue(_targets.SctPoint, 1, 0.5))
+    wrapped: Any = sharedctypes.synchronized(ctx.RawValue(_targets.SctPoint, 5, 1.0), ctx.RLock())
+    run(ctx, _targets.sct_move_point, wrapped, [copied])
+    assert (copied.x, copied.y) == (11, 0.5)
+    assert (wrapped.x, wrapped.y) == (6, 2.0)
+
+
+def test_value_whose_lock_holder_was_killed_stays_usable(ctx: Any) -> None:
+    """A child SIGKILLed inside ``with v.get_lock()``: the next user takes the lock over
+    with LockOwnerDiedWarning, sees the half-done update, and counting goes on exactly."""
+    value = ctx.Value("i", 0)
+    holding = ctx.Event()
+    child = ctx.Process(target=_targets.sct_hold_value_lock_until_killed, args=(value, holding))
+    child.start()
+    assert holding.wait(PATIENCE)
+    child.kill()
+    child.join(PATIENCE)
+    with pytest.warns(serentak.LockOwnerDiedWarning):
+        value.get_lock().acquire()
+    assert value.value == -1  # what the dead process left half-done
+    value.value = 0
+    value.get_lock().release()
+    children = [ctx.Process(target=_targets.sct_add_many, args=(value, 2_000)) for _ in range(2)]
+    for process in children:
+        process.start()
+    for process in children:
+        process.join(PATIENCE)
+        assert process.exitcode == 0
+    assert value.value == 4_000

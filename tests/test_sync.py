@@ -12,10 +12,13 @@ import functools
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -786,3 +789,212 @@ def test_condition_survives_a_killed_lock_owner(ctx: Any) -> None:
         warnings.simplefilter("error")
         with cond:
             cond.notify_all()
+
+
+def test_a_recursively_held_rlock_of_a_killed_owner_is_taken_over_once(ctx: Any) -> None:
+    lock = ctx.RLock()
+    holding = ctx.Event()
+    child = ctx.Process(target=_targets.sync_hold_deep_until_killed, args=(lock, holding, 3))
+    child.start()
+    assert holding.wait(PATIENCE)
+    child.kill()
+    child.join(PATIENCE)
+    with pytest.warns(LockOwnerDiedWarning, match=f"process {child.pid}, which died"):
+        assert lock.acquire(timeout=PATIENCE)
+    # The dead owner's three levels are gone: ours is the only one, and one release frees it.
+    assert lock._count() == 1
+    lock.release()
+    assert lock._get_value() == 1
+    assert repr(lock) == "<RLock(None, 0)>"
+
+
+# ---- every primitive as a Process argument ---------------------------------------
+
+
+def test_every_primitive_as_a_process_argument(ctx: Any) -> None:
+    """Each of the seven, passed to a child in its args, is the same object there:
+    acquire(block, timeout) in every spelling, context managers, values seen both ways."""
+    primitives = {
+        "Lock": ctx.Lock(),
+        "RLock": ctx.RLock(),
+        "Semaphore": ctx.Semaphore(3),
+        "BoundedSemaphore": ctx.BoundedSemaphore(1),
+        "Condition": ctx.Condition(),
+        "Event": ctx.Event(),
+        "Barrier": ctx.Barrier(2),
+    }
+    primitives["Lock"].acquire()
+    primitives["RLock"].acquire()
+    primitives["BoundedSemaphore"].acquire()
+    ours, theirs = ctx.Pipe()
+    with ours, theirs:
+        child = ctx.Process(target=_targets.sync_use_every_primitive, args=(theirs, primitives))
+        child.start()
+        try:
+            mine = primitives["Barrier"].wait(PATIENCE)
+            assert ours.poll(PATIENCE)
+            seen = ours.recv()
+        finally:
+            child.join(PATIENCE)
+    assert child.exitcode == 0
+    barrier_index = seen.pop("Barrier")
+    assert sorted([mine, barrier_index]) == [0, 1]
+    assert seen == {
+        "Lock": [False, False, False],
+        "RLock": [False, False],
+        "Semaphore": [True, True, True, 0],
+        "BoundedSemaphore": [1, "semaphore or lock released too many times"],
+        "Condition": [False, True],
+    }
+    # What the child did is visible here.
+    assert primitives["Semaphore"].get_value() == 1  # it left two acquisitions behind
+    assert primitives["BoundedSemaphore"].get_value() == 1
+    assert primitives["Event"].is_set()
+    assert primitives["Barrier"].n_waiting == 0
+    primitives["Lock"].release()
+    primitives["RLock"].release()
+
+
+# ---- Ctrl-C while blocked --------------------------------------------------------
+
+# How soon after SIGINT a blocked wait must raise KeyboardInterrupt: the sleeps are
+# cut in 50 ms slices, so a signal that went to another thread is seen within one.
+PROMPT = 0.5
+BLOCKING_KINDS = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier"]
+
+
+@pytest.mark.parametrize("kind", BLOCKING_KINDS)
+def test_ctrl_c_interrupts_every_blocking_wait_promptly(kind: str) -> None:
+    """A SIGINT while the main thread is blocked (in acquire, wait or Barrier.wait)
+    raises KeyboardInterrupt within a slice, and leaves the primitive consistent."""
+    release = threading.Event()
+    holder = None
+    primitive: Any
+    if kind in ("Lock", "RLock", "Semaphore", "BoundedSemaphore"):
+        primitive = getattr(_sync, kind)()
+        held = threading.Event()
+
+        def hold() -> None:
+            with primitive:
+                held.set()
+                release.wait(PATIENCE)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert held.wait(PATIENCE)
+        block: Callable[[], object] = lambda: primitive.acquire(True, PATIENCE)  # noqa: E731
+    elif kind == "Condition":
+        primitive = _sync.Condition()
+
+        def block() -> object:
+            with primitive:
+                return primitive.wait(PATIENCE)
+
+    elif kind == "Event":
+        primitive = _sync.Event()
+        block = lambda: primitive.wait(PATIENCE)  # noqa: E731
+    else:
+        primitive = _sync.Barrier(2)
+        block = lambda: primitive.wait(PATIENCE)  # noqa: E731
+    sent: list[float] = []
+
+    def interrupt() -> None:
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    # The signal may land on the timer's thread: the sleeper must notice anyway.
+    timer = threading.Timer(0.1, interrupt)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            block()
+        interrupted = time.monotonic()
+    finally:
+        timer.join(PATIENCE)
+        release.set()
+        if holder is not None:
+            holder.join(PATIENCE)
+    assert interrupted - sent[0] < PROMPT
+    # Consistent afterwards: nothing is held or counted for the interrupted waiter.
+    if kind in ("Lock", "RLock", "Semaphore", "BoundedSemaphore"):
+        assert primitive.acquire(False)
+        primitive.release()
+    elif kind == "Condition":
+        assert primitive._state.waiting == 0
+        assert primitive._lock._get_value() == 1
+    elif kind == "Event":
+        assert not primitive.is_set()
+        primitive.set()
+        assert primitive.wait(0)
+    else:
+        assert primitive.n_waiting == 0
+        assert not primitive.broken  # as threading.Barrier: an interrupted party just leaves
+
+
+CTRL_C_SCRIPT = """
+import sys
+import time
+
+import serentak
+
+
+def hold(lock, held, done):
+    with lock:
+        held.set()
+        done.wait(30)
+
+
+if __name__ == "__main__":
+    method, kind = sys.argv[1:]
+    ctx = serentak.get_context(method)
+    lock = getattr(ctx, kind)()
+    held, done = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=hold, args=(lock, held, done))
+    child.start()
+    assert held.wait(30)
+    print("blocking", flush=True)
+    try:
+        lock.acquire(timeout=30)
+        print("acquired", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", time.monotonic(), flush=True)
+    done.set()
+    child.join(30)
+    print("then", child.exitcode, lock.acquire(timeout=30), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Semaphore"])
+def test_ctrl_c_interrupts_an_acquire_held_up_by_a_child(
+    start_method: str, tmp_path: Path, kind: str
+) -> None:
+    """A program blocked on a lock its child holds (passed in the Process args) gets
+    KeyboardInterrupt promptly on SIGINT, and can go on using the lock after."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "SERENTAK_START_METHOD"}
+    process = subprocess.Popen(
+        [sys.executable, str(script), start_method, kind],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "blocking\n"
+        # Asleep in the kernel, on the lock's futex: only then is the interrupt sent.
+        wchan = Path(f"/proc/{process.pid}/wchan")
+        assert until(lambda: "futex" in wchan.read_text())
+        sent = time.monotonic()
+        os.kill(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=PATIENCE)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    label, stamp = stdout.splitlines()[0].split()
+    assert label == "interrupted", stdout + stderr
+    assert float(stamp) - sent < PROMPT
+    assert stdout.splitlines()[1:] == ["then 0 True"], stdout + stderr
+    assert process.returncode == 0, stderr
