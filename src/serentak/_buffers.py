@@ -82,10 +82,12 @@ class Packed:
         fds: descriptors to send with it, owned by this Packed (duplicates: the
             message may be sent long after packing, when the objects and pool
             segments they came from are gone or reused).
+        buffered: bytes of out-of-band buffers travelling beside the payload.
     """
 
     payload: bytes
     fds: tuple[int, ...] = ()
+    buffered: int = 0
 
     def close(self) -> None:
         """Release the descriptors (once the message is sent, or abandoned)."""
@@ -118,7 +120,7 @@ def pack(obj: Any, *, spawning: bool = False) -> Packed:
         + b"".join(_ENTRY.pack(*entry) for entry in entries)
     )
     owned = tuple(os.dup(fd) for fd in (*fds, *(fd for fd, _ in segments)))
-    return Packed(_MARK + table + data, owned)
+    return Packed(_MARK + table + data, owned, sum(length for _, _, length in entries))
 
 
 _Segments = list[tuple[int, SegmentKind]]  # (fd, kind)

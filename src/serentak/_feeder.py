@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
+from ._buffers import Packed
 from ._exceptions import PoolTerminatedError
 from ._results import MapSink, Outcome
 from ._tasks import Function, Kind, Task
@@ -34,6 +35,10 @@ from ._tasks import Function, Kind, Task
 CHUNK_TARGET_SECONDS: Final = 0.02
 # Items per chunk the adaptive sizing never exceeds when the input's length is unknown.
 MAX_ADAPTIVE_CHUNK: Final = 1 << 17
+# Bytes per chunk the adaptive sizing aims to stay under: big items (arrays)
+# travel one or a few at a time, spread over the workers, each in a segment
+# that is reused for the next.
+CHUNK_TARGET_BYTES: Final = 4 << 20
 
 
 class Chunker:
@@ -67,6 +72,9 @@ class Chunker:
         # Written by the engine's thread as results arrive, read by the feeder.
         self._items_measured = 0
         self._busy_us = 0
+        # Written by the feeder as it encodes chunks.
+        self._items_sized = 0
+        self._bytes = 0
 
     def next_chunk(self) -> Sequence[Any]:
         """The next chunk; empty when the input is exhausted. Raises what the input raises."""
@@ -85,6 +93,11 @@ class Chunker:
         self._items_measured += items
         self._busy_us += busy_us
 
+    def weigh(self, items: int, nbytes: int) -> None:
+        """A chunk of ``items`` items encoded to ``nbytes`` bytes."""
+        self._items_sized += items
+        self._bytes += nbytes
+
     def _next_size(self) -> int:
         if self._fixed is not None:
             return self._fixed
@@ -92,6 +105,10 @@ class Chunker:
             return 1
         per_item = max(self._busy_us, 1) / 1e6 / self._items_measured
         target = max(1, min(int(CHUNK_TARGET_SECONDS / per_item), MAX_ADAPTIVE_CHUNK))
+        if self._bytes > CHUNK_TARGET_BYTES * self._items_sized:
+            target = 1  # items bigger than a chunk should be
+        elif self._bytes:
+            target = min(target, CHUNK_TARGET_BYTES * self._items_sized // self._bytes)
         if self._remaining is None:
             return target
         # Smaller chunks towards the end so the workers finish together, but
@@ -315,6 +332,8 @@ class Feeder:
         except BaseException as exc:
             job._complete_chunk(index, Outcome.of_exception(exc))
             return
+        if isinstance(payload, Packed):
+            job.chunker.weigh(len(chunk), len(payload.payload) + payload.buffered)
         task_id = self._next_task_id()
         self._dispatch(
             Task.encoded(task_id, job.kind, job.function, payload, job, index, job.timeout)
