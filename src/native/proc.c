@@ -217,7 +217,28 @@ native_buffer_address(PyObject *self, PyObject *arg)
     return address;
 }
 
+/* ---- waking a thread ------------------------------------------------------ */
+
+static PyObject *
+native_poke(PyObject *self, PyObject *arg)
+{
+    /* Write one byte to a non-blocking fd *holding the GIL*: the thread woken
+     * by it (a pool's manager) does not snatch the GIL from the caller in the
+     * middle of the call, it gets it when the caller next waits. A full pipe
+     * is fine (the reader has wake-ups pending); any other error is raised. */
+    int fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (write(fd, "!", 1) < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
 PyMethodDef serentak_proc_methods[] = {
+    {"poke", native_poke, METH_O,
+     "Write a byte to a non-blocking fd without releasing the GIL (EAGAIN ignored)."},
     {"fork", native_fork, METH_NOARGS, "fork() with the interpreter's hooks and no thread warning."},
     {"set_pdeathsig", native_set_pdeathsig, METH_O,
      "Signal to receive when the parent thread dies; False where the OS has no such facility."},

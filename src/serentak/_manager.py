@@ -38,6 +38,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from . import _native
 from ._exceptions import PoolTerminatedError, TimeoutError, WorkerLostError
 from ._process import BaseProcess
 from ._results import Outcome
@@ -259,12 +260,10 @@ class Manager:
                 self._answer_late(command)
                 return
             self.commands.append(command)
-        try:
-            os.write(self._wake_w, b"!")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups already: the manager will look
-        except OSError:
-            pass  # the manager has finished and closed it
+            # Under the lock: the manager closes the pipe only once finished.
+            # Without releasing the GIL, so that the manager thread, woken,
+            # does not take it from us before we are done.
+            _native.poke(self._wake_w)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the manager thread to finish."""
