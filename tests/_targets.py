@@ -1240,15 +1240,28 @@ def feat_ballast(limit_mb: float, headroom_mb: float) -> None:
     from serentak import _tasks, worker_state
 
     missing = limit_mb - headroom_mb - _tasks.resident_memory_mb()
-    worker_state()["ballast"] = b"\x01" * max(0, int(missing * 2**20))  # written: resident
+    worker_state()["ballast"] = _resident_pages(max(0, int(missing * 2**20)))
 
 
 def feat_leak(path: str, mb: int, task_id: int) -> tuple[int, int]:
     """pool_record, leaking ``mb`` MiB (resident) in this worker first."""
     from serentak import worker_state
 
-    worker_state().setdefault("leaked", []).append(b"\x01" * (mb * 2**20))
+    worker_state().setdefault("leaked", []).append(_resident_pages(mb * 2**20))
     return pool_record(path, task_id)
+
+
+def _resident_pages(size: int) -> object:
+    """``size`` bytes of fresh anonymous memory, every page written, so resident.
+
+    Not a bytes object: a forked worker's malloc may place it in heap pages inherited
+    from the parent, already counted in the worker's resident size, so that writing
+    them (copy-on-write) would not grow it."""
+    import mmap
+
+    pages = mmap.mmap(-1, max(size, mmap.PAGESIZE))
+    pages[:: mmap.PAGESIZE] = b"\x01" * (len(pages) // mmap.PAGESIZE)
+    return pages
 
 
 def feat_environ(names: list[str]) -> dict[str, str | None]:
@@ -1323,3 +1336,32 @@ def sct_hold_value_lock_until_killed(value: Any, holding: Any) -> None:
     holding.set()
     while True:
         signal.pause()
+
+
+# ---- test_queues: Ctrl-C and crashes of SimpleQueue / JoinableQueue ---------------------
+
+
+def queue_ctrl_c_set_up(queue: Any, wait: str) -> None:
+    """Put what makes ``wait`` (e.g. ``"Queue.put"``) block in the parent: fill a Queue(2),
+    leave one task unfinished for join(), or give a get() one item to take first."""
+    if wait == "Queue.put":
+        queue.put(0)
+        queue.put(1)
+    elif wait == "JoinableQueue.join":
+        queue.put(0)
+    else:
+        queue.put("from the child")
+
+
+def queue_relay(queue: Any, results: Any, joinable: bool) -> None:
+    """get() (no timeout: works for SimpleQueue) until None; forward each item to
+    ``results`` (bytes as their length and first byte); task_done() each if ``joinable``."""
+    while True:
+        item = queue.get()
+        if isinstance(item, bytes):
+            item = ("bytes", len(item), item[:1])
+        results.put(item)
+        if joinable:
+            queue.task_done()
+        if item is None:
+            return

@@ -71,3 +71,11 @@ def descendants_of(root: int) -> set[int]:
                 found.add(child)
                 stack.append(child)
     return found
+
+
+def asleep_in_futex(pid: int) -> bool:
+    """True while the main thread of ``pid`` sleeps in the kernel on a futex."""
+    try:
+        return "futex" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False

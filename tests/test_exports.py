@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 import serentak
+import serentak.connection
+import serentak.managers
 
 # Public modules and the stdlib module each mirrors.
 MIRRORS = {
@@ -163,6 +165,20 @@ def test_contexts_have_the_stdlibs_api(method: str) -> None:
     stdlib = {name for name in dir(multiprocessing.get_context(method)) if name[0] != "_"}
     ours = {name for name in dir(serentak.get_context(method)) if name[0] != "_"}
     assert not stdlib - ours
+
+
+def test_exceptions_and_helpers_are_the_stdlibs() -> None:
+    errors = ("ProcessError", "BufferTooShort", "TimeoutError", "AuthenticationError")
+    for name in errors:
+        for base in errors:
+            ours = issubclass(getattr(serentak, name), getattr(serentak, base))
+            assert ours == issubclass(
+                getattr(multiprocessing, name), getattr(multiprocessing, base)
+            )
+    assert serentak.connection.AuthenticationError is serentak.AuthenticationError
+    assert serentak.managers.ProcessError is serentak.ProcessError
+    assert serentak.freeze_support() is None  # nothing to do outside a frozen Windows program
+    assert serentak.allow_connection_pickling() is None
 
 
 def test_public_classes_name_the_public_path() -> None:

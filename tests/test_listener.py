@@ -18,7 +18,7 @@ import pytest
 
 import _targets
 import serentak
-from serentak import _logging, reduction
+from serentak import _launch, _logging, reduction
 from serentak.connection import (
     Client,
     Listener,
@@ -193,6 +193,37 @@ def test_abstract_unix_address_and_last_accepted() -> None:
             assert listener.last_accepted is not None
             assert listener.last_accepted[0] == "127.0.0.1"
             outcome[0].close()
+
+
+# ---- the fork server ------------------------------------------------------------------------
+
+SO_ACCEPTCON = 0x10000  # /proc/net/unix's flag of a listening socket
+
+
+def test_the_fork_server_has_no_address_to_connect_to() -> None:
+    """The stdlib's fork server listens on a path and checks an authkey; ours is reached only
+    through the socketpair it was started with, so no other process can connect to it."""
+    server = _launch.ensure_fork_server()
+    inodes = set()
+    for fd in os.listdir(f"/proc/{server}/fd"):
+        try:
+            target = os.readlink(f"/proc/{server}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed while we looked
+        if target.startswith("socket:["):
+            inodes.add(int(target[len("socket:[") : -1]))
+    assert inodes, "the fork server's control connection"
+    unix: dict[int, tuple[int, str]] = {}
+    with open("/proc/net/unix", encoding="utf-8") as table:
+        next(table)  # Num RefCount Protocol Flags Type St Inode Path
+        for line in table:
+            fields = line.split()
+            unix[int(fields[6])] = (int(fields[3], 16), fields[7] if len(fields) > 7 else "")
+    for inode in inodes:
+        assert inode in unix, "a socket of the fork server that is not AF_UNIX"
+        flags, path = unix[inode]
+        assert not flags & SO_ACCEPTCON, "the fork server listens"
+        assert path == "", f"the fork server's socket has an address: {path}"
 
 
 # ---- serentak.reduction ---------------------------------------------------------------------

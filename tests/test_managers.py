@@ -142,6 +142,26 @@ def test_events_barriers_and_conditions(ctx: Any) -> None:
             semaphore.release()
 
 
+def test_joinable_queue_rlock_and_semaphore(ctx: Any) -> None:
+    with ctx.Manager() as manager:
+        tasks, results = manager.JoinableQueue(), manager.Queue()
+        rlock, semaphore = manager.RLock(), manager.Semaphore(0)
+        child = ctx.Process(
+            target=_targets.mgr_queue_worker, args=(tasks, results, rlock, semaphore)
+        )
+        child.start()
+        for item in (1, 2, 3, None):
+            tasks.put(item)
+        tasks.join()  # returns once the child marked every item done
+        assert sorted(results.get(timeout=PATIENCE) for _ in range(3)) == [2, 4, 6]
+        assert semaphore.acquire(timeout=PATIENCE)
+        join_all([child])
+        with rlock:
+            assert rlock.acquire(blocking=False)  # ours now, and reentrant
+            rlock.release()
+        assert not semaphore.acquire(blocking=False)
+
+
 def test_pool_proxy(ctx: Any) -> None:
     with ctx.Manager() as manager, manager.Pool(2) as pool:
         assert pool.map(_targets.mgr_square, range(6)) == [0, 1, 4, 9, 16, 25]
@@ -156,6 +176,55 @@ def test_proxies_as_pool_task_arguments(ctx: Any) -> None:
         results = [pool.apply_async(_targets.mgr_pool_task, (lst, n)) for n in range(4)]
         assert [result.get(PATIENCE) for result in results] == [0, 2, 4, 6]
         assert sorted(lst) == [0, 1, 2, 3]
+
+
+# ---- Lock, Queue and Value handles to running processes -----------------------------------
+#
+# As in the stdlib: a pool worker gets a Lock, Queue or Value by inheritance
+# (the initializer's arguments) or as a manager proxy; as a task argument, or
+# through a queue or pipe to a running process, the handle is refused with the
+# stdlib's RuntimeError.
+
+INHERITANCE_ONLY = "^{} objects should only be shared between processes through inheritance$"
+
+
+def test_handles_reach_pool_workers_by_inheritance_and_as_proxies(ctx: Any) -> None:
+    lock, queue, value = ctx.Lock(), ctx.Queue(), ctx.Value("i", 0)
+    with ctx.Pool(2, _targets.mgr_handles_init, (lock, queue, value)) as pool:
+        assert pool.map(_targets.mgr_handles_use, range(1, 5)) == [1, 2, 3, 4]
+        assert sorted(queue.get(timeout=PATIENCE) for _ in range(4)) == [1, 2, 3, 4]
+    assert value.value == 10
+    queue.close()
+    with ctx.Manager() as manager, ctx.Pool(2) as pool:
+        proxies = (manager.Lock(), manager.Queue(), manager.Value("i", 0))
+        results = [pool.apply_async(_targets.mgr_handles_use, (n, *proxies)) for n in range(1, 5)]
+        assert [result.get(PATIENCE) for result in results] == [1, 2, 3, 4]
+        assert sorted(proxies[1].get(timeout=PATIENCE) for _ in range(4)) == [1, 2, 3, 4]
+        assert proxies[2].value == 10
+
+
+def test_handles_as_task_arguments_get_the_stdlibs_error(ctx: Any) -> None:
+    handles = {"Lock": ctx.Lock(), "Queue": ctx.Queue(), "Synchronized": ctx.Value("i", 0)}
+    queue, (ours, theirs) = ctx.Queue(), ctx.Pipe()
+    with ctx.Pool(1) as pool:
+        for name, handle in handles.items():
+            message = INHERITANCE_ONLY.format(name)
+            with pytest.raises(RuntimeError, match=message):
+                pool.apply_async(_targets.mgr_handle_name, (handle,)).get(PATIENCE)
+            with pytest.raises(RuntimeError, match=message):
+                pool.map(_targets.mgr_handle_name, [handle])
+            # The stdlib's feeder thread prints this error and drops the item;
+            # serentak raises it from put() itself.
+            with pytest.raises(RuntimeError, match=message):
+                queue.put(handle)
+            with pytest.raises(RuntimeError, match=message):
+                ours.send(handle)
+        assert pool.apply(_targets.mgr_square, (3,)) == 9  # the pool is unharmed
+    assert queue.empty()
+    for closing in (handles["Queue"], queue):
+        closing.close()
+    ours.close()
+    theirs.close()
 
 
 # ---- proxy semantics ------------------------------------------------------------------------

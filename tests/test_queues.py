@@ -2,23 +2,29 @@
 
 The first part checks the semantics within one process; the second runs
 producers and consumers in children under every start method (the ``ctx``
-fixture); the last part kills processes in the middle of puts and gets and
-checks that the queue goes on delivering.
+fixture); then Ctrl-C in the middle of every blocking wait; the last part kills
+processes in the middle of puts and gets and checks that the queue goes on
+delivering.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import _targets
+from _watch import asleep_in_futex, until
 from serentak import _native, _queues
 from serentak.connection import Pipe
 
@@ -453,6 +459,240 @@ def test_a_connection_travels_through_a_queue(ctx: Any) -> None:
     finish(process)
 
 
+# ---- Ctrl-C while blocked ----------------------------------------------------------------
+
+# How soon after SIGINT a blocked wait must raise KeyboardInterrupt: the sleeps are
+# cut in 50 ms slices, so a signal that went to another thread is seen within one.
+PROMPT = 0.5
+BLOCKING_WAITS = [
+    "Queue.get",
+    "Queue.put",
+    "SimpleQueue.get",
+    "JoinableQueue.get",
+    "JoinableQueue.join",
+]
+
+
+def blocked_queue(ctx: Any, wait: str) -> tuple[Any, Callable[[], object]]:
+    """A queue that a child (started with ``ctx``) set up so that ``wait`` blocks: a full
+    Queue(2), a JoinableQueue with a task unfinished, an empty queue whose last item (put by
+    the child) was taken; and the call that blocks."""
+    name, call = wait.split(".")
+    shared = ctx.Queue(2) if wait == "Queue.put" else getattr(ctx, name)()
+    finish(run(ctx, _targets.queue_ctrl_c_set_up, shared, wait))
+    if call == "get":
+        assert shared.get() == "from the child"
+        if name == "JoinableQueue":
+            shared.task_done()
+        return shared, shared.get
+    if call == "put":
+        assert shared.full()
+        return shared, lambda: shared.put(2)
+    return shared, shared.join
+
+
+def check_usable_after_ctrl_c(shared: Any, wait: str) -> None:
+    """Nothing was put, taken or counted for the interrupted call; a round trip works."""
+    simple = wait.startswith("SimpleQueue")
+    joinable = wait.startswith("JoinableQueue")
+    if wait == "Queue.put":
+        assert shared.qsize() == 2
+        assert [shared.get(timeout=PATIENCE), shared.get(timeout=PATIENCE)] == [0, 1]
+    elif wait == "JoinableQueue.join":
+        assert shared.qsize() == 1
+        assert shared.get(timeout=PATIENCE) == 0
+        shared.task_done()
+        shared.join()  # nothing unfinished: returns at once
+    if simple:
+        assert shared.empty()
+    else:
+        assert shared.qsize() == 0
+    shared.put("after")
+    if simple:
+        assert not shared.empty()
+    else:
+        assert shared.qsize() == 1
+    assert shared.get() == "after"
+    if joinable:
+        shared.task_done()
+        shared.join()
+        with pytest.raises(ValueError, match="too many times"):
+            shared.task_done()
+    if simple:
+        assert shared.empty()
+    else:
+        assert shared.qsize() == 0
+    shared.close()
+
+
+@pytest.mark.parametrize("wait", BLOCKING_WAITS)
+def test_ctrl_c_interrupts_every_blocking_wait_promptly(ctx: Any, wait: str) -> None:
+    """A SIGINT while the main thread is blocked in a queue's get/put/join raises
+    KeyboardInterrupt within a slice, and leaves the queue consistent."""
+    shared, block = blocked_queue(ctx, wait)
+    sent: list[float] = []
+
+    def interrupt() -> None:
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    # The signal may land on the timer's thread: the sleeper must notice anyway.
+    timer = threading.Timer(0.1, interrupt)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            block()
+        interrupted = time.monotonic()
+    finally:
+        timer.join(PATIENCE)
+    assert interrupted - sent[0] < PROMPT
+    check_usable_after_ctrl_c(shared, wait)
+
+
+def interrupted_as_it_returns(inner: Any, method: str) -> Any:
+    """``inner`` with its ``method`` interrupted by Ctrl-C as it returns: CPython runs a
+    signal's handler right after a C call, and the call's result is dropped."""
+
+    class Proxy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+    def interrupted(*args: Any) -> None:
+        getattr(inner, method)(*args)
+        raise KeyboardInterrupt
+
+    proxy = Proxy()
+    setattr(proxy, method, interrupted)
+    return proxy
+
+
+@pytest.mark.parametrize("where", ["_ring.get", "_reader.recv"])
+def test_ctrl_c_as_get_takes_a_message_with_fds_loses_nothing(ctx: Any, where: str) -> None:
+    """Ctrl-C landing as get() has taken a record whose fds travel beside the ring (with
+    the reader lock held), or as it looks for them: the message stays for the next reader
+    (here another process), and the reader lock is not kept."""
+    shared = ctx.JoinableQueue()
+    ours, theirs = Pipe()
+    shared.put(theirs)
+    theirs.close()
+    channel = channel_of(shared)
+    attribute, method = where.split(".")
+    real = getattr(channel, attribute)
+    setattr(channel, attribute, interrupted_as_it_returns(real, method))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            shared.get(timeout=PATIENCE)
+    finally:
+        setattr(channel, attribute, real)
+    assert shared.qsize() == 1
+    process = run(ctx, _targets.queue_reply_on_connection, shared)
+    assert ours.poll(PATIENCE)
+    assert ours.recv() == "hello through a queued connection"
+    finish(process)
+    ours.close()
+    shared.put("after")
+    assert shared.get(timeout=PATIENCE) == "after"
+    shared.task_done()
+    shared.task_done()
+    check_all_tasks_done(shared)
+    shared.close()
+
+
+CTRL_C_SCRIPT = """
+import sys
+import time
+
+import serentak
+
+
+def set_up(queue, wait, ready, done):
+    if wait == "Queue.put":
+        queue.put(0)
+        queue.put(1)
+    elif wait == "JoinableQueue.join":
+        queue.put(0)
+    else:
+        queue.put("from the child")
+    ready.set()
+    done.wait(30)
+
+
+if __name__ == "__main__":
+    method, wait = sys.argv[1:]
+    name, call = wait.split(".")
+    ctx = serentak.get_context(method)
+    queue = ctx.Queue(2) if wait == "Queue.put" else getattr(ctx, name)()
+    ready, done = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=set_up, args=(queue, wait, ready, done))
+    child.start()
+    assert ready.wait(30)
+    if call == "get":
+        assert queue.get() == "from the child"
+        if name == "JoinableQueue":
+            queue.task_done()
+    print("blocking", flush=True)
+    try:
+        if call == "put":
+            queue.put(2)
+        else:
+            getattr(queue, call)()
+        print("returned", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", time.monotonic(), flush=True)
+    done.set()
+    child.join(30)
+    if call == "put":
+        assert [queue.get(), queue.get()] == [0, 1]
+    elif call == "join":
+        assert queue.get() == 0
+        queue.task_done()
+        queue.join()
+    queue.put("after")
+    size = "-" if name == "SimpleQueue" else queue.qsize()
+    got = queue.get()
+    if name == "JoinableQueue":
+        queue.task_done()
+        queue.join()
+    print("then", child.exitcode, got, size, queue.empty(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("wait", BLOCKING_WAITS)
+def test_ctrl_c_interrupts_a_queue_wait_held_up_by_a_child(
+    start_method: str, tmp_path: Path, wait: str
+) -> None:
+    """A program blocked on a queue its child set up (passed in the Process args) gets
+    KeyboardInterrupt promptly on SIGINT, and can go on using the queue after."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "SERENTAK_START_METHOD"}
+    process = subprocess.Popen(
+        [sys.executable, str(script), start_method, wait],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "blocking\n"
+        # Asleep in the kernel, on the queue's futex: only then is the interrupt sent.
+        assert until(lambda: asleep_in_futex(process.pid))
+        sent = time.monotonic()
+        os.kill(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=PATIENCE)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    label, stamp = stdout.splitlines()[0].split()
+    assert label == "interrupted", stdout + stderr
+    assert float(stamp) - sent < PROMPT
+    size = "-" if wait.startswith("SimpleQueue") else "1"
+    assert stdout.splitlines()[1:] == [f"then 0 after {size} True"], stdout + stderr
+    assert process.returncode == 0, stderr
+
+
 # ---- crashes -------------------------------------------------------------------------------
 
 
@@ -609,3 +849,160 @@ def test_producer_killed_with_messages_in_its_feeder(ctx: Any) -> None:
     assert joined.wait(PATIENCE)  # the dead producer's buffered messages are not waited for
     thread.join()
     assert shared.qsize() == 0
+
+
+# ---- crashes: SimpleQueue and JoinableQueue -------------------------------------------------
+
+QUEUE_KINDS = ["SimpleQueue", "JoinableQueue"]
+
+
+def check_all_tasks_done(shared: Any) -> None:
+    """join() returns (nothing lost is waited for) and no task is left to finish."""
+    thread, joined = in_thread(shared.join)
+    assert joined.wait(PATIENCE)
+    thread.join()
+    assert shared.qsize() == 0
+    with pytest.raises(ValueError, match="too many times"):
+        shared.task_done()
+
+
+@pytest.mark.parametrize("how", ["half record", "side datagram"])
+@pytest.mark.parametrize("kind", QUEUE_KINDS)
+def test_producer_killed_mid_put_does_not_wedge_a_waiting_consumer(
+    ctx: Any, kind: str, how: str
+) -> None:
+    """A writer dies holding the writer lock while a consumer waits in get(): the next
+    writer takes over, the consumer gets what follows, and join() counts nothing of the dead."""
+    joinable = kind == "JoinableQueue"
+    shared, results = getattr(ctx, kind)(), ctx.Queue()
+    consumer = run(ctx, _targets.queue_relay, shared, results, joinable)
+    shared.put("before")
+    assert results.get(timeout=PATIENCE) == "before"  # it now waits in get() for the next
+    finish(run(ctx, _targets.queue_die_in_put, shared, how), -signal.SIGKILL)
+    start = time.monotonic()
+    shared.put(b"m" * (3 * MB))  # a memfd beside the ring: the dead one's datagram is skipped
+    assert time.monotonic() - start < LATE  # the lock was taken over from the dead
+    shared.put("after")
+    assert results.get(timeout=PATIENCE) == ("bytes", 3 * MB, b"m")
+    assert results.get(timeout=PATIENCE) == "after"
+    if joinable:
+        thread, joined = in_thread(shared.join)  # returns once the consumer's task_done()s came
+        assert joined.wait(PATIENCE)
+        thread.join()
+    shared.put(None)
+    assert results.get(timeout=PATIENCE) is None
+    finish(consumer)
+    if joinable:
+        check_all_tasks_done(shared)
+    assert shared.empty()
+    shared.close()
+
+
+@pytest.mark.parametrize("side", [False, True], ids=["in the ring", "fds beside"])
+@pytest.mark.parametrize("kind", QUEUE_KINDS)
+def test_consumer_killed_mid_get_does_not_wedge_a_waiting_producer(
+    ctx: Any, kind: str, side: bool
+) -> None:
+    """A reader dies holding the reader lock (``side``: after taking the fds of the message):
+    a producer waiting for room and the next reader go on; only a message whose fds went
+    with the dead is lost, and join() does not wait for it."""
+    joinable = kind == "JoinableQueue"
+    shared = ctx.JoinableQueue(2) if joinable else ctx.SimpleQueue()
+    ours, theirs = Pipe()
+    shared.put(theirs if side else "first")
+    theirs.close()
+    finish(run(ctx, _targets.queue_die_in_get, shared, side), -signal.SIGKILL)
+    # A JoinableQueue(2) is full once it has put "a": it then waits for room.
+    producer = run(ctx, _targets.queue_put_items, shared, ["a", "b", "c"])
+    expected = ["a", "b", "c"] if side else ["first", "a", "b", "c"]
+    got = []
+    for _ in expected:
+        got.append(shared.get())
+        if joinable:
+            shared.task_done()
+    assert got == expected
+    finish(producer)
+    if joinable:
+        check_all_tasks_done(shared)  # the lost message counts once, not twice
+    assert shared.empty()
+    ours.close()
+    shared.close()
+
+
+@pytest.mark.parametrize("size", [100, 3 * MB])
+@pytest.mark.parametrize("kind", QUEUE_KINDS)
+def test_producer_killed_in_a_put_loop_of_simple_and_joinable_queues(
+    ctx: Any, kind: str, size: int
+) -> None:
+    """Killed at whatever point of a put: what it put arrives whole and in order, at most
+    the message in flight is lost, and join() returns once the arrivals are task_done()."""
+    joinable = kind == "JoinableQueue"
+    shared = ctx.JoinableQueue(8) if joinable else ctx.SimpleQueue()
+    started = ctx.Event()
+    process = run(ctx, _targets.queue_put_forever, shared, size, started)
+    indexes = []
+
+    def take() -> None:
+        index, payload = shared.get()
+        assert len(payload) == size
+        indexes.append(index)
+        if joinable:
+            shared.task_done()
+
+    for _ in range(30):
+        take()
+    assert started.wait(PATIENCE)
+    process.kill()
+    finish(process, -signal.SIGKILL)
+    while not shared.empty():
+        take()
+    assert indexes == list(range(len(indexes)))
+    if joinable:
+        check_all_tasks_done(shared)
+    for index in range(8):
+        shared.put(index)
+    assert [shared.get() for _ in range(8)] == list(range(8))
+    assert shared.empty()
+    shared.close()
+
+
+@pytest.mark.parametrize("kind", QUEUE_KINDS)
+def test_consumer_killed_in_a_get_loop_of_simple_and_joinable_queues(ctx: Any, kind: str) -> None:
+    """Killed at whatever point of a get: nothing is taken twice, at most the message in
+    flight is lost, and join() returns once a supervisor finishes the dead one's task."""
+    joinable = kind == "JoinableQueue"
+    shared, results = getattr(ctx, kind)(), ctx.Queue()
+    count = 20_000  # small: all in the ring at once, and more than the consumer relays at once
+    for index in range(count):
+        shared.put(index)
+    consumer = run(ctx, _targets.queue_relay, shared, results, joinable)
+    reported = [results.get(timeout=PATIENCE) for _ in range(50)]
+    consumer.kill()
+    finish(consumer, -signal.SIGKILL)
+    while not results.empty():
+        reported.append(results.get(timeout=PATIENCE))
+    drained = []
+    while not shared.empty():
+        drained.append(shared.get())
+        if joinable:
+            shared.task_done()
+    # Each side saw its share in order, and nothing twice.
+    assert reported == list(range(len(reported)))
+    assert drained == sorted(drained)
+    assert not set(reported) & set(drained)
+    missing = set(range(count)) - set(reported) - set(drained)
+    assert len(missing) <= 1, sorted(missing)
+    if joinable:
+        if missing:
+            shared.task_done()  # the dead took it and finished nothing of it
+        else:
+            try:  # it may have died between its report and its task_done()
+                shared.task_done()
+            except ValueError:
+                pass
+        check_all_tasks_done(shared)
+    shared.put("after")
+    assert shared.get() == "after"
+    assert shared.empty()
+    results.close()
+    shared.close()

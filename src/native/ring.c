@@ -90,6 +90,7 @@ typedef struct {
     unsigned char *data;
     uint32_t mask;
     uint64_t pending; /* head after the held record (RING_HOLD) */
+    unsigned long holder; /* the thread get() returned the held record to; 0: none */
     void *base;       /* our own mapping of the memfd: no fd kept (unlike mmap.mmap) */
     size_t size;
 } RingObject;
@@ -537,6 +538,7 @@ ring_get(RingObject *self, PyObject *deadline_obj)
             uint64_t next = ((uint64_t)(head_count + 1) << 32) | (uint32_t)(head_pos + need);
             if (kind & RING_HOLD) {
                 self->pending = next;
+                self->holder = PyThread_get_thread_ident();
             } else {
                 atomic_store(&h->head, next);
                 unlock_word(&h->rlock);
@@ -546,6 +548,7 @@ ring_get(RingObject *self, PyObject *deadline_obj)
             }
             PyObject *result = Py_BuildValue("(kN)", (unsigned long)kind, bytes);
             if (result == NULL && (kind & RING_HOLD)) {
+                self->holder = 0;
                 atomic_store(&h->head, next);
                 unlock_word(&h->rlock);
             }
@@ -597,12 +600,33 @@ ring_finish_hold(RingObject *self, PyObject *unused)
         PyErr_SetString(PyExc_RuntimeError, "finish_hold() without a held record");
         return NULL;
     }
+    self->holder = 0;
     atomic_store(&h->head, self->pending);
     unlock_word(&h->rlock);
     if (atomic_load(&h->space_waiters)) {
         wake_all(count_word(&h->head));
     }
     Py_RETURN_NONE;
+}
+
+/* After get() returned a RING_HOLD record to this thread and the caller could not take what
+ * travels beside it (Ctrl-C, an error): release the reader lock leaving head in place, so
+ * that the next reader takes the record again, as after a reader killed there. Returns
+ * whether this thread held such a record. */
+static PyObject *
+ring_drop_hold(RingObject *self, PyObject *unused)
+{
+    if (ring_ready(self) < 0) {
+        return NULL;
+    }
+    ring_header *h = self->h;
+    if (self->holder == 0 || self->holder != PyThread_get_thread_ident() ||
+        (atomic_load(&h->rlock) & RING_PID_MASK) != (uint32_t)serentak_getpid()) {
+        Py_RETURN_FALSE;
+    }
+    self->holder = 0;
+    unlock_word(&h->rlock);
+    Py_RETURN_TRUE;
 }
 
 /* (messages ever put, messages ever taken), each modulo 2**32. */
@@ -637,6 +661,9 @@ static PyMethodDef ring_methods[] = {
      "get(deadline) -> (kind, bytes) or None if nothing came by `deadline`."},
     {"finish_hold", (PyCFunction)ring_finish_hold, METH_NOARGS,
      "Move past the RING_HOLD record get() returned and release the reader lock."},
+    {"drop_hold", (PyCFunction)ring_drop_hold, METH_NOARGS,
+     "drop_hold() -> bool: leave the RING_HOLD record get() returned to this thread for\n"
+     "the next reader (head not moved) and release the reader lock; False if none."},
     {"counts", (PyCFunction)ring_counts, METH_NOARGS,
      "(messages put, messages taken), each modulo 2**32."},
     {NULL, NULL, 0, NULL},

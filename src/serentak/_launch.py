@@ -453,7 +453,14 @@ class _ForkServerClient:
                 control = self._ensure_running()
                 # One frame per child: the server forks and hands `theirs` to the
                 # child, keeps `status_theirs` to report the exit code on.
-                control.send_frame(b"fork", [theirs.fileno(), status_theirs.fileno()])
+                try:
+                    control.send_frame(b"fork", [theirs.fileno(), status_theirs.fileno()])
+                except OSError:
+                    # The server died but is not waitable yet (its children can
+                    # be gone before it is a zombie): start a new one, once.
+                    self._stop()
+                    control = self._ensure_running()
+                    control.send_frame(b"fork", [theirs.fileno(), status_theirs.fileno()])
             theirs.close()
             status_theirs.close()
             data = _read_exactly(status_ours.fileno(), EXIT_STATUS.size)

@@ -649,7 +649,13 @@ class _Channel:
             queue.Empty: nothing came before ``deadline``.
         """
         while True:
-            got = self._ring.get(deadline)
+            try:
+                got = self._ring.get(deadline)
+            except BaseException:
+                # A signal's handler (Ctrl-C) runs right after a C call and drops what
+                # it returned: a HOLD record stays for the next reader, lock released.
+                self._ring.drop_hold()
+                raise
             if got is None:
                 raise Empty
             kind, payload = got
@@ -662,8 +668,12 @@ class _Channel:
             try:
                 tag, size = _SIDE.unpack_from(payload)
                 fds = self._receive_beside(tag)
-            finally:
-                self._ring.finish_hold()
+            except BaseException:
+                # Interrupted before the fds were ours: the next reader takes the record
+                # again (or, if they were taken as it struck, counts it lost).
+                self._ring.drop_hold()
+                raise
+            self._ring.finish_hold()
             if fds is not None:
                 if kind & _IN_SEGMENT:
                     return _load_segment(kind, fds[0], size, fds[1:])
