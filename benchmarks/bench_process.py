@@ -35,11 +35,18 @@ def echo(conn: Any, count: int) -> None:
         conn.send(conn.recv())
 
 
-def pipe_round_trips(pipe: Callable[[], tuple[Any, Any]], count: int) -> float:
-    """Median seconds per send+recv round trip of a small object, over a thread echo."""
+def pipe_round_trips(
+    pipe: Callable[[], tuple[Any, Any]], count: int, ctx: Any | None = None
+) -> float:
+    """Median seconds per send+recv round trip of a small object, over a thread
+    echo, or over a child process of ``ctx`` (the library's own Process) if given."""
     left, right = pipe()
-    thread = threading.Thread(target=echo, args=(right, count + 100))
-    thread.start()
+    echoer: Any
+    if ctx is None:
+        echoer = threading.Thread(target=echo, args=(right, count + 100))
+    else:
+        echoer = ctx.Process(target=echo, args=(right, count + 100))
+    echoer.start()
     message = (1, "x" * 100)
     for _ in range(100):
         left.send(message)
@@ -50,7 +57,7 @@ def pipe_round_trips(pipe: Callable[[], tuple[Any, Any]], count: int) -> float:
         left.send(message)
         left.recv()
         samples.append(time.perf_counter() - started)
-    thread.join()
+    echoer.join()
     left.close()
     right.close()
     return statistics.median(samples)
@@ -91,6 +98,14 @@ def main() -> None:
         lambda: pipe_round_trips(serentak.Pipe, 2000),
         lambda: pipe_round_trips(multiprocessing.Pipe, 2000),
         3 * scale,
+    )
+    print("Pipe round trip of (1, 'x' * 100), echo in a forked child process (median)")
+    ours, theirs = serentak.get_context("fork"), multiprocessing.get_context("fork")
+    compare(
+        "  Pipe() send+recv",
+        lambda: pipe_round_trips(serentak.Pipe, 1000, ours),
+        lambda: pipe_round_trips(multiprocessing.Pipe, 1000, theirs),
+        5 * scale,
     )
 
 

@@ -8,6 +8,8 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -236,7 +238,90 @@ native_poke(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* recv_into(fd, buffer) -> nbytes, or (nbytes, [fds]) when descriptors came with the bytes.
+ * One recvmsg(2) into a writable buffer, the GIL released while it waits: what
+ * socket.recvmsg_into does, without its argument parsing, result tuple and
+ * control-buffer allocation on every call. Received fds are close-on-exec. */
+#define RECV_MAX_FDS 253
+
+static PyObject *
+native_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "recv_into(fd, buffer) takes 2 arguments");
+        return NULL;
+    }
+    int fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(RECV_MAX_FDS * sizeof(int))];
+    } control;
+    struct iovec iov = {view.buf, (size_t)view.len};
+    struct msghdr msg;
+    ssize_t got;
+    for (;;) {
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.space;
+        msg.msg_controllen = sizeof(control.space);
+        Py_BEGIN_ALLOW_THREADS
+        got = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+        Py_END_ALLOW_THREADS
+        if (got >= 0 || errno != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) { /* a handler raised (Ctrl-C): nothing was read */
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    PyBuffer_Release(&view);
+    if (got < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *fds = NULL;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
+            continue;
+        }
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *received = (int *)CMSG_DATA(c);
+        if (fds == NULL && (fds = PyList_New(0)) == NULL) {
+            for (size_t i = 0; i < count; i++) {
+                close(received[i]);
+            }
+            return NULL;
+        }
+        for (size_t i = 0; i < count; i++) {
+            PyObject *number = PyLong_FromLong(received[i]);
+            if (number == NULL || PyList_Append(fds, number) < 0) {
+                Py_XDECREF(number);
+                for (size_t j = i; j < count; j++) {
+                    close(received[j]);
+                }
+                Py_DECREF(fds);
+                return NULL;
+            }
+            Py_DECREF(number);
+        }
+    }
+    if (fds == NULL) {
+        return PyLong_FromSsize_t(got);
+    }
+    return Py_BuildValue("(nN)", got, fds);
+}
+
 PyMethodDef serentak_proc_methods[] = {
+    {"recv_into", (PyCFunction)(void (*)(void))native_recv_into, METH_FASTCALL,
+     "recv_into(fd, buffer) -> nbytes, or (nbytes, [fds]) if descriptors came (close-on-exec)."},
     {"poke", native_poke, METH_O,
      "Write a byte to a non-blocking fd without releasing the GIL (EAGAIN ignored)."},
     {"fork", native_fork, METH_NOARGS, "fork() with the interpreter's hooks and no thread warning."},

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import dataclasses
 import enum
 import mmap
 import os
@@ -73,9 +72,8 @@ class SegmentKind(enum.IntEnum):
     SHARED = 1  # a shared segment of the sender's: keep it, forward it without copies
 
 
-@dataclasses.dataclass(frozen=True)
 class Packed:
-    """A message ready to send.
+    """A message ready to send (a plain class: one is built per message sent).
 
     Attributes:
         payload: the bytes of the frame.
@@ -85,9 +83,15 @@ class Packed:
         buffered: bytes of out-of-band buffers travelling beside the payload.
     """
 
-    payload: bytes
-    fds: tuple[int, ...] = ()
-    buffered: int = 0
+    __slots__ = ("buffered", "fds", "payload")
+
+    def __init__(self, payload: bytes, fds: tuple[int, ...] = (), buffered: int = 0) -> None:
+        self.payload = payload
+        self.fds = fds
+        self.buffered = buffered
+
+    def __repr__(self) -> str:
+        return f"Packed({len(self.payload)} bytes, fds={self.fds}, buffered={self.buffered})"
 
     def close(self) -> None:
         """Release the descriptors (once the message is sent, or abandoned)."""
@@ -164,6 +168,8 @@ def unpack(payload: bytes | memoryview, fds: Sequence[int]) -> Any:
     Raises:
         Whatever unpickling raises.
     """
+    if not fds:  # no handles and no segments (a message with buffers has a segment)
+        return pickle.loads(payload)
     view = memoryview(payload)
     if not view or view[0] != _MARK[0]:
         return loads_with_fds(view, fds)

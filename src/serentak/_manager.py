@@ -184,8 +184,11 @@ class _Worker:
 
 
 class Manager:
-    """The engine behind a Pool. Every attribute is owned by the manager thread,
-    except ``commands`` and the wake-up pipe, which other threads only append to.
+    """The engine behind a Pool. Every attribute is owned by whichever thread holds
+    ``_step_lock``: the manager thread, for each round of its loop, or a thread
+    submitting tasks while the manager thread sleeps (it dispatches them itself,
+    saving a thread wake-up per task). ``commands`` and the wake-up pipe are
+    appended to by any thread.
 
     Args:
         make_process: builds (not starts) a worker process for a target and args.
@@ -228,6 +231,7 @@ class Manager:
         self._started_workers = 0
         self._average_busy: float | None = None  # seconds per task, recent tasks weigh most
         self._send_lock = threading.Lock()
+        self._step_lock = threading.Lock()
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="serentak-pool-manager", daemon=True)
 
@@ -259,11 +263,30 @@ class Manager:
             if self._finished:
                 self._answer_late(command)
                 return
-            self.commands.append(command)
+            if isinstance(command, Submit) and self._submit_here(command):
+                if all(task.timeout is None for task in command.tasks):
+                    return
+                # The manager thread sleeps until its next deadline: a new one must wake it.
+            else:
+                self.commands.append(command)
             # Under the lock: the manager closes the pipe only once finished.
             # Without releasing the GIL, so that the manager thread, woken,
             # does not take it from us before we are done.
             _native.poke(self._wake_w)
+
+    def _submit_here(self, command: Submit) -> bool:
+        """Queue and dispatch ``command``'s tasks in this thread, if the manager
+        thread is asleep and nothing is queued before them; False if not done."""
+        if self.commands or not self._step_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._state is not PoolState.RUN or self._broken is not None:
+                return False
+            self._pending.extend(command.tasks)
+            self._dispatch()
+        finally:
+            self._step_lock.release()
+        return True
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the manager thread to finish."""
@@ -282,23 +305,11 @@ class Manager:
     def _run(self) -> None:
         try:
             while self._workers or (self._state is PoolState.RUN and self._broken is None):
-                for key, events in self._selector.select(self._next_timeout()):
-                    if key.data is None:
-                        self._take_commands()
-                    else:
-                        kind, worker = key.data
-                        if worker.gone:
-                            continue  # its exit, earlier in this batch, was handled
-                        if kind == "exit":
-                            self._worker_exited(worker)
-                            continue
-                        if events & selectors.EVENT_WRITE:
-                            self._flush(worker)
-                        if events & selectors.EVENT_READ:
-                            self._read_results(worker)
-                self._check_deadlines()
-                self._dispatch()
-                self._maybe_finish()
+                with self._step_lock:
+                    timeout = self._next_timeout()
+                ready = self._selector.select(timeout)
+                with self._step_lock:
+                    self._step(ready)
         finally:
             self._fail_everything(PoolTerminatedError("the pool stopped before the task ran"))
             with self._send_lock:
@@ -308,6 +319,26 @@ class Manager:
             self._selector.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _step(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """One round of the loop: handle what ``select`` reported, then dispatch."""
+        for key, events in ready:
+            if key.data is None:
+                self._take_commands()
+                continue
+            kind, worker = key.data
+            if worker.gone:
+                continue  # its exit, earlier in this batch, was handled
+            if kind == "exit":
+                self._worker_exited(worker)
+                continue
+            if events & selectors.EVENT_WRITE:
+                self._flush(worker)
+            if events & selectors.EVENT_READ:
+                self._read_results(worker, readable=True)
+        self._check_deadlines()
+        self._dispatch()
+        self._maybe_finish()
 
     def _answer_late(self, command: Command) -> None:
         if isinstance(command, AskStats):
@@ -454,9 +485,13 @@ class Manager:
         )
         self._replace_if_needed()
 
-    def _read_results(self, worker: _Worker, *, until_eof: bool = False) -> None:
+    def _read_results(
+        self, worker: _Worker, *, until_eof: bool = False, readable: bool = False
+    ) -> None:
+        """Handle the frames ``worker`` sent; ``readable``: select just said there is one."""
         conn = worker.conn
-        while conn.has_buffered_data() or conn.poll(0):
+        while readable or conn.has_buffered_data() or conn.poll(0):
+            readable = False
             try:
                 frame = Frame.receive(conn)
             except (EOFError, OSError):

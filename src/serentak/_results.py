@@ -168,6 +168,45 @@ def _call_safely(callback: Callable[[Any], object], argument: Any) -> None:
         traceback.print_exc()  # a failing callback must not take the pool's thread down
 
 
+_SETTING: Final = threading.Lock()
+
+
+class _Done:
+    """A one-shot event: set once, waited for by any number of threads. One lock,
+    held until set (a ``threading.Event`` costs a condition and a lock per wait)."""
+
+    __slots__ = ("_flag", "_lock")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with _SETTING:  # two threads setting it at once release it once
+            if self._flag:
+                return
+            self._flag = True
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether it is set, waiting up to ``timeout`` seconds (None: for ever)."""
+        if self._flag:
+            return True
+        if timeout is None:
+            got = self._lock.acquire()
+        elif timeout > 0:
+            got = self._lock.acquire(timeout=min(timeout, threading.TIMEOUT_MAX))
+        else:
+            got = False
+        if got:
+            self._lock.release()  # for the next waiter
+        return self._flag
+
+
 class ApplyResult:
     """The result of ``apply_async``: the stdlib's ``AsyncResult``.
 
@@ -183,7 +222,7 @@ class ApplyResult:
         error_callback: Callable[[BaseException], object] | None,
         runner: CallbackRunner,
     ) -> None:
-        self._event = threading.Event()
+        self._event = _Done()
         self._outcome: Outcome | None = None
         self._callback = callback
         self._error_callback = error_callback

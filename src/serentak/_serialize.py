@@ -150,12 +150,14 @@ def _rebuild_memoryview(data: Any, fmt: Any, shape: tuple[int, ...]) -> memoryvi
     return rebuilt
 
 
-class _ThreadPickler(threading.local):
-    """A pickler and stream per thread, reused: building them costs more than a small dump.
+class _ReusedPickler:
+    """A pickler and stream, reused by one thread: building them costs more than a small dump.
 
     Its buffer callback routes to ``buffer_callback`` of the dump in progress;
     with none, buffers stay in band, as with a pickler given no callback.
     """
+
+    __slots__ = ("buffer_callback", "busy", "pickler", "stream")
 
     def __init__(self) -> None:
         self.stream = io.BytesIO()
@@ -168,12 +170,12 @@ class _ThreadPickler(threading.local):
         return True if callback is None else callback(buffer)
 
 
-_thread_pickler: Final = _ThreadPickler()
-
-
 def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
     """Pickle ``obj`` for another serentak process (protocol 5)."""
-    reusable = _thread_pickler
+    state = _thread_state()
+    reusable = state.pickler
+    if reusable is None:
+        reusable = state.pickler = _ReusedPickler()
     if reusable.busy:
         # A __reduce__ that pickles something itself re-enters here: give it its own.
         stream = io.BytesIO()
@@ -182,11 +184,12 @@ def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None
     reusable.busy = True
     reusable.buffer_callback = buffer_callback
     stream = reusable.stream
+    pickler = reusable.pickler
     try:
-        reusable.pickler.dump(obj)
+        pickler.dump(obj)
         return stream.getvalue()
     finally:
-        reusable.pickler.clear_memo()
+        pickler.clear_memo()
         stream.seek(0)
         stream.truncate()
         reusable.buffer_callback = None
@@ -200,13 +203,13 @@ def dumps_with_fds(
     buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
 ) -> tuple[bytes, list[int]]:
     """Pickle ``obj``; also return the fds its handles registered (see :func:`sending_fds`)."""
-    outer = _state.outgoing
-    outgoing = _Outgoing(spawning=spawning)
-    _state.outgoing = outgoing
+    state = _thread_state()
+    outer = state.outgoing
+    outgoing = state.outgoing = _Outgoing(spawning=spawning)
     try:
         return dumps(obj, buffer_callback), outgoing.fds
     finally:
-        _state.outgoing = outer
+        state.outgoing = outer
 
 
 def loads_with_fds(
@@ -244,12 +247,27 @@ class _Outgoing:
             return len(self.fds) - 1
 
 
-class _ThreadState(threading.local):
-    outgoing: _Outgoing | None = None
-    incoming: Sequence[int] | None = None
+class _ThreadState:
+    """What one thread's pickling and unpickling keep: plain attributes, read on every
+    message (an attribute of a ``threading.local`` costs several times more)."""
+
+    __slots__ = ("incoming", "outgoing", "pickler")
+
+    def __init__(self) -> None:
+        self.outgoing: _Outgoing | None = None
+        self.incoming: Sequence[int] | None = None
+        self.pickler: _ReusedPickler | None = None
 
 
-_state: Final = _ThreadState()
+_per_thread: Final = threading.local()
+
+
+def _thread_state() -> _ThreadState:
+    try:
+        state: _ThreadState = _per_thread.state
+    except AttributeError:
+        state = _per_thread.state = _ThreadState()
+    return state
 
 
 @contextlib.contextmanager
@@ -264,18 +282,18 @@ def sending_fds(*, spawning: bool) -> Iterator[list[int]]:
     Yields:
         The list the fds are appended to, in index order.
     """
-    outer = _state.outgoing
-    outgoing = _Outgoing(spawning=spawning)
-    _state.outgoing = outgoing
+    state = _thread_state()
+    outer = state.outgoing
+    outgoing = state.outgoing = _Outgoing(spawning=spawning)
     try:
         yield outgoing.fds
     finally:
-        _state.outgoing = outer
+        state.outgoing = outer
 
 
 def is_spawning() -> bool:
     """True while pickling a child's start-up data."""
-    outgoing = _state.outgoing
+    outgoing = _thread_state().outgoing
     return outgoing is not None and outgoing.spawning
 
 
@@ -292,7 +310,7 @@ def fd_to_send(fd: int, what: str, *, inheritance_only: bool = True) -> int:
         RuntimeError: with the stdlib's message, when the handle may not travel
             this way.
     """
-    outgoing = _state.outgoing
+    outgoing = _thread_state().outgoing
     if outgoing is None or (inheritance_only and not outgoing.spawning):
         raise RuntimeError(
             f"{what} objects should only be shared between processes through inheritance"
@@ -306,19 +324,20 @@ def receiving_fds(fds: Sequence[int]) -> Iterator[None]:
 
     A handle that keeps a descriptor must ``os.dup`` the one it is given.
     """
-    outer = _state.incoming
-    _state.incoming = fds
+    state = _thread_state()
+    outer = state.incoming
+    state.incoming = fds
     try:
         yield
     finally:
-        _state.incoming = outer
+        state.incoming = outer
         for fd in fds:
             os.close(fd)
 
 
 def fd_received(index: int) -> int:
     """The descriptor registered at ``index`` by the sender (borrowed, not owned)."""
-    incoming = _state.incoming
+    incoming = _thread_state().incoming
     if incoming is None:
         raise RuntimeError("a serentak handle was unpickled outside of serentak's transport")
     return incoming[index]

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, TypeVar
 
-from . import _posix
+from . import _native, _posix
 from ._buffers import pack, unpack
 from ._exceptions import BufferTooShort
 from ._serialize import fd_received, fd_to_send
@@ -47,7 +47,6 @@ _LONG_FOLLOWS: Final = 0x7FFF_FFFF
 _BUFFER_SIZE: Final = 256 * 1024
 # The kernel passes at most SCM_MAX_FD (253) descriptors in one message.
 MAX_FDS: Final = 253
-_ANCILLARY_SIZE: Final = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 
 
 def _header(length: int, has_fds: bool) -> bytes:
@@ -382,12 +381,11 @@ class Connection:
     def _read_into(self, fd: int, view: memoryview) -> int:
         if self._socket is None:
             return os.readv(fd, [view])
-        nbytes, ancillary, _flags, _address = self._socket.recvmsg_into([view], _ANCILLARY_SIZE)
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                self._fd_groups.append(list(fds))
+        got = _native.recv_into(fd, view)
+        if isinstance(got, int):
+            return got
+        nbytes, fds = got
+        self._fd_groups.append(fds)
         return nbytes
 
     @staticmethod
