@@ -26,6 +26,7 @@ import enum
 import functools
 import importlib
 import importlib.metadata
+import os
 import platform
 import statistics
 import threading
@@ -508,6 +509,7 @@ class Results:
     start_method: str
     samples: dict[tuple[str, str], list[float]] = dataclasses.field(default_factory=dict)
     errors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    pipe_floor_us: float | None = None  # an os.pipe round trip between two processes
 
     def median(self, workload: Workload, library: str) -> float | None:
         samples = self.samples.get((workload.name, library))
@@ -610,7 +612,41 @@ def run(
         for pool in pools.values():
             pool.close()
         _arrays.cache_clear()
+    if any(workload.name == "apply-rtt" for workload in chosen):
+        results.pipe_floor_us = pipe_round_trip_us(ROUND_TRIPS_FOR_FLOOR)
     return results
+
+
+ROUND_TRIPS_FOR_FLOOR = 2000
+
+
+def _pipe_echo(request: int, reply: int, count: int) -> None:
+    for _ in range(count):
+        os.write(reply, os.read(request, 1))
+
+
+def pipe_round_trip_us(count: int) -> float:
+    """Median microseconds for one byte there and back over two os.pipes, between
+    this process and a forked child: the floor under any cross-process round trip."""
+    from . import get_context
+
+    request_r, request_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    try:
+        child = get_context("fork").Process(target=_pipe_echo, args=(request_r, reply_w, count))
+        child.start()
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            os.write(request_w, b"x")
+            os.read(reply_r, 1)
+            samples.append(time.perf_counter() - started)
+        child.join()
+        child.close()
+    finally:
+        for fd in (request_r, request_w, reply_r, reply_w):
+            os.close(fd)
+    return statistics.median(samples[count // 10 :]) * 1e6
 
 
 def format_table(results: Results) -> str:
@@ -662,6 +698,11 @@ def format_table(results: Results) -> str:
         ]
     if "faster_fifo" in names:
         lines.append("faster_fifo's producer is a stdlib Process.")
+    if results.pipe_floor_us is not None:
+        lines.append(
+            f"For scale: one byte there and back over os.pipe between two processes takes"
+            f" {results.pipe_floor_us:.1f} us on this machine, the floor under any round trip."
+        )
     if results.errors:
         lines += ["", "errors:"]
         lines += [f"  {w} / {lib}: {text}" for (w, lib), text in results.errors.items()]
