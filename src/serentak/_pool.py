@@ -513,7 +513,9 @@ class Pool(BasePool):
             process._environ = environ
             return process
 
-        options = WorkerOptions(max_memory_mb=max_memory_per_child)
+        # Polling for a while before sleeping pays only where nobody waits for the CPU.
+        spin = processes <= ctx.cpu_count()
+        options = WorkerOptions(max_memory_mb=max_memory_per_child, spin=spin)
         manager = Manager(make_process, processes, initializer, initargs, maxtasksperchild, options)
         manager.start()
         super().__init__(_ProcessEngine(manager), processes)
