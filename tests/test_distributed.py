@@ -26,7 +26,6 @@ import io
 import itertools
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import pytest
 import _targets
 import serentak
 import serentak.pool
+from _scripts import read_line
 from _watch import descendants_of, lines, running, until
 from serentak.distributed import Pool
 
@@ -710,23 +710,6 @@ def main():
 if __name__ == "__main__":
     main()
 """
-
-
-def read_line(process: subprocess.Popen[bytes], patience: float = PATIENCE) -> str:
-    """One line of the script's stdout, without waiting longer than ``patience``."""
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    deadline = time.monotonic() + patience
-    line = b""
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            raise AssertionError(f"no whole line from the script in time; got {line!r}")
-        byte = os.read(fd, 1)
-        if not byte:
-            raise AssertionError(f"the script's output ended; got {line!r}")
-        line += byte
-    return line.decode().rstrip("\n")
 
 
 def test_a_local_cluster_of_its_own_and_ctrl_c(tmp_path: Path) -> None:

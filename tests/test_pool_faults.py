@@ -18,17 +18,13 @@ that workers, replacements included, have started.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import os
 import re
-import select
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +33,7 @@ import pytest
 import _targets
 import serentak
 import serentak.pool
+from _scripts import read_line, rest_of_output, running_script
 from _watch import descendants_of, lines, running, still_running_after, until
 
 # Waits for something that must happen: long enough never to fire on a slow
@@ -523,57 +520,6 @@ def test_imap_unordered_timeout(ctx: Any, workers: Workers) -> None:
 
 
 # ---- whole programs: Ctrl-C and the parent's death -------------------------------------------
-
-
-def script_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("SERENTAK_START_METHOD", None)  # the scripts choose their start method
-    return env
-
-
-@contextlib.contextmanager
-def running_script(path: Path, *args: str, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python path args``: stdout and stderr are pipes, killed if still running at the end."""
-    process = subprocess.Popen(
-        [sys.executable, str(path), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=0,
-        env=script_env(),
-        **popen,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
-
-
-def read_line(process: subprocess.Popen[bytes], patience: float = PATIENCE) -> str:
-    """One line of the script's stdout, without waiting longer than ``patience``."""
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    deadline = time.monotonic() + patience
-    line = b""
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            raise AssertionError(f"no whole line from the script in time; got {line!r}")
-        byte = os.read(fd, 1)
-        if not byte:
-            raise AssertionError(f"the script's output ended; got {line!r}")
-        line += byte
-    return line.decode().rstrip("\n")
-
-
-def rest_of_output(process: subprocess.Popen[bytes]) -> tuple[str, str]:
-    """What the script still writes until every holder of its stdout and stderr has exited."""
-    stdout, stderr = process.communicate(timeout=PATIENCE)
-    return stdout.decode(), stderr.decode()
 
 
 CTRL_C_SCRIPT = """

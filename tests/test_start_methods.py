@@ -24,6 +24,7 @@ import pytest
 
 import _targets
 import serentak
+from _scripts import script_env
 
 # Waits for something that must happen: long enough never to fire on a slow
 # machine, short of the per-test timeout so a failure reads as an assertion.
@@ -37,12 +38,6 @@ def restore_start_method() -> Iterator[None]:
     saved = serentak.get_start_method(allow_none=True)
     yield
     serentak.set_start_method(saved, force=True)
-
-
-def script_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("SERENTAK_START_METHOD", None)  # the scripts choose their start method
-    return env
 
 
 def run_python(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

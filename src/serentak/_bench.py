@@ -193,9 +193,9 @@ class MpirePool:
     """mpire's ``WorkerPool``, kept alive between calls."""
 
     def __init__(self, start_method: str) -> None:
-        import mpire
+        from mpire.pool import WorkerPool
 
-        self._pool = mpire.WorkerPool(n_jobs=WORKERS, start_method=start_method, keep_alive=True)
+        self._pool = WorkerPool(n_jobs=WORKERS, start_method=start_method, keep_alive=True)
 
     def map(
         self, func: Callable[[Any], Any], items: Sequence[Any], chunksize: int | None = None

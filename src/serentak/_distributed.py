@@ -70,11 +70,6 @@ from ._feeder import MapJob
 from ._manager import PoolStats, WorkerStats
 from ._pool import _FunctionRegistry
 from ._results import (
-    ApplyResult,
-    CallbackRunner,
-    IMapIterator,
-    IMapUnorderedIterator,
-    MapResult,
     Outcome,
 )
 from ._serialize import dumps
@@ -379,7 +374,11 @@ class DaskEngine:
             raise
         return _Encoded(arguments, tuple(held))
 
-    def dispatch(self, task: Task) -> None:
+    def dispatch(self, tasks: Sequence[Task]) -> None:
+        for task in tasks:
+            self._dispatch_one(task)
+
+    def _dispatch_one(self, task: Task) -> None:
         encoded: _Encoded = task.payload
         shipped: _Shipped = task.function.payload
         sink = task.sink
@@ -692,92 +691,3 @@ def _worker_lost(exc: KilledWorker) -> WorkerLostError:
     )
     error.__cause__ = exc
     return error
-
-
-# ---- results whose wait a Ctrl-C turns into cancelling their tasks -----------------------
-
-Cancel = Callable[[object], None]
-
-
-class DaskApplyResult(ApplyResult):
-    """``apply_async``'s result: KeyboardInterrupt in get() or wait() cancels the task."""
-
-    def __init__(
-        self,
-        cancel: Cancel,
-        callback: Callable[[Any], object] | None,
-        error_callback: Callable[[BaseException], object] | None,
-        runner: CallbackRunner,
-    ) -> None:
-        super().__init__(callback, error_callback, runner)
-        self._cancel_hook = cancel
-
-    def wait(self, timeout: float | None = None) -> None:
-        try:
-            super().wait(timeout)
-        except KeyboardInterrupt:
-            self._cancel_hook(self)
-            raise
-
-    def get(self, timeout: float | None = None) -> Any:
-        try:
-            return super().get(timeout)
-        except KeyboardInterrupt:
-            self._cancel_hook(self)
-            raise
-
-
-class DaskMapResult(MapResult):
-    """``map_async``'s result: KeyboardInterrupt in get() or wait() cancels the map's tasks."""
-
-    def __init__(
-        self,
-        cancel: Cancel,
-        callback: Callable[[Any], object] | None,
-        error_callback: Callable[[BaseException], object] | None,
-        runner: CallbackRunner,
-    ) -> None:
-        super().__init__(callback, error_callback, runner)
-        self._cancel_hook = cancel
-
-    def wait(self, timeout: float | None = None) -> None:
-        try:
-            super().wait(timeout)
-        except KeyboardInterrupt:
-            self._cancel_hook(self)
-            raise
-
-    def get(self, timeout: float | None = None) -> Any:
-        try:
-            return super().get(timeout)
-        except KeyboardInterrupt:
-            self._cancel_hook(self)
-            raise
-
-
-class DaskIMapIterator(IMapIterator):
-    """``imap``'s iterator: KeyboardInterrupt in next() cancels the tasks in flight."""
-
-    cancel_hook: Cancel | None = None  # set by the pool right after it is made
-
-    def next(self, timeout: float | None = None) -> Any:
-        try:
-            return super().next(timeout)
-        except KeyboardInterrupt:
-            if self.cancel_hook is not None:
-                self.cancel_hook(self)
-            raise
-
-
-class DaskIMapUnorderedIterator(IMapUnorderedIterator):
-    """``imap_unordered``'s iterator: KeyboardInterrupt in next() cancels the tasks in flight."""
-
-    cancel_hook: Cancel | None = None
-
-    def next(self, timeout: float | None = None) -> Any:
-        try:
-            return super().next(timeout)
-        except KeyboardInterrupt:
-            if self.cancel_hook is not None:
-                self.cancel_hook(self)
-            raise

@@ -4,9 +4,9 @@
 
     caller                      feeder thread                              engine
     ------                      -------------                              ------
-    map / imap / starmap  --->  MapJob: pull the next chunk of the input,
-                                encode it (pickle, for processes),
-                                while the job is under its window  ----->  dispatch(task)
+    map / imap / starmap  --->  MapJob: pull the next chunks of the input,
+                                encode them (pickle, for processes),
+                                while the job is under its window  ----->  dispatch(tasks)
     imap consumer: next() --->  release one chunk of window
     (map: a chunk completes --> release one chunk of window)
     close() --------------->    after the last chunk of the last job --->  on_closed()
@@ -39,6 +39,8 @@ MAX_ADAPTIVE_CHUNK: Final = 1 << 17
 # travel one or a few at a time, spread over the workers, each in a segment
 # that is reused for the next.
 CHUNK_TARGET_BYTES: Final = 4 << 20
+# Chunks the feeder encodes and hands to the engine at one go, at most.
+FEED_BATCH: Final = 16
 
 
 class Chunker:
@@ -216,7 +218,7 @@ class Feeder:
     """The thread that turns map inputs into tasks, round-robin across calls.
 
     Args:
-        dispatch: hands a task to the engine.
+        dispatch: hands tasks to the engine.
         encode: turns a chunk into a task payload (pickles it, for processes).
         next_task_id: the pool's task numbering.
         on_closed: called once, after the last chunk of the last job, when
@@ -225,7 +227,7 @@ class Feeder:
 
     def __init__(
         self,
-        dispatch: Callable[[Task], None],
+        dispatch: Callable[[Sequence[Task]], None],
         encode: Callable[[Any], Any],
         next_task_id: Callable[[], int],
         on_closed: Callable[[], None],
@@ -253,7 +255,11 @@ class Feeder:
                 job.released += 1
             else:
                 job.completed += 1
-            self._condition.notify()
+            # The feeder wakes once a quarter of the window is free, not per
+            # chunk: it then sends chunks in batches, and short tasks cost fewer
+            # thread switches.
+            if job.submitted - self._released(job) <= job.window - max(1, job.window // 4):
+                self._condition.notify()
             done = job.fed_all and job.completed >= job.submitted
         if done and job.progress is not None:
             job.progress.close()
@@ -278,9 +284,12 @@ class Feeder:
         if self._thread is not threading.current_thread():
             self._thread.join()
 
+    def _released(self, job: MapJob) -> int:
+        """Chunks of ``job`` out of its window (holding the condition)."""
+        return job.released if job.lazy and not self._closing else job.completed
+
     def _may_feed(self, job: MapJob) -> bool:
-        released = job.released if job.lazy and not self._closing else job.completed
-        return job.sink is None or job.submitted - released < job.window
+        return job.sink is None or job.submitted - self._released(job) < job.window
 
     def _next_job(self) -> MapJob | None:
         """The next job allowed to feed a chunk; None when the feeder should exit."""
@@ -299,7 +308,7 @@ class Feeder:
 
     def _run(self) -> None:
         while (job := self._next_job()) is not None:
-            self._feed_one(job)
+            self._feed_batch(job)
         with self._condition:
             abandoned = list(self._jobs)
             self._jobs.clear()
@@ -309,11 +318,28 @@ class Feeder:
         if not self._stopped:
             self._on_closed()
 
-    def _feed_one(self, job: MapJob) -> None:
+    def _feed_batch(self, job: MapJob) -> None:
+        """Encode chunks of ``job`` while its window allows (up to FEED_BATCH), and
+        hand them to the engine together: one wake-up of the engine for all."""
+        tasks: list[Task] = []
+        while len(tasks) < FEED_BATCH:
+            task = self._feed_one(job)
+            if task is None:
+                break
+            tasks.append(task)
+            with self._condition:
+                if job.fed_all or not self._may_feed(job):
+                    break
+        if tasks:
+            self._dispatch(tasks)
+
+    def _feed_one(self, job: MapJob) -> Task | None:
+        """The next chunk of ``job`` as a task; None if there is none to send (the
+        input ended or raised, or the chunk could not be encoded: handled here)."""
         sink = job.sink
         if sink is None:
             self._finish(job)  # the caller dropped its imap iterator
-            return
+            return None
         index = job.submitted
         try:
             chunk = job.chunker.next_chunk()
@@ -321,23 +347,21 @@ class Feeder:
             job.submitted += 1
             sink._complete_chunk(index, Outcome.of_exception(exc))
             self._finish(job)
-            return
+            return None
         if not chunk:
             self._finish(job)
-            return
+            return None
         job.sizes[index] = len(chunk)
         job.submitted += 1
         try:
             payload = self._encode(chunk)
         except BaseException as exc:
             job._complete_chunk(index, Outcome.of_exception(exc))
-            return
+            return None
         if isinstance(payload, Packed):
             job.chunker.weigh(len(chunk), len(payload.payload) + payload.buffered)
         task_id = self._next_task_id()
-        self._dispatch(
-            Task.encoded(task_id, job.kind, job.function, payload, job, index, job.timeout)
-        )
+        return Task.encoded(task_id, job.kind, job.function, payload, job, index, job.timeout)
 
     def _finish(self, job: MapJob, failure: BaseException | None = None) -> None:
         with self._condition:

@@ -49,19 +49,21 @@ from ._transport import frame as transport_frame
 # Tasks sent to a worker beyond the one it runs, so that it never waits for the
 # next one: only while tasks are short (recent average below PREFETCH_BELOW),
 # where a round trip per task would cost as much as the task. A long task
-# would hold up what was sent ahead of it while another worker idles.
+# would hold up what was sent ahead of it while another worker idles. Between
+# PREFETCH and PREFETCH_MOST tasks: about PREFETCH_WORK seconds of work.
 PREFETCH: Final = 2
+PREFETCH_MOST: Final = 16
+PREFETCH_WORK: Final = 200e-6
 PREFETCH_BELOW: Final = 1e-3
 # A worker whose current task has run this many times the average gets no more.
 PREFETCH_PATIENCE: Final = 2.0
 _SMOOTHING: Final = 0.1  # weight of the newest task in the average
-# Callables a worker keeps; past that, the least recently used is forgotten.
 # While tasks this short are running, the manager thread polls for their results
 # this long before it sleeps: on a virtual machine, waking an idle CPU costs tens of
 # microseconds, more than such a task.
 SPIN_BELOW: Final = 200e-6
 SPIN_SECONDS: Final = 200e-6
-
+# Callables a worker keeps; past that, the least recently used is forgotten.
 WORKER_FUNCTION_CACHE: Final = 128
 # After terminate(): SIGTERM, then SIGKILL for a worker still there this much later.
 KILL_GRACE: Final = 0.5
@@ -238,6 +240,7 @@ class Manager:
         self._average_busy: float | None = None  # seconds per task, recent tasks weigh most
         self._send_lock = threading.Lock()
         self._step_lock = threading.Lock()
+        self._holding_writes = False  # while dispatching: frames are written together after
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="serentak-pool-manager", daemon=True)
 
@@ -578,14 +581,26 @@ class Manager:
         """Queue ``frame`` for ``worker`` and write what fits without blocking."""
         data = memoryview(transport_frame(frame.encode(), has_fds=bool(frame.fds)))
         worker.outbox.append((data, frame.fds))
-        if len(worker.outbox) == 1:
+        if len(worker.outbox) == 1 and not self._holding_writes:
             self._flush(worker)
+
+    @staticmethod
+    def _coalesce(outbox: collections.deque[tuple[memoryview, tuple[int, ...]]]) -> memoryview:
+        """Join the frames at the head of ``outbox`` that carry no fds into one write."""
+        parts = []
+        while outbox and not outbox[0][1]:
+            parts.append(outbox.popleft()[0])
+        data = memoryview(b"".join(parts))
+        outbox.appendleft((data, ()))
+        return data
 
     def _flush(self, worker: _Worker) -> None:
         """Write queued bytes until the socket is full; ask to be woken when it drains."""
         try:
             while worker.outbox:
                 data, fds = worker.outbox[0]
+                if not fds and len(worker.outbox) > 1 and not worker.outbox[1][1]:
+                    data = self._coalesce(worker.outbox)
                 sent = worker.conn.send_some(data, fds)
                 if sent < len(data):
                     # The fds went with the first byte: the rest goes without.
@@ -603,20 +618,44 @@ class Manager:
     # ---- dispatch and deadlines ------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        """Send pending tasks to workers with room; each worker's frames in one write."""
         if not self._pending or self._state is PoolState.TERMINATE:
             return
         now = monotonic()
+        self._holding_writes = True
+        try:
+            self._dispatch_to_workers(now)
+        finally:
+            self._holding_writes = False
+            for worker in self._workers.values():
+                if worker.outbox and not worker.waiting_to_write:
+                    self._flush(worker)
+
+    def _dispatch_to_workers(self, now: float) -> None:
+        room: list[tuple[_Worker, int]] = []  # (worker, how many more tasks it may take)
         for worker in self._workers.values():
-            capacity = self._depth(worker, now) - len(worker.in_flight)
-            if worker.retiring:
+            depth = self._depth(worker, now)
+            capacity = depth - len(worker.in_flight)
+            # A busy worker is topped up once half its depth is free: several
+            # tasks go in one write, and its results come back in bursts.
+            if worker.retiring or (worker.in_flight and capacity * 2 < depth - 1):
                 continue
             if self._maxtasks is not None:
                 capacity = min(capacity, self._maxtasks - worker.completed - len(worker.in_flight))
-            while capacity > 0 and self._pending:
-                if self._send_task(worker, self._pending.popleft()):
-                    capacity -= 1
-            if not self._pending:
-                return
+            if capacity > 0:
+                room.append((worker, capacity))
+        # Idle workers first, then one task to each in turn: a few new tasks of
+        # unknown length are spread out, not all sent ahead to one worker.
+        room.sort(key=lambda entry: len(entry[0].in_flight))
+        while room:
+            left = []
+            for worker, capacity in room:
+                if not self._pending:
+                    return
+                sent = self._send_task(worker, self._pending.popleft())
+                if capacity - sent > 0:
+                    left.append((worker, capacity - sent))
+            room = left
 
     def _depth(self, worker: _Worker, now: float) -> int:
         """How many tasks ``worker`` may hold: more than one only while tasks are
@@ -628,7 +667,7 @@ class Manager:
         started = worker.in_flight[0].started if worker.in_flight else None
         if started is not None and now - started > PREFETCH_PATIENCE * average:
             return 1
-        return 1 + PREFETCH
+        return 1 + min(PREFETCH_MOST, max(PREFETCH, int(PREFETCH_WORK / max(average, 1e-6))))
 
     def _send_task(self, worker: _Worker, task: Task) -> bool:
         """Send ``task`` to ``worker``; False if its sink withdrew it (cancelled)."""

@@ -36,6 +36,7 @@ from ._process import BaseProcess
 from ._results import (
     ApplyResult,
     CallbackRunner,
+    Cancel,
     IMapIterator,
     IMapUnorderedIterator,
     MapResult,
@@ -67,8 +68,8 @@ class Engine(Protocol):
     def encode(self, obj: Any) -> Any:
         """A task's arguments as workers receive them."""
 
-    def dispatch(self, task: Task) -> None:
-        """Run ``task`` (thread-safe; returns at once)."""
+    def dispatch(self, tasks: Sequence[Task]) -> None:
+        """Run ``tasks``, started in this order (thread-safe; returns at once)."""
 
     def close(self) -> None:
         """No more tasks: stop the workers once the queued ones are done."""
@@ -125,8 +126,8 @@ class _ProcessEngine:
     def encode(self, obj: Any) -> Packed:
         return pack(obj)
 
-    def dispatch(self, task: Task) -> None:
-        self._manager.send(Submit((task,)))
+    def dispatch(self, tasks: Sequence[Task]) -> None:
+        self._manager.send(Submit(tuple(tasks)))
 
     def close(self) -> None:
         self._manager.send(Close())
@@ -157,6 +158,11 @@ class BasePool:
         engine: what runs the tasks.
         processes: how many workers the engine has.
     """
+
+    # Called with a result object whose caller a Ctrl-C interrupted, where the
+    # engine can cancel that call's tasks and the pool lives on (Dask's). The
+    # process pool's workers ignore SIGINT; its caller's ``with`` terminates them.
+    _cancel_hook: Cancel | None = None
 
     def __init__(self, engine: Engine, processes: int) -> None:
         self._engine = engine
@@ -256,6 +262,7 @@ class BasePool:
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
         result = ApplyResult(callback, error_callback, self._callbacks)
+        result.cancel_hook = self._cancel_hook
         self._apply_to(result, func, args, kwds, timeout)
         return result
 
@@ -276,7 +283,7 @@ class BasePool:
             return
         task_id = next(self._task_ids)
         self._engine.dispatch(
-            Task.encoded(task_id, Kind.APPLY, function, payload, sink, 0, timeout)
+            (Task.encoded(task_id, Kind.APPLY, function, payload, sink, 0, timeout),)
         )
 
     # ---- map family --------------------------------------------------------------------
@@ -392,6 +399,7 @@ class BasePool:
         function = self._register(func)
         items = iterable if isinstance(iterable, Sequence) else list(iterable)
         result = MapResult(callback, error_callback, self._callbacks)
+        result.cancel_hook = self._cancel_hook
         self._add_job(
             kind, function, items, len(items), chunksize, result, timeout, progress, False
         )
@@ -414,6 +422,7 @@ class BasePool:
             # only. With adaptive chunks the worker keeps going past it instead.
             kind = Kind.STARMAP_EACH if kind is Kind.STARMAP else Kind.MAP_EACH
         result = iterator_class(self._callbacks)
+        result.cancel_hook = self._cancel_hook
         length = len(iterable) if isinstance(iterable, Sized) else None
         result._job = self._add_job(
             kind, function, iterable, length, chunksize, result, timeout, progress, True

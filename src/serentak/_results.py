@@ -34,6 +34,9 @@ from ._tasks import Failure, ItemFailed
 
 _NOT_LOADED: Final = object()
 
+Cancel = Callable[[object], None]
+"""Told which result object's caller was interrupted, so that its tasks can be cancelled."""
+
 
 class Outcome:
     """A task's result or exception, pickled as it arrived or already a Python object.
@@ -214,7 +217,13 @@ class ApplyResult:
         callback: called with the result once it succeeds.
         error_callback: called with the exception if the task fails.
         runner: the thread that runs callbacks.
+
+    Attributes:
+        cancel_hook: if set (by a pool whose engine can cancel tasks), called
+            with this result when a KeyboardInterrupt ends a wait on it.
     """
+
+    cancel_hook: Cancel | None = None
 
     def __init__(
         self,
@@ -251,7 +260,11 @@ class ApplyResult:
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the task has finished, or ``timeout`` seconds pass."""
-        self._event.wait(timeout)
+        try:
+            self._event.wait(timeout)
+        except KeyboardInterrupt:
+            _interrupted(self, self.cancel_hook)
+            raise
 
     def get(self, timeout: float | None = None) -> Any:
         """The task's result; re-raises its exception, the worker's traceback as cause.
@@ -259,7 +272,12 @@ class ApplyResult:
         Raises:
             serentak.TimeoutError: not ready within ``timeout`` seconds.
         """
-        if not self._event.wait(timeout):
+        try:
+            ready = self._event.wait(timeout)
+        except KeyboardInterrupt:
+            _interrupted(self, self.cancel_hook)
+            raise
+        if not ready:
             raise TimeoutError
         outcome = self._outcome
         if outcome is None:
@@ -298,6 +316,11 @@ class ApplyResult:
 
 
 AsyncResult = ApplyResult
+
+
+def _interrupted(result: object, cancel_hook: Cancel | None) -> None:
+    if cancel_hook is not None:
+        cancel_hook(result)
 
 
 class MapResult(ApplyResult):
@@ -355,6 +378,14 @@ class MapResult(ApplyResult):
         overlaps with the workers' instead of all coming at the end.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._preload_until_done(deadline)
+        except KeyboardInterrupt:
+            _interrupted(self, self.cancel_hook)
+            raise
+        return super().get(0 if deadline is not None else None)
+
+    def _preload_until_done(self, deadline: float | None) -> None:
         unpickled = 0
         while not self._event.is_set():
             with self._lock:
@@ -364,9 +395,8 @@ class MapResult(ApplyResult):
                 chunk.preload()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                break
+                return
             self._event.wait(0.005 if remaining is None else min(remaining, 0.005))
-        return super().get(0 if deadline is not None else None)
 
 
 class _Concatenated(Outcome):
@@ -407,7 +437,13 @@ class MapSink(Protocol):
 
 
 class IMapIterator:
-    """The iterator ``imap`` returns: results in input order, as they become available."""
+    """The iterator ``imap`` returns: results in input order, as they become available.
+
+    Attributes:
+        cancel_hook: as :class:`ApplyResult`'s, for a wait in next().
+    """
+
+    cancel_hook: Cancel | None = None
 
     def __init__(self, runner: CallbackRunner) -> None:
         self._condition = threading.Condition(threading.Lock())
@@ -434,24 +470,31 @@ class IMapIterator:
         """
         if self._items:
             return self._pop()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._condition:
-            while True:
-                outcome = self._take()
-                if outcome is not None:
-                    break
-                if self._length is not None and self._next_chunk >= self._length:
-                    raise StopIteration
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError
-                self._condition.wait(remaining)
+        try:
+            outcome = self._wait_for_chunk(timeout)
+        except KeyboardInterrupt:
+            _interrupted(self, self.cancel_hook)
+            raise
         if self._job is not None:
             self._job.consumed()
         self._items.extend(outcome.value())
         if self._items:
             return self._pop()
         return self.next(timeout)  # an empty chunk cannot happen, but must not end iteration
+
+    def _wait_for_chunk(self, timeout: float | None) -> Outcome:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while True:
+                outcome = self._take()
+                if outcome is not None:
+                    return outcome
+                if self._length is not None and self._next_chunk >= self._length:
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                self._condition.wait(remaining)
 
     def _pop(self) -> Any:
         item = self._items.popleft()

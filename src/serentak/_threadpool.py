@@ -59,11 +59,12 @@ class _ThreadEngine:
     def encode(self, obj: Any) -> Any:
         return obj
 
-    def dispatch(self, task: Task) -> None:
-        if self._terminated.is_set():
-            self._fail(task)
-        else:
-            self._queue.put(task)
+    def dispatch(self, tasks: Sequence[Task]) -> None:
+        for task in tasks:
+            if self._terminated.is_set():
+                self._fail(task)
+            else:
+                self._queue.put(task)
 
     def close(self) -> None:
         for _ in self._threads:

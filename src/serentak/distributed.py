@@ -32,7 +32,7 @@ a cluster needs serentak installed, and the modules your functions come from
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 try:
@@ -44,18 +44,8 @@ except ImportError as _missing:  # pragma: no cover - the test suite installs Da
 
 from . import _distributed_worker
 from ._context import default_context
-from ._distributed import (
-    Client,
-    Cluster,
-    DaskApplyResult,
-    DaskEngine,
-    DaskIMapIterator,
-    DaskIMapUnorderedIterator,
-    DaskMapResult,
-)
-from ._pool import BasePool, ProgressOption, check_pool_arguments
-from ._results import ApplyResult, IMapIterator, MapResult
-from ._tasks import Kind
+from ._distributed import Client, Cluster, DaskEngine
+from ._pool import BasePool, check_pool_arguments
 
 __all__ = ["Pool"]
 
@@ -174,6 +164,7 @@ class Pool(BasePool):
                 raise
         self._dask = DaskEngine(client, cluster, initializer, initargs)
         super().__init__(self._dask, count)
+        self._cancel_hook = self._dask.cancel  # Ctrl-C in a wait cancels that call's tasks
         self._cluster = cluster
 
     @property
@@ -191,87 +182,3 @@ class Pool(BasePool):
     def scattered(self) -> int:
         """How many inputs (big buffers, big functions) were scattered to the cluster so far."""
         return self._dask.scattered
-
-    # The result objects are Dask's flavour of serentak's own: the same
-    # behaviour, and Ctrl-C in their waits cancels their tasks.
-
-    def apply_async(
-        self,
-        func: Callable[..., Any],
-        args: Iterable[Any] = (),
-        kwds: Mapping[str, Any] | None = None,
-        callback: Callable[[Any], object] | None = None,
-        error_callback: Callable[[BaseException], object] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> ApplyResult:
-        """Call ``func(*args, **kwds)`` on a worker; return an AsyncResult at once.
-
-        Args:
-            func: the callable (lambdas and ``__main__`` functions go by value).
-            args: positional arguments.
-            kwds: keyword arguments.
-            callback: called with the result, in a pool thread, once it succeeds.
-            error_callback: called with the exception if the task fails.
-            timeout: seconds the task may run on its worker before it fails.
-        """
-        self._check_running(timeout)
-        if not callable(func):
-            raise TypeError(f"func must be callable, not {type(func).__name__}")
-        result = DaskApplyResult(self._dask.cancel, callback, error_callback, self._callbacks)
-        self._apply_to(result, func, args, kwds, timeout)
-        return result
-
-    def _map_async(
-        self,
-        kind: Kind,
-        func: Callable[..., Any],
-        iterable: Iterable[Any],
-        chunksize: int | None,
-        timeout: float | None,
-        progress: ProgressOption,
-        callback: Callable[[Any], object] | None = None,
-        error_callback: Callable[[BaseException], object] | None = None,
-    ) -> MapResult:
-        self._check_running(timeout)
-        function = self._register(func)
-        items = iterable if isinstance(iterable, Sequence) else list(iterable)
-        result = DaskMapResult(self._dask.cancel, callback, error_callback, self._callbacks)
-        self._add_job(
-            kind, function, items, len(items), chunksize, result, timeout, progress, False
-        )
-        return result
-
-    def imap(
-        self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
-        chunksize: int | None = None,
-        *,
-        timeout: float | None = None,
-        progress: ProgressOption = None,
-    ) -> IMapIterator:
-        """A lazy map(): results in order as they come, the input read with bounded look-ahead."""
-        iterator = self._imap(
-            DaskIMapIterator, Kind.MAP, func, iterable, chunksize, timeout, progress
-        )
-        if isinstance(iterator, DaskIMapIterator):
-            iterator.cancel_hook = self._dask.cancel
-        return iterator
-
-    def imap_unordered(
-        self,
-        func: Callable[[Any], Any],
-        iterable: Iterable[Any],
-        chunksize: int | None = None,
-        *,
-        timeout: float | None = None,
-        progress: ProgressOption = None,
-    ) -> IMapIterator:
-        """Like imap(), results in the order they complete."""
-        iterator = self._imap(
-            DaskIMapUnorderedIterator, Kind.MAP, func, iterable, chunksize, timeout, progress
-        )
-        if isinstance(iterator, DaskIMapUnorderedIterator):
-            iterator.cancel_hook = self._dask.cancel
-        return iterator
