@@ -25,7 +25,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The comparison libraries too (loky, joblib, mpire, faster-fifo); without them
+# the table compares with the stdlib only.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "bench: some comparison libraries did not install; comparing with those present"
 	$(BIN)/serentak bench
 
 install: $(STAMP)

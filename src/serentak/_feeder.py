@@ -71,7 +71,8 @@ class Chunker:
         self._fixed = size
         self._remaining = length
         self._workers = workers
-        # Written by the engine's thread as results arrive, read by the feeder.
+        # Written by the engine's thread as results arrive, read by the feeder:
+        # the biggest chunk measured so far (a chunk's fixed cost weighs least there).
         self._items_measured = 0
         self._busy_us = 0
         # Written by the feeder as it encodes chunks.
@@ -92,8 +93,8 @@ class Chunker:
 
     def observe(self, items: int, busy_us: int) -> None:
         """A chunk of ``items`` items kept a worker busy for ``busy_us`` microseconds."""
-        self._items_measured += items
-        self._busy_us += busy_us
+        if items >= self._items_measured:
+            self._items_measured, self._busy_us = items, busy_us
 
     def weigh(self, items: int, nbytes: int) -> None:
         """A chunk of ``items`` items encoded to ``nbytes`` bytes."""
@@ -307,8 +308,8 @@ class Feeder:
                 self._condition.wait()
 
     def _run(self) -> None:
-        while (job := self._next_job()) is not None:
-            self._feed_batch(job)
+        while self._feed_next():
+            pass
         with self._condition:
             abandoned = list(self._jobs)
             self._jobs.clear()
@@ -317,6 +318,18 @@ class Feeder:
             self._finish(job, failure=reason)
         if not self._stopped:
             self._on_closed()
+
+    def _feed_next(self) -> bool:
+        """Feed a batch of the next job that may go ahead; False when the feeder should exit.
+
+        The job is not held past its batch: a finished map's job, and through it
+        the caller's results, must not be freed here, in the next map's time.
+        """
+        job = self._next_job()
+        if job is None:
+            return False
+        self._feed_batch(job)
+        return True
 
     def _feed_batch(self, job: MapJob) -> None:
         """Encode chunks of ``job`` while its window allows (up to FEED_BATCH), and
