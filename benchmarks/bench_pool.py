@@ -12,6 +12,8 @@ Workloads:
   map-tiny      pool.map(f, range(200_000)), f tiny, default chunksize
   apply-rtt     apply_async(f, (1,)).get() round trip, median
   map-list      the same map over a list of 200,000 ints
+  map-one-tiny  pool.map(f, range(4_000), chunksize=1), f tiny: cost per task
+  map-one-30us  the same with tasks of 30 us of CPU each
   slow-50       50 tasks of 20 ms on 2 workers, against the ideal 0.5 s
   cpu-2-cores   8 CPU-bound tasks on 2 workers, speed-up over serial
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 
 from serentak import _bench
 
@@ -44,6 +47,21 @@ def map_list(pool: _bench.PoolUnderTest) -> float:
     started = time.perf_counter()
     pool.map(_bench.tiny, NUMBERS)
     return len(NUMBERS) / (time.perf_counter() - started)
+
+
+def busy_30us(x: int) -> int:
+    end = time.perf_counter() + 30e-6
+    while time.perf_counter() < end:
+        pass
+    return x
+
+
+def per_task_us(pool: _bench.PoolUnderTest, func: Callable[[int], int]) -> float:
+    """Microseconds per task of a map of 4,000 tasks sent one by one (chunksize=1)."""
+    count = 4_000
+    started = time.perf_counter()
+    pool.map(func, range(count), chunksize=1)
+    return (time.perf_counter() - started) / count * 1e6
 
 
 def slow_50(pool: _bench.PoolUnderTest) -> float:
@@ -77,6 +95,20 @@ def main() -> None:
         shared["apply-rtt"],
         _bench.Workload(
             "map-list", "Pool.map list of 200,000 ints", _bench.ITEMS_PER_S, pool, map_list
+        ),
+        _bench.Workload(
+            "map-one-tiny",
+            "map, chunksize=1, tiny tasks",
+            _bench.MICROSECONDS,
+            pool,
+            lambda p: per_task_us(p, _bench.tiny),
+        ),
+        _bench.Workload(
+            "map-one-30us",
+            "map, chunksize=1, 30 us tasks",
+            _bench.MICROSECONDS,
+            pool,
+            lambda p: per_task_us(p, busy_30us),
         ),
         _bench.Workload("slow-50", "50 tasks of 20 ms (ideal 0.50 s)", SECONDS, pool, slow_50),
         _bench.Workload("cpu-2-cores", "8 CPU-bound tasks", SPEED_UP, pool, cpu_speedup),

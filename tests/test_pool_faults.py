@@ -522,6 +522,16 @@ def test_imap_unordered_timeout(ctx: Any, workers: Workers) -> None:
 # ---- whole programs: Ctrl-C and the parent's death -------------------------------------------
 
 
+def printed_tracebacks(stderr: str) -> int:
+    """How many exceptions ``stderr`` reports, each with the ones chained to it counted once
+    (Ctrl-C in the middle of an import that was handling an ImportError prints both)."""
+    blocks = stderr.count("Traceback (most recent call last)")
+    chained = stderr.count("During handling of the above exception") + stderr.count(
+        "The above exception was the direct cause"
+    )
+    return blocks - chained
+
+
 CTRL_C_SCRIPT = """
 import os
 import signal
@@ -622,7 +632,7 @@ def test_ctrl_c_while_waiting_on_the_pool(
         stdout, stderr = rest_of_output(process)
     assert process.returncode == -signal.SIGINT
     assert stdout == ""
-    assert stderr.count("Traceback (most recent call last)") == 1, stderr
+    assert printed_tracebacks(stderr) == 1, stderr
     assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
     assert still_running_after(family, 2.0) == set(), "orphans left behind"
 
