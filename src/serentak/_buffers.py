@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from . import _native, _posix, _shm
-from ._serialize import dumps_with_fds, loads_with_fds
+from ._serialize import PROTOCOL, dumps_with_fds, loads_with_fds
 
 OOB_THRESHOLD: Final = 64 * 1024
 ALIGNMENT: Final = 64  # numpy wants aligned data; a cache line is plenty
@@ -99,12 +99,30 @@ class Packed:
             _posix.close_quietly(fd)
 
 
+# Types the stdlib pickler handles alone, in band: no handles, buffers or code.
+_ATOMS: Final = frozenset({int, float, str, bool, type(None), range})
+
+
+def _plain(obj: Any, depth: int = 2) -> bool:
+    """Whether ``obj`` is small plain data (atoms, in short tuples, lists and str-keyed dicts)."""
+    kind = type(obj)
+    if kind in _ATOMS:
+        return True
+    if kind not in (tuple, list, dict) or not depth or len(obj) > 8:
+        return False
+    if kind is dict:
+        return all(type(key) is str and _plain(value, depth - 1) for key, value in obj.items())
+    return all(_plain(item, depth - 1) for item in obj)
+
+
 def pack(obj: Any, *, spawning: bool = False) -> Packed:
     """Pickle ``obj`` with its big buffers out of band.
 
     Raises:
         Whatever pickling raises.
     """
+    if _plain(obj):  # a task's few numbers and strings: the stdlib's pickler, as is
+        return Packed(pickle.dumps(obj, PROTOCOL))
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
