@@ -77,12 +77,14 @@ def _on_processes(tasks: int, size: int, workers: int) -> list[int]:
         return pool.map(cpu_work, [size] * tasks, chunksize=1)
 
 
-def compare(tasks: int | None = None, size: int = 2_000_000) -> Comparison:
+def compare(tasks: int | None = None, size: int = 5_000_000) -> Comparison:
     """Time ``tasks`` pieces of :func:`cpu_work` serially, on threads and on processes.
 
     Args:
         tasks: how many pieces; by default twice the usable cores.
-        size: iterations per piece (2,000,000 is about 0.1 to 0.2 s of work).
+        size: iterations per piece (5,000,000 is about 0.2 to 0.5 s of work: enough
+            that starting and stopping the pool, which the processes' time
+            includes, is a small part of it).
     """
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     workers = max(1, workers)
