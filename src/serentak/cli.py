@@ -60,7 +60,8 @@ def _demo(start_method: str | None, sections: Sequence[str]) -> int:
     if failures:
         _say(f"{len(failures)} example(s) did not print what the tutorial says: {failures}")
         return 1
-    _say(f"All {len(examples)} examples printed what the tutorial says.")
+    if examples:
+        _say(f"All {len(examples)} examples printed what the tutorial says.")
     return 0
 
 
