@@ -293,6 +293,22 @@ def test_starmap_async_callback_has_run_when_get_returns(ctx: Any) -> None:
         assert got == [[3, 7]]
 
 
+def test_new_tasks_after_short_ones_are_spread_over_the_workers(ctx: Any, gates: Path) -> None:
+    """After many short tasks, when workers are sent several tasks ahead, a few new tasks
+    of unknown length still start on different workers: none waits behind another."""
+    with ctx.Pool(2) as pool:
+        assert (
+            pool.starmap(_targets.pool_add, [(i, 1) for i in range(2000)], chunksize=1)[-1] == 2000
+        )
+        gate = functools.partial(_targets.pool_gate, str(gates))
+        result = pool.map_async(gate, ["first", "second"], chunksize=1)
+        assert _targets.pool_gate_started(str(gates), "first")
+        assert _targets.pool_gate_started(str(gates), "second"), "both tasks sent to one worker"
+        _targets.pool_gate_open(str(gates), "first")
+        _targets.pool_gate_open(str(gates), "second")
+        assert result.get(PATIENCE) == [None, None]
+
+
 # ---- imap, imap_unordered --------------------------------------------------------------------
 
 

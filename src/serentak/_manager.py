@@ -240,7 +240,6 @@ class Manager:
         self._average_busy: float | None = None  # seconds per task, recent tasks weigh most
         self._send_lock = threading.Lock()
         self._step_lock = threading.Lock()
-        self._holding_writes = False  # while dispatching: frames are written together after
         self._finished = False
         self._thread = threading.Thread(target=self._run, name="serentak-pool-manager", daemon=True)
 
@@ -579,14 +578,22 @@ class Manager:
 
     def _send(self, worker: _Worker, frame: Frame) -> None:
         """Queue ``frame`` for ``worker`` and write what fits without blocking."""
-        data = memoryview(transport_frame(frame.encode(), has_fds=bool(frame.fds)))
-        worker.outbox.append((data, frame.fds))
-        if len(worker.outbox) == 1 and not self._holding_writes:
+        self._queue(worker, frame)
+        if len(worker.outbox) == 1:
             self._flush(worker)
 
     @staticmethod
+    def _queue(worker: _Worker, frame: Frame) -> None:
+        """Queue ``frame`` for ``worker``; the caller flushes."""
+        data = memoryview(transport_frame(frame.encode(), has_fds=bool(frame.fds)))
+        worker.outbox.append((data, frame.fds))
+
+    @staticmethod
     def _coalesce(outbox: collections.deque[tuple[memoryview, tuple[int, ...]]]) -> memoryview:
-        """Join the frames at the head of ``outbox`` that carry no fds into one write."""
+        """The head of ``outbox``, joined with the frames after it that carry no fds
+        into one write (it carries none either)."""
+        if len(outbox) < 2 or outbox[1][1]:
+            return outbox[0][0]
         parts = []
         while outbox and not outbox[0][1]:
             parts.append(outbox.popleft()[0])
@@ -599,7 +606,7 @@ class Manager:
         try:
             while worker.outbox:
                 data, fds = worker.outbox[0]
-                if not fds and len(worker.outbox) > 1 and not worker.outbox[1][1]:
+                if not fds:
                     data = self._coalesce(worker.outbox)
                 sent = worker.conn.send_some(data, fds)
                 if sent < len(data):
@@ -621,12 +628,9 @@ class Manager:
         """Send pending tasks to workers with room; each worker's frames in one write."""
         if not self._pending or self._state is PoolState.TERMINATE:
             return
-        now = monotonic()
-        self._holding_writes = True
         try:
-            self._dispatch_to_workers(now)
-        finally:
-            self._holding_writes = False
+            self._dispatch_to_workers(monotonic())
+        finally:  # the frames _send_task queued
             for worker in self._workers.values():
                 if worker.outbox and not worker.waiting_to_write:
                     self._flush(worker)
@@ -670,22 +674,23 @@ class Manager:
         return 1 + min(PREFETCH_MOST, max(PREFETCH, int(PREFETCH_WORK / max(average, 1e-6))))
 
     def _send_task(self, worker: _Worker, task: Task) -> bool:
-        """Send ``task`` to ``worker``; False if its sink withdrew it (cancelled)."""
+        """Queue ``task`` for ``worker`` (``_dispatch`` writes it); False if its sink
+        withdrew it (cancelled)."""
         if not task.sink._claim():
             return False
         function = task.function
         if function.func_id in worker.known:
             worker.known.move_to_end(function.func_id)
         else:
-            self._send(worker, Frame(Kind.FUNCTION, 0, function.func_id, function.payload))
+            self._queue(worker, Frame(Kind.FUNCTION, 0, function.func_id, function.payload))
             worker.known[function.func_id] = None
             if len(worker.known) > WORKER_FUNCTION_CACHE:
                 forgotten, _ = worker.known.popitem(last=False)
-                self._send(worker, Frame(Kind.FORGET, 0, forgotten))
+                self._queue(worker, Frame(Kind.FORGET, 0, forgotten))
         if not worker.in_flight:
             task.started = monotonic()
         worker.in_flight.append(task)
-        self._send(
+        self._queue(
             worker, Frame(task.kind, task.task_id, function.func_id, task.payload, fds=task.fds)
         )
         return True
