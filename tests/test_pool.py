@@ -16,8 +16,10 @@ import builtins
 import functools
 import itertools
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -309,6 +311,50 @@ def test_new_tasks_after_short_ones_are_spread_over_the_workers(ctx: Any, gates:
         assert result.get(PATIENCE) == [None, None]
 
 
+class _Signalled(Exception):
+    """Raised by the test's signal handler in the main thread."""
+
+
+_WAITS: dict[str, Callable[[Any, Callable[[str], Any]], object]] = {
+    "map": lambda pool, task: pool.map(task, ["held"], chunksize=1),
+    "get": lambda pool, task: pool.apply_async(task, ("held",)).get(),
+    "imap": lambda pool, task: list(pool.imap(task, ["held"])),
+}
+
+
+@pytest.mark.parametrize("wait_in", list(_WAITS))
+def test_a_signal_taken_by_another_thread_interrupts_the_wait(
+    ctx: Any, gates: Path, wait_in: str
+) -> None:
+    """The kernel may hand a process's SIGINT to any thread. One taken by another
+    thread of the caller must still interrupt the main thread waiting on the pool."""
+    interrupted = threading.Event()
+
+    def raise_signalled(signum: int, frame: object) -> None:
+        raise _Signalled
+
+    def signal_this_thread() -> None:
+        if _targets.pool_gate_started(str(gates), "held"):
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        # Were the signal not acted on, the wait ends with the task, and the test fails.
+        interrupted.wait(PATIENCE / 4)
+        _targets.pool_gate_open(str(gates), "held")
+
+    task = functools.partial(_targets.pool_gate, str(gates))
+    previous = signal.signal(signal.SIGUSR1, raise_signalled)
+    signaller = threading.Thread(target=signal_this_thread, daemon=True)
+    try:
+        with ctx.Pool(2) as pool:
+            signaller.start()
+            with pytest.raises(_Signalled):
+                _WAITS[wait_in](pool, task)
+            assert signaller.is_alive(), "the wait ended with the task, not with the signal"
+    finally:
+        interrupted.set()
+        signaller.join()
+        signal.signal(signal.SIGUSR1, previous)
+
+
 # ---- imap, imap_unordered --------------------------------------------------------------------
 
 
@@ -336,6 +382,28 @@ def test_imap_reads_an_endless_input_lazily(ctx: Any, chunksize: int | None) -> 
         assert [next(results) for _ in range(10)] == [x * x for x in range(10)]
         if chunksize == 1:
             assert next(pulled) < 100, "imap read far ahead of what was consumed"
+
+
+def test_adaptive_chunks_read_one_item_per_worker_until_a_task_has_reported(
+    ctx: Any, gates: Path
+) -> None:
+    """Without a chunksize, the first items go one per worker, and no more of the input
+    is read until one of them has finished: its time sizes the next chunks."""
+    pulled = []
+
+    def names() -> Iterator[str]:
+        for i in range(10):
+            pulled.append(i)
+            yield f"g{i}"
+
+    with ctx.Pool(2) as pool:
+        results = pool.imap(functools.partial(_targets.pool_gate, str(gates)), names())
+        assert _targets.pool_gate_started(str(gates), "g0")
+        assert _targets.pool_gate_started(str(gates), "g1")
+        assert pulled == [0, 1]
+        for i in range(10):
+            _targets.pool_gate_open(str(gates), f"g{i}")
+        assert list(results) == [None] * 10
 
 
 def test_imap_next_with_a_timeout(ctx: Any, gates: Path) -> None:

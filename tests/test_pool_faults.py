@@ -223,11 +223,35 @@ def test_map_family_raises_worker_lost_instead_of_hanging(
 def test_imap_goes_on_after_a_dead_worker(ctx: Any, workers: Workers) -> None:
     """imap: the dead worker's position raises; the positions after it still come, in order."""
     with workers.pool(ctx) as pool:
-        iterator = pool.imap(_targets.pool_fault, items_with("sigkill"))
+        iterator = pool.imap(_targets.pool_fault, items_with("sigkill"), chunksize=1)
         assert [next(iterator), next(iterator)] == [0, 10]
         with pytest.raises(serentak.WorkerLostError):
             next(iterator)
         assert list(iterator) == [30, 40, 50]
+
+
+def test_imap_with_adaptive_chunks_keeps_every_position_after_a_dead_worker(
+    ctx: Any, workers: Workers
+) -> None:
+    """imap without a chunksize: the items that shared the dead worker's chunk raise
+    one by one (they may or may not have run); the others come, each in its place."""
+    items = (
+        [("ok", x) for x in range(200)] + [("sigkill", 200)] + [("ok", x) for x in range(201, 400)]
+    )
+    with workers.pool(ctx) as pool:
+        outcomes: list[object] = []
+        iterator = pool.imap(_targets.pool_fault, items)
+        while True:
+            try:
+                outcomes.append(next(iterator))
+            except StopIteration:
+                break
+            except serentak.WorkerLostError:
+                outcomes.append("lost")
+        assert len(outcomes) == len(items)
+        assert outcomes[200] == "lost"
+        assert all(o in ("lost", x * 10) for o, (_, x) in zip(outcomes, items, strict=True))
+        assert outcomes[:2] == [0, 10]  # the first items are sent alone, to size the chunks
 
 
 def test_200_tasks_every_tenth_kills_its_worker(ctx: Any, workers: Workers) -> None:

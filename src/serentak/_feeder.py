@@ -28,7 +28,7 @@ from typing import Any, Final, Protocol
 from ._buffers import Packed
 from ._exceptions import PoolTerminatedError
 from ._results import MapSink, Outcome
-from ._tasks import Function, Kind, Task
+from ._tasks import Failure, Function, ItemFailed, Kind, Task
 
 # Work per chunk the adaptive sizing aims at: long enough that a chunk's
 # round trip is a small fraction of it, short enough to balance the tail.
@@ -95,6 +95,24 @@ class Chunker:
         """A chunk of ``items`` items kept a worker busy for ``busy_us`` microseconds."""
         if items >= self._items_measured:
             self._items_measured, self._busy_us = items, busy_us
+
+    def expected(self, items: int) -> float | None:
+        """Seconds a chunk of ``items`` items should take, once a chunk has reported."""
+        if not self._items_measured:
+            return None
+        return items * self._busy_us / 1e6 / self._items_measured
+
+    def window(self, most: int) -> int:
+        """Chunks that may be out at once, of at most ``most``.
+
+        While sizing adaptively from little: one per worker until a chunk has
+        reported its time (each is a single item: a run of short tasks is not
+        queued up as single items), then two per worker while only single items
+        have (their time is mostly the task's fixed cost: the next chunks are
+        sized too small, and the first of them to report sizes the rest)."""
+        if self._fixed is None and self._items_measured <= 1:
+            return min(most, self._workers * (2 if self._items_measured else 1))
+        return most
 
     def weigh(self, items: int, nbytes: int) -> None:
         """A chunk of ``items`` items encoded to ``nbytes`` bytes."""
@@ -205,6 +223,8 @@ class MapJob:
         items = self.sizes.pop(index, 0)
         if busy_us:
             self.chunker.observe(items, busy_us)
+        if not outcome.ok and items > 1 and self.kind in _EACH:
+            outcome = _each_failed(outcome, items)
         # The bar moves (and, at the last chunk, closes) before the caller can see
         # the chunk: once map() returns, its bar shows 100% and prints no more.
         if self.progress is not None:
@@ -213,6 +233,21 @@ class MapJob:
         sink = self.sink
         if sink is not None:
             sink._complete_chunk(index, outcome)
+
+
+# Map kinds whose items fail alone.
+_EACH: Final = frozenset({Kind.MAP_EACH, Kind.STARMAP_EACH})
+
+
+def _each_failed(outcome: Outcome, items: int) -> Outcome:
+    """A chunk that failed whole (its worker died) in a map whose items fail alone:
+    each of its items fails with that error, so the positions after it keep their
+    places."""
+    try:
+        outcome.value()
+    except BaseException as exc:  # the chunk's error, whatever it is, goes to each item
+        return Outcome.of_value([ItemFailed(Failure.of(exc))] * items)
+    return outcome
 
 
 class Feeder:
@@ -259,7 +294,8 @@ class Feeder:
             # The feeder wakes once a quarter of the window is free, not per
             # chunk: it then sends chunks in batches, and short tasks cost fewer
             # thread switches.
-            if job.submitted - self._released(job) <= job.window - max(1, job.window // 4):
+            window = job.chunker.window(job.window)
+            if job.submitted - self._released(job) <= window - max(1, window // 4):
                 self._condition.notify()
             done = job.fed_all and job.completed >= job.submitted
         if done and job.progress is not None:
@@ -290,7 +326,9 @@ class Feeder:
         return job.released if job.lazy and not self._closing else job.completed
 
     def _may_feed(self, job: MapJob) -> bool:
-        return job.sink is None or job.submitted - self._released(job) < job.window
+        if job.sink is None:
+            return True  # the caller dropped its imap iterator: feeding ends the job
+        return job.submitted - self._released(job) < job.chunker.window(job.window)
 
     def _next_job(self) -> MapJob | None:
         """The next job allowed to feed a chunk; None when the feeder should exit."""
@@ -374,7 +412,10 @@ class Feeder:
         if isinstance(payload, Packed):
             job.chunker.weigh(len(chunk), len(payload.payload) + payload.buffered)
         task_id = self._next_task_id()
-        return Task.encoded(task_id, job.kind, job.function, payload, job, index, job.timeout)
+        expected = job.chunker.expected(len(chunk))
+        return Task.encoded(
+            task_id, job.kind, job.function, payload, job, index, job.timeout, expected
+        )
 
     def _finish(self, job: MapJob, failure: BaseException | None = None) -> None:
         with self._condition:

@@ -168,6 +168,20 @@ class PoolStats:
         return "\n".join(lines)
 
 
+# The tasks whose results the manager thread unpickles while it would wait: map
+# chunks, whose results the caller wants all of at once (apply results are
+# unpickled by whoever asks for them).
+_PRELOADED: Final = frozenset({Kind.MAP, Kind.STARMAP})
+
+
+def _long(task: Task) -> bool:
+    """Whether ``task`` is expected to take longer than PREFETCH_WORK. Such a task
+    is queued on a worker only behind the one it runs, and nothing is queued
+    behind it: a worker is never handed several long tasks while another idles
+    (the imbalance stays under one task)."""
+    return task.expected is not None and task.expected > PREFETCH_WORK
+
+
 class _Worker:
     """One worker process as the manager sees it."""
 
@@ -238,6 +252,9 @@ class Manager:
         self._timed_out = 0
         self._started_workers = 0
         self._average_busy: float | None = None  # seconds per task, recent tasks weigh most
+        # Map results not yet unpickled: the manager thread unpickles them when it
+        # has nothing else to do, so that the work overlaps with the workers'.
+        self._unloaded: collections.deque[Outcome] = collections.deque()
         self._send_lock = threading.Lock()
         self._step_lock = threading.Lock()
         self._finished = False
@@ -316,6 +333,11 @@ class Manager:
                 with self._step_lock:
                     timeout = self._next_timeout()
                     spin = self._expecting_results_soon()
+                if self._unloaded:
+                    ready = self._selector.select(0)
+                    if not ready:
+                        self._preload_one()
+                        continue
                 ready = self._poll_briefly() if spin else []
                 if not ready:
                     ready = self._selector.select(timeout)
@@ -330,6 +352,14 @@ class Manager:
             self._selector.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _preload_one(self) -> None:
+        """Unpickle the oldest map result not yet unpickled (as the stdlib's result
+        thread unpickles every result). One at a time, between rounds: results
+        that arrive meanwhile wait for one unpickling at most."""
+        outcome = self._unloaded.popleft()
+        if outcome.pending_load():
+            outcome.preload()
 
     def _expecting_results_soon(self) -> bool:
         """Whether tasks are running and tasks have lately been short."""
@@ -411,6 +441,7 @@ class Manager:
         self._kill_deadline = monotonic() + KILL_GRACE
 
     def _fail_everything(self, reason: BaseException) -> None:
+        self._unloaded.clear()
         while self._pending:
             task = self._pending.popleft()
             task.finish(Outcome.of_exception(reason))
@@ -555,7 +586,10 @@ class Manager:
             return
         task = worker.in_flight.popleft()
         ok = kind is Kind.DONE
-        task.finish(Outcome(ok, bytes(frame.payload), fds=frame.fds), frame.busy_us)
+        outcome = Outcome(ok, bytes(frame.payload), fds=frame.fds)
+        task.finish(outcome, frame.busy_us)
+        if ok and task.kind in _PRELOADED:
+            self._unloaded.append(outcome)
         worker.completed += 1
         worker.failed += not ok
         worker.busy_us += frame.busy_us
@@ -644,6 +678,8 @@ class Manager:
             # tasks go in one write, and its results come back in bursts.
             if worker.retiring or (worker.in_flight and capacity * 2 < depth - 1):
                 continue
+            if len(worker.in_flight) > 1 and any(map(_long, worker.in_flight)):
+                continue
             if self._maxtasks is not None:
                 capacity = min(capacity, self._maxtasks - worker.completed - len(worker.in_flight))
             if capacity > 0:
@@ -656,6 +692,8 @@ class Manager:
             for worker, capacity in room:
                 if not self._pending:
                     return
+                if len(worker.in_flight) > 1 and _long(self._pending[0]):
+                    continue  # it waits for a worker with nothing queued
                 sent = self._send_task(worker, self._pending.popleft())
                 if capacity - sent > 0:
                     left.append((worker, capacity - sent))

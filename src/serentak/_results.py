@@ -13,8 +13,9 @@
                          returns after the callback has run)
 
 An :class:`Outcome` keeps a worker's reply pickled until someone asks for the
-value: unpickling happens in the thread that wants the result, never in the
-manager thread, whose only job is moving frames.
+value: unpickling happens in the thread that wants the result. The chunks of a
+map are the exception: the manager thread unpickles them when it has nothing
+else to do, one at a time, so the work overlaps with the workers'.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class Outcome:
             if self._value is _NOT_LOADED:
                 self._value = self._load()
                 self._payload = None
+
+    def pending_load(self) -> bool:
+        """Whether the outcome is still pickled (a hint: another thread may be loading it)."""
+        return self._value is _NOT_LOADED
 
     def value(self) -> Any:
         """The task's result; raises the task's exception if it failed."""
@@ -197,17 +202,33 @@ class _Done:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Whether it is set, waiting up to ``timeout`` seconds (None: for ever)."""
-        if self._flag:
-            return True
-        if timeout is None:
-            got = self._lock.acquire()
-        elif timeout > 0:
-            got = self._lock.acquire(timeout=min(timeout, threading.TIMEOUT_MAX))
-        else:
-            got = False
-        if got:
-            self._lock.release()  # for the next waiter
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._flag:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            span = _wait_span(remaining)
+            if span is None:
+                got = self._lock.acquire()
+            else:
+                got = self._lock.acquire(timeout=min(span, threading.TIMEOUT_MAX))
+            if got:
+                self._lock.release()  # for the next waiter
         return self._flag
+
+
+# The kernel hands a process's SIGINT to any of its threads that does not block
+# it, and a signal taken by another thread does not wake the main thread from a
+# lock it waits on. So the main thread waits in spans this long, and a Ctrl-C
+# raises KeyboardInterrupt within one span wherever it landed.
+SIGNAL_SPAN: Final = 0.05
+
+
+def _wait_span(remaining: float | None) -> float | None:
+    """How long to block at once, ``remaining`` seconds (None: for ever) being left."""
+    if threading.current_thread() is not threading.main_thread():
+        return remaining
+    return SIGNAL_SPAN if remaining is None else min(remaining, SIGNAL_SPAN)
 
 
 class ApplyResult:
@@ -371,33 +392,6 @@ class MapResult(ApplyResult):
             return None
         return _Concatenated([self._chunks[i] for i in range(self._length)])
 
-    def get(self, timeout: float | None = None) -> Any:
-        """The list of results, in input order; re-raises the first failure.
-
-        While waiting, chunks that have arrived are unpickled, so the work
-        overlaps with the workers' instead of all coming at the end.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            self._preload_until_done(deadline)
-        except KeyboardInterrupt:
-            _interrupted(self, self.cancel_hook)
-            raise
-        return super().get(0 if deadline is not None else None)
-
-    def _preload_until_done(self, deadline: float | None) -> None:
-        unpickled = 0
-        while not self._event.is_set():
-            with self._lock:
-                ready = [c for i, c in self._chunks.items() if i >= unpickled]
-                unpickled += len(ready)
-            for chunk in ready:
-                chunk.preload()
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return
-            self._event.wait(0.005 if remaining is None else min(remaining, 0.005))
-
 
 class _Concatenated(Outcome):
     """The chunks of a map, unpickled and joined only when the value is asked for."""
@@ -494,7 +488,7 @@ class IMapIterator:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError
-                self._condition.wait(remaining)
+                self._condition.wait(_wait_span(remaining))
 
     def _pop(self) -> Any:
         item = self._items.popleft()

@@ -109,6 +109,8 @@ class Task:
         fds: descriptors travelling with the arguments (out-of-band buffers),
             owned by the task until it ends: a task re-queued after its
             worker died is sent again, with them.
+        expected: seconds of work the task is expected to take, when its
+            sender can tell (an adaptive map's chunk); None when it cannot.
     """
 
     task_id: int
@@ -120,6 +122,7 @@ class Task:
     timeout: float | None
     started: float | None = None
     fds: tuple[int, ...] = ()
+    expected: float | None = None
 
     @classmethod
     def encoded(
@@ -131,13 +134,23 @@ class Task:
         sink: ResultSink,
         index: int,
         timeout: float | None,
+        expected: float | None = None,
     ) -> Task:
         """A task for an engine-encoded payload: a Packed message's descriptors go with it."""
         if isinstance(payload, Packed):
             return cls(
-                task_id, kind, function, payload.payload, sink, index, timeout, fds=payload.fds
+                task_id,
+                kind,
+                function,
+                payload.payload,
+                sink,
+                index,
+                timeout,
+                None,
+                payload.fds,
+                expected,
             )
-        return cls(task_id, kind, function, payload, sink, index, timeout)
+        return cls(task_id, kind, function, payload, sink, index, timeout, expected=expected)
 
     def finish(self, outcome: Outcome, busy_us: int = 0) -> None:
         """The task has ended: release its descriptors, deliver its outcome."""
