@@ -343,12 +343,13 @@ class _Worker:
         self.conn = conn
         self.options = options
         self.functions: dict[int, Callable[..., Any]] = {}
+        self.busy_us = 0  # the last task's
 
     def serve(self) -> None:
         conn = self.conn
         spin = self.options.spin
         while True:
-            if spin and not conn.has_buffered_data():
+            if spin and self.busy_us < SPIN_AFTER_US and not conn.has_buffered_data():
                 _spin_until_readable(conn, SPIN_SECONDS)
             try:
                 frame = Frame.receive(conn)
@@ -388,7 +389,7 @@ class _Worker:
         self.reply(Kind.DONE, task_id, packed, started)
 
     def reply(self, kind: Kind, task_id: int, packed: Packed, started: float) -> None:
-        busy_us = min(int((time.perf_counter() - started) * 1e6), _MAX_BUSY_US)
+        busy_us = self.busy_us = min(int((time.perf_counter() - started) * 1e6), _MAX_BUSY_US)
         try:
             Frame(kind, task_id, 0, packed.payload, busy_us, packed.fds).send(self.conn)
         finally:
@@ -396,6 +397,10 @@ class _Worker:
 
 
 SPIN_SECONDS: Final = 100e-6
+# Only after a task this short: after a longer one, the next task is either sent
+# ahead already or a round trip away, which is small beside the task, and the
+# CPU the polling would take is better left to the other processes.
+SPIN_AFTER_US: Final = 200
 
 
 def _spin_until_readable(conn: Connection, seconds: float) -> None:
