@@ -129,9 +129,28 @@ def test_ratios_read_as_speed_whichever_way_the_unit_goes(
 
 
 def test_array_goal_needs_both_the_ratio_and_the_absolute_figure() -> None:
-    goal = _bench.Goal(vs_stdlib=10.0, at_least=3.0)
+    goal = _bench.Goal(ratio=10.0, bound=3.0)
     for ours, theirs, met in ((4.0, 0.3, True), (4.0, 1.0, False), (2.0, 0.1, False)):
         results, workload = _results(_bench.GB_PER_S, ours, theirs)
         workload = _bench.Workload("w", "w", _bench.GB_PER_S, _bench.Kind.POOL, len, goal=goal)
         results.workloads = [workload]
         assert results.goal_met(workload) is met
+    assert "met" in _bench.format_table(results)
+
+
+def test_a_round_trip_goal_is_a_ceiling() -> None:
+    goal = _bench.Goal(bound=50.0)
+    for ours, met in ((45.0, True), (55.0, False)):
+        results, _ = _results(_bench.MICROSECONDS, ours, 150.0)
+        workload = _bench.Workload("w", "w", _bench.MICROSECONDS, _bench.Kind.POOL, len, goal=goal)
+        results.workloads = [workload]
+        assert results.goal_met(workload) is met
+        assert f"<= 50 us: {'met' if met else 'NOT met'}" in _bench.format_table(results)
+
+
+def test_a_goal_against_a_library_not_measured_cannot_be_told() -> None:
+    goal = _bench.Goal(ratio=1.0, against="faster_fifo")
+    results, _ = _results(_bench.GB_PER_S, 9.0, 1.0)
+    workload = _bench.Workload("w", "w", _bench.GB_PER_S, _bench.Kind.QUEUE, len, goal=goal)
+    results.workloads = [workload]
+    assert results.goal_met(workload) is None
