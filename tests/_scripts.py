@@ -22,6 +22,20 @@ def script_env() -> dict[str, str]:
     return env
 
 
+def run_script(
+    path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python path args`` to its end (within PATIENCE), its output captured as text."""
+    return subprocess.run(
+        [sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        env=script_env() if env is None else env,
+        check=False,
+    )
+
+
 @contextlib.contextmanager
 def running_script(path: Path, *args: str, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python path args``: stdout and stderr are pipes, killed if still running at the end."""

@@ -17,8 +17,6 @@ import functools
 import itertools
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +28,7 @@ import pytest
 import _targets
 import serentak
 import serentak.pool
+from _scripts import run_script
 from _watch import lines, running, until
 
 # Waits for something that must happen: long enough never to fire on a slow
@@ -651,15 +650,6 @@ def test_functions_of_a_scripts_main_module(start_method: str, tmp_path: Path, g
     call = 'if __name__ == "__main__":\n    run()' if guard != "without" else "run()"
     script = tmp_path / "main_functions.py"
     script.write_text(MAIN_SCRIPT.replace("GUARD", call))
-    env = dict(os.environ)
-    env.pop("SERENTAK_START_METHOD", None)
-    done = subprocess.run(
-        [sys.executable, str(script), start_method],
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE,
-        env=env,
-        check=False,
-    )
+    done = run_script(script, start_method)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == MAIN_OUTPUT

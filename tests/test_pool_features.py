@@ -22,8 +22,6 @@ import itertools
 import json
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +33,7 @@ import tqdm.auto
 
 import _targets
 import serentak
+from _scripts import run_script, script_env
 from _watch import lines, until
 from serentak import _posix
 from serentak._tasks import resident_memory_mb
@@ -473,16 +472,8 @@ def test_cpu_count_and_pool_size_under_a_restricted_affinity(
     BLAS gets one thread."""
     script = tmp_path / "affinity.py"
     script.write_text(AFFINITY_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_LIMIT_VARIABLES}
-    env.pop("SERENTAK_START_METHOD", None)
-    done = subprocess.run(
-        [sys.executable, str(script), start_method],
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE,
-        env=env,
-        check=False,
-    )
+    env = {k: v for k, v in script_env().items() if k not in THREAD_LIMIT_VARIABLES}
+    done = run_script(script, start_method, env=env)
     assert (done.returncode, done.stderr) == (0, "")
     assert json.loads(done.stdout) == {
         "cpu_count": 1,
