@@ -1,4 +1,4 @@
-"""Shared fixtures: every start method, and a leak check after every test.
+"""Shared fixtures: every start method, gates for tasks, and a leak check after every test.
 
 ``ctx`` runs a test under fork, spawn and forkserver. The autouse leak check
 fails a test that leaves behind a descendant process (a fork server's
@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+import _targets
 import serentak
 from serentak import _buffers, _launch
 
@@ -54,6 +55,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def ctx(request: pytest.FixtureRequest) -> Any:
     """The serentak context of each start method in turn."""
     return serentak.get_context(request.param)
+
+
+def open_every_gate(directory: Path) -> None:
+    """Let every task blocked in ``_targets.pool_gate`` on ``directory`` return."""
+    for started in directory.glob("*.started"):
+        _targets.pool_gate_open(str(directory), started.name.removesuffix(".started"))
+
+
+@pytest.fixture
+def gates(tmp_path: Path) -> Iterator[Path]:
+    """A directory for ``_targets.pool_gate``; every gate is opened at the end, so no
+    task stays blocked (a task of a shared cluster runs on after its pool is gone)."""
+    directory = tmp_path / "gates"
+    directory.mkdir()
+    yield directory
+    open_every_gate(directory)
 
 
 @pytest.fixture(params=START_METHODS)

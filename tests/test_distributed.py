@@ -145,17 +145,6 @@ def back_to(cluster: Cluster, workers: int) -> None:
         probe.client.wait_for_workers(workers, timeout=PATIENCE)
 
 
-@pytest.fixture
-def gates(tmp_path: Path) -> Iterator[Path]:
-    """A directory for pool_gate; every gate is opened at the end, so no task stays blocked
-    (a task of the shared cluster runs on after its pool is gone)."""
-    directory = tmp_path / "gates"
-    directory.mkdir()
-    yield directory
-    for started in directory.glob("*.started"):
-        _targets.pool_gate_open(str(directory), started.name.removesuffix(".started"))
-
-
 # ---- import, construction ----------------------------------------------------------------------
 
 

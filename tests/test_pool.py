@@ -56,16 +56,6 @@ def noted(tmp_path: Path) -> tuple[Callable[[str], None], tuple[str]]:
     return _targets.pool_note_pid, (str(tmp_path / "workers"),)
 
 
-@pytest.fixture
-def gates(tmp_path: Path) -> Iterator[Path]:
-    """A directory for pool_gate; every gate is opened at the end, so no task stays blocked."""
-    directory = tmp_path / "gates"
-    directory.mkdir()
-    yield directory
-    for started in directory.glob("*.started"):
-        _targets.pool_gate_open(str(directory), started.name.removesuffix(".started"))
-
-
 # ---- construction ----------------------------------------------------------------------------
 
 

@@ -71,16 +71,6 @@ def started_workers(path: Path, count: int) -> list[int]:
     return [int(line) for line in lines(path)]
 
 
-@pytest.fixture
-def gates(tmp_path: Path) -> Iterator[Path]:
-    """A directory for pool_gate; every gate is opened at the end, so no task stays blocked."""
-    directory = tmp_path / "gates"
-    directory.mkdir()
-    yield directory
-    for started in directory.glob("*.started"):
-        _targets.pool_gate_open(str(directory), started.name.removesuffix(".started"))
-
-
 class FakeBar:
     """Stands in for tqdm.auto.tqdm: records how the pool made and moved its bars."""
 
