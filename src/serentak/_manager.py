@@ -170,8 +170,10 @@ class PoolStats:
 
 # The tasks whose results the manager thread unpickles while it would wait: map
 # chunks, whose results the caller wants all of at once (apply results are
-# unpickled by whoever asks for them).
+# unpickled by whoever asks for them); and only results this big: a small one
+# costs more to schedule than to unpickle with the rest at the end.
 _PRELOADED: Final = frozenset({Kind.MAP, Kind.STARMAP})
+PRELOAD_BYTES: Final = 4096
 
 
 def _long(task: Task) -> bool:
@@ -588,7 +590,7 @@ class Manager:
         ok = kind is Kind.DONE
         outcome = Outcome(ok, bytes(frame.payload), fds=frame.fds)
         task.finish(outcome, frame.busy_us)
-        if ok and task.kind in _PRELOADED:
+        if ok and task.kind in _PRELOADED and len(frame.payload) >= PRELOAD_BYTES:
             self._unloaded.append(outcome)
         worker.completed += 1
         worker.failed += not ok
@@ -678,7 +680,9 @@ class Manager:
             # tasks go in one write, and its results come back in bursts.
             if worker.retiring or (worker.in_flight and capacity * 2 < depth - 1):
                 continue
-            if len(worker.in_flight) > 1 and any(map(_long, worker.in_flight)):
+            # (A long task can only be first or last: nothing is queued after one.)
+            in_flight = worker.in_flight
+            if len(in_flight) > 1 and (_long(in_flight[0]) or _long(in_flight[-1])):
                 continue
             if self._maxtasks is not None:
                 capacity = min(capacity, self._maxtasks - worker.completed - len(worker.in_flight))
