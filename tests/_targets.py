@@ -346,6 +346,19 @@ def conn_send_when_told(go: Any, out: Any, message: Any) -> None:
     out.close()
 
 
+def conn_drain_when_told(go: Any, conn: Any, other_end: Any) -> None:
+    """Wait for a message on ``go``, then read ``conn``'s bytes, whole frames or not,
+    until the other end closes (``other_end``, which a forked child holds too: closed here)."""
+    import os
+
+    other_end.close()
+    go.recv()
+    while os.read(conn.fileno(), 1 << 20):
+        pass
+    go.close()
+    conn.close()
+
+
 def conn_relay_received(conn: Any) -> None:
     """Receive a Connection over ``conn`` and send "relayed" through the received one."""
     received = conn.recv()
@@ -945,6 +958,14 @@ def queue_reply_on_connection(queue: Any) -> None:
     connection.close()
 
 
+def queue_take_when_told(queue: Any, go: Any, count: int) -> None:
+    """Wait for ``go`` (an Event), then take ``count`` items."""
+    if not go.wait(30):
+        raise RuntimeError("never told to take the items")
+    for _ in range(count):
+        queue.get(timeout=30)
+
+
 def queue_simple_put(queue: Any, items: Any) -> None:
     """SimpleQueue: put each of ``items``."""
     for item in items:
@@ -1147,6 +1168,13 @@ def lst_client(address: Any, authkey: bytes | None, message: Any) -> None:
     with Client(address, authkey=authkey) as conn:
         conn.send(message)
         conn.send(("echo", conn.recv()))
+
+
+def lst_client_when_told(go: Any, address: Any, authkey: bytes | None, message: Any) -> None:
+    """Wait for ``go`` (an Event), then do as lst_client."""
+    if not go.wait(30):
+        raise RuntimeError("never told to connect")
+    lst_client(address, authkey, message)
 
 
 def lst_server(conn: Any, family: str, authkey: bytes | None) -> None:

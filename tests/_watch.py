@@ -6,6 +6,7 @@ synchronise on properly.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,3 +80,25 @@ def asleep_in_futex(pid: int) -> bool:
         return "futex" in Path(f"/proc/{pid}/wchan").read_text()
     except OSError:
         return False
+
+
+def waiting_in_kernel(thread: threading.Thread, patience: float = PATIENCE) -> bool:
+    """Poll until ``thread`` of this process is found asleep in the kernel several
+    times in a row (it waits on something: a futex, a poll, a read); False if
+    ``patience`` runs out first.
+
+    One look is not enough: a thread that only wants the GIL, which the
+    looking thread holds while it looks, sleeps too. Between looks the GIL is
+    let go for a while, so a thread that is merely running Python is found
+    running at least once.
+    """
+    stat = Path(f"/proc/self/task/{thread.native_id}/stat")
+    deadline = time.monotonic() + patience
+    in_a_row = 0
+    while in_a_row < 5:
+        if time.monotonic() > deadline:
+            return False
+        text = stat.read_text()
+        in_a_row = in_a_row + 1 if text[text.rindex(")") + 2] == "S" else 0
+        time.sleep(0.002)
+    return True

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import array
 import math
+import os
 import socket
+import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import _targets
 import serentak
+from _signals import interrupted_by_a_signal_to_another_thread
+from _watch import until, waiting_in_kernel
 from serentak import BufferTooShort, ProcessError
 from serentak.connection import Connection, Pipe, wait
 
@@ -547,3 +551,104 @@ def test_connection_sent_over_a_connection(ctx: Any) -> None:
             a.recv()
         process.join(PATIENCE)
     assert process.exitcode == 0
+
+
+# ---- a signal taken by another thread ----------------------------------------------------
+
+CONNECTION_WAITS = ["recv", "recv on a pipe end", "poll", "wait", "send"]
+
+
+@pytest.mark.parametrize("call", CONNECTION_WAITS)
+def test_a_signal_taken_by_another_thread_interrupts_a_wait(ctx: Any, call: str) -> None:
+    """The kernel may hand a process's SIGINT to any thread. One taken by another thread
+    must still interrupt the main thread waiting on a connection: for a message from a
+    child that sends only when told, or for room to send to one that reads only when told."""
+    go_here, go_there = ctx.Pipe()
+    if call == "recv on a pipe end":
+        reader, writer = os.pipe()
+        here, there = Connection(reader, writable=False), Connection(writer, readable=False)
+    else:
+        here, there = ctx.Pipe()
+    with go_here, go_there, here, there:
+        if call == "send":
+            process = ctx.Process(
+                target=_targets.conn_drain_when_told, args=(go_there, there, here)
+            )
+        else:
+            process = ctx.Process(
+                target=_targets.conn_send_when_told, args=(go_there, there, "released")
+            )
+        process.start()
+        go_there.close()
+        there.close()
+        blocking_calls: dict[str, Callable[[], object]] = {
+            "recv": here.recv,
+            "recv on a pipe end": here.recv,
+            "poll": lambda: here.poll(None),
+            "wait": lambda: wait([here]),
+            "send": lambda: here.send_bytes(bytes(BIG)),  # far more than the socket holds
+        }
+        with interrupted_by_a_signal_to_another_thread(lambda: go_here.send("go")):
+            blocking_calls[call]()
+        if call != "send":
+            assert here.recv() == "released"
+        here.close()  # the draining child reads to the end
+        process.join(PATIENCE)
+    assert process.exitcode == 0
+
+
+TIMEVAL = struct.Struct("ll")
+
+
+def receive_timeout(conn: Connection) -> tuple[int, int]:
+    """The SO_RCVTIMEO of ``conn``'s socket (seconds, microseconds)."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as view:
+        packed = view.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL.size)
+    seconds, micros = TIMEVAL.unpack(packed)
+    return seconds, micros
+
+
+def test_a_wait_in_the_main_thread_leaves_no_timeout_on_the_socket(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    """The main thread waits for bytes in recvmsg with the socket's receive timeout set to
+    a span; the timeout is cleared once the message is in (and was never set for a message
+    that was there already)."""
+    a, b = pipe
+    b.send("there already")
+    assert a.recv() == "there already"
+    assert receive_timeout(a) == (0, 0)
+
+    def send_once_waited_for() -> None:
+        if waiting_in_kernel(threading.main_thread()):
+            b.send("came later")
+
+    sender = threading.Thread(target=send_once_waited_for)
+    sender.start()
+    try:
+        assert a.recv() == "came later"
+    finally:
+        sender.join(PATIENCE)
+    assert receive_timeout(a) == (0, 0)
+
+
+def test_a_timeout_left_on_the_socket_does_not_end_another_threads_receive(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    """A process killed while its main thread waited leaves the socket's receive timeout
+    set (see recv_into in src/native/proc.c): a receive in another thread, which gives no
+    span, still waits for the message."""
+    a, b = pipe
+    with socket.socket(fileno=os.dup(a.fileno())) as view:
+        view.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, TIMEVAL.pack(0, 10_000))
+    received: list[Any] = []
+    receiver = threading.Thread(target=lambda: received.append(a.recv()))
+    receiver.start()
+    try:
+        timed_out = time.monotonic() + 0.1  # ten of the socket's timeouts
+        assert until(lambda: time.monotonic() > timed_out)
+        assert receiver.is_alive(), "the receive ended without a message"
+        b.send("worth the wait")
+    finally:
+        receiver.join(PATIENCE)
+    assert received == ["worth the wait"]

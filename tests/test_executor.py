@@ -26,6 +26,7 @@ import pytest
 import _targets
 import serentak
 import serentak.pool
+from _signals import interrupted_by_a_signal_to_another_thread
 from _watch import lines, running, until
 
 # Waits for something that must happen: long enough never to fire on a slow
@@ -292,6 +293,27 @@ def test_initializer_and_max_tasks_per_child(ctx: Any, tmp_path: Path) -> None:
         pids = [executor.submit(_targets.pool_pid, x).result(PATIENCE)[1] for x in range(3)]
     assert len(set(pids)) == 3, "a worker ran more than one task"
     assert set(pids) <= {int(pid) for pid in lines(workers)}
+
+
+@pytest.mark.parametrize("wait", ["result", "exception", "shutdown"])
+def test_a_signal_taken_by_another_thread_interrupts_a_wait(
+    ctx: Any, gates: Path, wait: str
+) -> None:
+    """The kernel may hand a process's SIGINT to any thread (an executor has several). One
+    taken by another thread must still interrupt the main thread waiting on a call."""
+    with executor_of(ctx) as executor, opened_on_exit(gates):
+        future = executor.submit(_targets.pool_gate, str(gates), "held", "done")
+        assert _targets.pool_gate_started(str(gates), "held")
+        with interrupted_by_a_signal_to_another_thread(
+            lambda: _targets.pool_gate_open(str(gates), "held")
+        ):
+            if wait == "result":
+                future.result()
+            elif wait == "exception":
+                future.exception()
+            else:
+                executor.shutdown(wait=True)
+        assert future.result(PATIENCE) == "done"
 
 
 # ---- asyncio ---------------------------------------------------------------------------------

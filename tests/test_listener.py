@@ -18,6 +18,7 @@ import pytest
 
 import _targets
 import serentak
+from _signals import interrupted_by_a_signal_to_another_thread
 from serentak import _launch, _logging, reduction
 from serentak.connection import (
     Client,
@@ -298,3 +299,25 @@ def test_logger() -> None:
         for handler in set(logger.handlers) - set(handlers):
             logger.removeHandler(handler)
         _logging._stderr_handler = None
+
+
+# ---- a signal taken by another thread ----------------------------------------------------
+
+
+def test_a_signal_taken_by_another_thread_interrupts_accept(ctx: Any) -> None:
+    """The kernel may hand a process's SIGINT to any thread. One taken by another thread
+    must still interrupt the main thread waiting in accept() for a client."""
+    go = ctx.Event()
+    with Listener(authkey=b"key") as listener:
+        child = ctx.Process(
+            target=_targets.lst_client_when_told, args=(go, listener.address, b"key", "hello")
+        )
+        child.start()
+        with interrupted_by_a_signal_to_another_thread(go.set):
+            listener.accept()
+        with listener.accept() as conn:
+            assert conn.recv() == "hello"
+            conn.send("back")
+            assert conn.recv() == ("echo", "back")
+        child.join(PATIENCE)
+    assert child.exitcode == 0

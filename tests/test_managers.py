@@ -20,6 +20,7 @@ import pytest
 
 import _targets
 import serentak
+from _signals import interrupted_by_a_signal_to_another_thread
 from serentak import _posix, _tracker
 from serentak.managers import (
     AutoProxy,
@@ -478,6 +479,18 @@ def test_interrupted_call_leaves_the_next_call_in_step() -> None:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+        assert values[0] == "mine"
+
+
+def test_a_signal_taken_by_another_thread_interrupts_a_call(ctx: Any) -> None:
+    """The kernel may hand a process's SIGINT to any thread. One taken by another thread
+    must still interrupt the main thread waiting for the manager's reply; the next call
+    is in step."""
+    with ctx.Manager() as manager:
+        event, values = manager.Event(), manager.list(["mine"])
+        with interrupted_by_a_signal_to_another_thread(event.set):
+            event.wait()
+        assert event.is_set()
         assert values[0] == "mine"
 
 

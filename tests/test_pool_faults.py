@@ -34,6 +34,7 @@ import _targets
 import serentak
 import serentak.pool
 from _scripts import read_line, rest_of_output, running_script
+from _signals import interrupted_by_a_signal_to_another_thread
 from _watch import descendants_of, lines, running, still_running_after, until
 
 # Waits for something that must happen: long enough never to fire on a slow
@@ -716,3 +717,21 @@ def test_workers_exit_when_the_parent_is_killed(
         alive = still_running_after(worker_pids, 0.5)
         assert alive == set(), f"workers still running {time.monotonic() - killed:.2f} s later"
     assert still_running_after(family, PATIENCE) == set(), "orphans left behind"
+
+
+# ---- a signal taken by another thread ----------------------------------------------------
+
+
+def test_a_signal_taken_by_another_thread_interrupts_join(ctx: Any, gates: Path) -> None:
+    """The kernel may hand a process's SIGINT to any thread (a pool has several). One taken
+    by another thread must still interrupt the main thread's join() while a task runs on."""
+    with ctx.Pool(2) as pool:
+        result = pool.apply_async(_targets.pool_gate, (str(gates), "held", "done"))
+        assert _targets.pool_gate_started(str(gates), "held")
+        pool.close()
+        with interrupted_by_a_signal_to_another_thread(
+            lambda: _targets.pool_gate_open(str(gates), "held")
+        ):
+            pool.join()
+        pool.join()
+        assert result.get(PATIENCE) == "done"

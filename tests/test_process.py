@@ -25,6 +25,7 @@ import pytest
 import _targets
 import serentak
 from _scripts import read_line, rest_of_output, running_script
+from _signals import interrupted_by_a_signal_to_another_thread
 from _watch import descendants_of, running, still_running_after
 from serentak.connection import wait
 
@@ -229,6 +230,19 @@ def test_join_with_a_timeout_returns_none_and_the_process_runs_on(
 
         here.send("go")
         assert process.join(PATIENCE) is None
+    assert process.exitcode == 0
+
+
+def test_a_signal_taken_by_another_thread_interrupts_join(ctx: Any, children: Children) -> None:
+    """The kernel may hand a process's SIGINT to any thread. One taken by another thread
+    must still interrupt the main thread's join(), which polls the sentinel in spans."""
+    here, there = ctx.Pipe()
+    with here, there:
+        process = children.start(ctx.Process(target=_targets.proc_wait_then_exit, args=(there,)))
+        wait_ready(here)
+        with interrupted_by_a_signal_to_another_thread(lambda: here.send("go")):
+            process.join()
+        process.join(PATIENCE)
     assert process.exitcode == 0
 
 

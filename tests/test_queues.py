@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 import _targets
+from _signals import interrupted_by_a_signal_to_another_thread
 from _watch import asleep_in_futex, until
 from serentak import _native, _queues
 from serentak.connection import Pipe
@@ -547,6 +548,49 @@ def test_ctrl_c_interrupts_every_blocking_wait_promptly(ctx: Any, wait: str) -> 
         timer.join(PATIENCE)
     assert interrupted - sent[0] < PROMPT
     check_usable_after_ctrl_c(shared, wait)
+
+
+def release_of(shared: Any, wait: str) -> Callable[[], object]:
+    """What ends ``wait`` blocked on ``shared`` (as :func:`blocked_queue` set it up)."""
+    if wait.endswith(".get"):
+        return lambda: shared.put("released")
+    if wait == "Queue.put":
+        take: Callable[[], object] = shared.get
+        return take
+
+    def finish_the_task() -> None:
+        shared.get()
+        shared.task_done()
+
+    return finish_the_task
+
+
+@pytest.mark.parametrize("wait", BLOCKING_WAITS)
+def test_a_signal_taken_by_another_thread_interrupts_every_blocking_wait(
+    ctx: Any, wait: str
+) -> None:
+    """The kernel may hand a process's SIGINT to any thread. One taken by another thread
+    (for certain, not as the timer's above may be) must still interrupt the main thread's
+    wait: the ring's sleeps are cut in slices."""
+    shared, block = blocked_queue(ctx, wait)
+    with interrupted_by_a_signal_to_another_thread(release_of(shared, wait)):
+        block()
+    shared.close()
+
+
+def test_a_signal_taken_by_another_thread_interrupts_join_thread(ctx: Any) -> None:
+    """join_thread() waits for the feeder, which waits for a reader: for ever if none comes.
+    A signal taken by another thread must still interrupt it."""
+    shared, go = ctx.Queue(), ctx.Event()
+    count = 12  # of 1 MB: more than the ring holds, so the feeder keeps some
+    consumer = run(ctx, _targets.queue_take_when_told, shared, go, count)
+    for _ in range(count):
+        shared.put(bytes(MB))
+    shared.close()
+    with interrupted_by_a_signal_to_another_thread(go.set):
+        shared.join_thread()
+    shared.join_thread()  # the consumer took them
+    finish(consumer)
 
 
 def interrupted_as_it_returns(inner: Any, method: str) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 import _targets
+from _signals import interrupted_by_a_signal_to_another_thread
 from _watch import until
 from serentak import _serialize, _shm, _sync
 from serentak._exceptions import LockOwnerDiedWarning
@@ -998,3 +999,43 @@ def test_ctrl_c_interrupts_an_acquire_held_up_by_a_child(
     assert float(stamp) - sent < PROMPT
     assert stdout.splitlines()[1:] == ["then 0 True"], stdout + stderr
     assert process.returncode == 0, stderr
+
+
+# ---- a signal taken by another thread ----------------------------------------------------
+
+
+def blocking_call(ctx: Any, kind: str) -> tuple[Callable[[], object], Callable[[], object]]:
+    """A call on a new ``kind`` that blocks the calling thread, and what ends it."""
+    if kind == "Lock":
+        lock = ctx.Lock()
+        lock.acquire()
+        return lock.acquire, lock.release
+    if kind == "Semaphore":
+        semaphore = ctx.Semaphore(0)
+        return semaphore.acquire, semaphore.release
+    if kind == "Condition":
+        condition = ctx.Condition()
+
+        def wait() -> None:
+            with condition:
+                condition.wait()
+
+        def notify() -> None:
+            with condition:
+                condition.notify()
+
+        return wait, notify
+    if kind == "Event":
+        event = ctx.Event()
+        return event.wait, event.set
+    barrier = ctx.Barrier(2)
+    return barrier.wait, barrier.abort
+
+
+@pytest.mark.parametrize("kind", ["Lock", "Semaphore", "Condition", "Event", "Barrier"])
+def test_a_signal_taken_by_another_thread_interrupts_a_wait(ctx: Any, kind: str) -> None:
+    """The kernel may hand a process's SIGINT to any thread. One taken by another thread
+    must still interrupt the main thread's wait, which sleeps in slices."""
+    block, release = blocking_call(ctx, kind)
+    with interrupted_by_a_signal_to_another_thread(release):
+        block()

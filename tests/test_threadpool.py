@@ -21,6 +21,7 @@ import pytest
 import _targets
 import serentak.dummy
 import serentak.pool
+from _signals import interrupted_by_a_signal_to_another_thread
 
 PATIENCE = 20.0
 
@@ -214,6 +215,22 @@ def run_program(pool_class: Callable[..., Any]) -> list[Any]:
 )
 def test_same_outcomes_as_the_stdlib(ours: Callable[..., Any], theirs: Callable[..., Any]) -> None:
     assert run_program(ours) == run_program(theirs)
+
+
+def test_a_signal_taken_by_another_thread_interrupts_join(
+    make_pool: Callable[..., Any], gate: Gate
+) -> None:
+    """The kernel may hand a process's SIGINT to any thread: here, maybe one of the pool's.
+    One taken by another thread must still interrupt the main thread's join() while a
+    task runs on."""
+    with make_pool(2) as pool:
+        result = pool.apply_async(gate.hold, ("done",))
+        assert gate.started.wait(PATIENCE)
+        pool.close()
+        with interrupted_by_a_signal_to_another_thread(gate.go.set):
+            pool.join()
+        pool.join()
+        assert result.get(PATIENCE) == "done"
 
 
 # ---- serentak.dummy --------------------------------------------------------------------------

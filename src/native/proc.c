@@ -238,22 +238,53 @@ native_poke(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* recv_into(fd, buffer) -> nbytes, or (nbytes, [fds]) when descriptors came with the bytes.
- * One recvmsg(2) into a writable buffer, the GIL released while it waits: what
- * socket.recvmsg_into does, without its argument parsing, result tuple and
- * control-buffer allocation on every call. Received fds are close-on-exec. */
+/* recv_into(fd, buffer, span=None) -> nbytes, or (nbytes, [fds]) when descriptors
+ * came with the bytes. One recvmsg(2) into a writable buffer, the GIL released
+ * while it waits: what socket.recvmsg_into does, without its argument parsing,
+ * result tuple and control-buffer allocation on every call. Received fds are
+ * close-on-exec.
+ *
+ * With a `span` (seconds; the main thread passes one), the wait for bytes
+ * lasts at most that long at a time, and the signal handlers run between
+ * spans: a signal another thread took does not end a blocking recvmsg, yet
+ * the main thread must act on it. Bytes already there cost the one recvmsg,
+ * with MSG_DONTWAIT. Only if none are is SO_RCVTIMEO set to the span, and
+ * cleared after (a Connection's reads block): the recvmsg then still sleeps
+ * in the socket and is woken directly by the writer, where a poll(2) and
+ * another recvmsg add a third to a ping-pong's round trip.
+ *
+ * The option belongs to the socket, not to this descriptor: a reader of the
+ * same socket elsewhere (one reader at a time is the rule, but a process
+ * killed in the middle of a wait leaves the option set) sees its blocking
+ * recvmsg time out. Without a span, such a timeout on a blocking descriptor is
+ * taken for what it is and the read goes on. */
 #define RECV_MAX_FDS 253
 
 static PyObject *
 native_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "recv_into(fd, buffer) takes 2 arguments");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "recv_into(fd, buffer, span=None) takes 2 or 3 arguments");
         return NULL;
     }
     int fd = PyLong_AsLong(args[0]);
     if (fd == -1 && PyErr_Occurred()) {
         return NULL;
+    }
+    int spanned = nargs == 3 && args[2] != Py_None;
+    struct timeval span = {0, 0};
+    if (spanned) {
+        double seconds = PyFloat_AsDouble(args[2]);
+        if (seconds == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (!(seconds > 0.0 && seconds < 3600.0)) {
+            PyErr_SetString(PyExc_ValueError, "span must be between 0 and 3600 seconds");
+            return NULL;
+        }
+        long micros = (long)(seconds * 1e6);
+        span.tv_sec = micros / 1000000;
+        span.tv_usec = micros % 1000000 + (micros == 0); /* a zero timeval would never time out */
     }
     Py_buffer view;
     if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
@@ -266,6 +297,8 @@ native_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     struct iovec iov = {view.buf, (size_t)view.len};
     struct msghdr msg;
     ssize_t got;
+    int flags = spanned ? MSG_DONTWAIT : 0;
+    int failed = 0, raised = 0, timed = 0;
     for (;;) {
         memset(&msg, 0, sizeof(msg));
         msg.msg_iov = &iov;
@@ -273,18 +306,43 @@ native_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         msg.msg_control = control.space;
         msg.msg_controllen = sizeof(control.space);
         Py_BEGIN_ALLOW_THREADS
-        got = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+        got = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | flags);
         Py_END_ALLOW_THREADS
-        if (got >= 0 || errno != EINTR) {
+        if (got >= 0) {
+            break;
+        }
+        failed = errno;
+        if (failed == EAGAIN && spanned && !timed) {
+            /* Nothing there: sleep in recvmsg, a span at a time. */
+            if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &span, sizeof span) < 0) {
+                failed = errno;
+                break;
+            }
+            timed = 1;
+            flags = 0;
+            continue;
+        }
+        if (failed == EAGAIN && !spanned && !(fcntl(fd, F_GETFL) & O_NONBLOCK)) {
+            continue; /* a timeout someone else set on the socket (see above) */
+        }
+        if (failed != EINTR && !(failed == EAGAIN && timed)) {
             break;
         }
         if (PyErr_CheckSignals() < 0) { /* a handler raised (Ctrl-C): nothing was read */
-            PyBuffer_Release(&view);
-            return NULL;
+            raised = 1;
+            break;
         }
     }
+    if (timed) {
+        static const struct timeval none = {0, 0};
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+    }
     PyBuffer_Release(&view);
+    if (raised) {
+        return NULL;
+    }
     if (got < 0) {
+        errno = failed;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     PyObject *fds = NULL;
@@ -321,7 +379,9 @@ native_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 PyMethodDef serentak_proc_methods[] = {
     {"recv_into", (PyCFunction)(void (*)(void))native_recv_into, METH_FASTCALL,
-     "recv_into(fd, buffer) -> nbytes, or (nbytes, [fds]) if descriptors came (close-on-exec)."},
+     "recv_into(fd, buffer, span=None) -> nbytes, or (nbytes, [fds]) if descriptors came\n"
+     "(close-on-exec). With a span, waits at most that many seconds at a time and\n"
+     "runs the signal handlers in between."},
     {"poke", native_poke, METH_O,
      "Write a byte to a non-blocking fd without releasing the GIL (EAGAIN ignored)."},
     {"fork", native_fork, METH_NOARGS, "fork() with the interpreter's hooks and no thread warning."},

@@ -57,6 +57,7 @@ from typing import Any, Final, Protocol
 
 from distributed import KilledWorker
 
+from . import _waiting
 from ._distributed_worker import (
     Call,
     Reply,
@@ -451,7 +452,7 @@ class DaskEngine:
 
     def join(self) -> None:
         if self._collector is not threading.current_thread():
-            self._collector.join()
+            _waiting.join(self._collector)
 
     def stats(self) -> PoolStats:
         try:

@@ -24,8 +24,30 @@ from ._exceptions import TimeoutError
 from ._pool import Pool
 from ._results import CallbackRunner, IMapIterator, Outcome
 from ._tasks import Kind
+from ._waiting import in_main_thread, spans
 
 _T = TypeVar("_T")
+
+
+class _Future(concurrent.futures.Future[_T]):
+    """The stdlib's Future, whose result() and exception() wait in spans in the main
+    thread: a Ctrl-C taken by another thread still interrupts them (see _waiting)."""
+
+    def result(self, timeout: float | None = None) -> _T:
+        return super().result(self._waited(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._waited(timeout))
+
+    def _waited(self, timeout: float | None) -> float | None:
+        """Wait in spans (main thread only) until done or ``timeout`` has passed;
+        the timeout that is left for the stdlib's own wait."""
+        if self.done() or not in_main_thread():
+            return timeout
+        for span in spans(timeout):
+            if concurrent.futures.wait((self,), span).done:
+                break
+        return 0
 
 
 class _FutureSink:
@@ -95,7 +117,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+            future: concurrent.futures.Future[_T] = _Future()
             self._unfinished.add(future)
             self._pool._apply_to(_FutureSink(future, self._pool._callbacks), fn, args, kwargs, None)
             return future

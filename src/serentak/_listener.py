@@ -38,9 +38,10 @@ import threading
 import weakref
 from typing import Any, Final, TypeVar
 
-from . import _logging, _process
+from . import _logging, _posix, _process
 from ._exceptions import AuthenticationError
 from ._transport import Connection
+from ._waiting import in_main_thread
 
 __all__ = [
     "Client",
@@ -233,6 +234,11 @@ class Listener:
         sock = self._socket
         if sock is None:
             raise OSError("listener is closed")
+        if in_main_thread():
+            # accept() cannot be told not to wait, and a signal another thread took
+            # would not end its sleep (see _waiting): wait for a client in spans first.
+            # (If another process takes that client, accept() waits for the next.)
+            _posix.fd_readable(sock.fileno(), None)
         client, peer = sock.accept()
         client.setblocking(True)
         self._last_accepted = peer

@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any, Final, Protocol, TypeVar
 
+from . import _waiting
 from ._buffers import Packed, pack
 from ._feeder import Chunker, Feeder, MapJob, progress_bar
 from ._manager import AskStats, Close, Manager, PoolState, PoolStats, Submit, Terminate
@@ -137,7 +138,7 @@ class _ProcessEngine:
         self._manager.join()
 
     def join(self) -> None:
-        self._manager.join()
+        _waiting.join(self._manager)
 
     def stats(self) -> PoolStats:
         reply: queue.SimpleQueue[PoolStats] = queue.SimpleQueue()
@@ -208,8 +209,11 @@ class BasePool:
         """
         if self._state is PoolState.RUN:
             raise ValueError("Pool is still running")
-        self._feeder.join()
+        # The engine stops only once the feeder has closed it (or it was terminated),
+        # so the engine's join does the waiting, in spans in the main thread (see
+        # _waiting), and the feeder's then returns at once.
         self._engine.join()
+        self._feeder.join()
         self._callbacks.drain()
         self._callbacks.stop()
 

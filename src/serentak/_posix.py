@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from . import _native
+from ._waiting import SIGNAL_SPAN, spans
 
 IS_LINUX: Final = sys.platform.startswith("linux")
 HAS_PIDFD: Final = hasattr(os, "pidfd_open")
@@ -148,9 +149,38 @@ def close_quietly(fd: int | None) -> None:
             raise
 
 
+_READABLE: Final = select.POLLIN | select.POLLHUP | select.POLLERR
+_WRITABLE: Final = select.POLLOUT | select.POLLHUP | select.POLLERR
+
+
 def fd_readable(fd: int, timeout: float | None) -> bool:
     """Wait up to ``timeout`` seconds (None: forever) for ``fd`` to poll readable."""
     poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-    millis = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-    return bool(poller.poll(millis))
+    poller.register(fd, _READABLE)
+    return bool(poll(poller, timeout))
+
+
+def fd_writable(fd: int, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` seconds (None: forever) for ``fd`` to poll writable."""
+    poller = select.poll()
+    poller.register(fd, _WRITABLE)
+    return bool(poll(poller, timeout))
+
+
+def poll(poller: select.poll, timeout: float | None) -> list[tuple[int, int]]:
+    """``poller.poll()`` for up to ``timeout`` seconds (None: forever); the events.
+
+    The main thread polls in spans, so that a signal another thread took
+    interrupts it (see ``_waiting``).
+    """
+    if timeout is not None and timeout <= SIGNAL_SPAN:
+        return poller.poll(_millis(timeout))  # one short poll (Connection.poll()'s): no spans
+    for span in spans(timeout):
+        events = poller.poll(None if span is None else _millis(span))
+        if events:
+            return events
+    return []
+
+
+def _millis(seconds: float) -> int:
+    return max(0, math.ceil(seconds * 1000))

@@ -83,6 +83,7 @@ from typing import Any, Final
 from . import _native, _posix
 from ._process import register_before_exit
 from ._serialize import dumps_with_fds, fd_received, fd_to_send, loads_with_fds
+from ._waiting import wait_span
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -301,7 +302,9 @@ class _Local:
         """Wait until the feeder has put everything (unless the join was cancelled)."""
         with self.mutex:
             while self.thread is not None and not self.cancelled:
-                self.idle.wait()
+                # The feeder may wait for a reader for ever: the main thread
+                # wakes in spans for a Ctrl-C another thread took (see _waiting).
+                self.idle.wait(wait_span(None))
 
 
 class _ExitFlush:

@@ -32,6 +32,7 @@ from typing import Any, Final, Protocol
 from ._buffers import unpack
 from ._exceptions import ProcessError, TimeoutError
 from ._tasks import Failure, ItemFailed
+from ._waiting import wait_span
 
 _NOT_LOADED: Final = object()
 
@@ -207,7 +208,7 @@ class _Done:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
-            span = _wait_span(remaining)
+            span = wait_span(remaining)
             if span is None:
                 got = self._lock.acquire()
             else:
@@ -215,20 +216,6 @@ class _Done:
             if got:
                 self._lock.release()  # for the next waiter
         return self._flag
-
-
-# The kernel hands a process's SIGINT to any of its threads that does not block
-# it, and a signal taken by another thread does not wake the main thread from a
-# lock it waits on. So the main thread waits in spans this long, and a Ctrl-C
-# raises KeyboardInterrupt within one span wherever it landed.
-SIGNAL_SPAN: Final = 0.05
-
-
-def _wait_span(remaining: float | None) -> float | None:
-    """How long to block at once, ``remaining`` seconds (None: for ever) being left."""
-    if threading.current_thread() is not threading.main_thread():
-        return remaining
-    return SIGNAL_SPAN if remaining is None else min(remaining, SIGNAL_SPAN)
 
 
 class ApplyResult:
@@ -488,7 +475,7 @@ class IMapIterator:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError
-                self._condition.wait(_wait_span(remaining))
+                self._condition.wait(wait_span(remaining))
 
     def _pop(self) -> Any:
         item = self._items.popleft()

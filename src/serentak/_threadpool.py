@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import _waiting
 from ._exceptions import PoolTerminatedError
 from ._manager import PoolStats, WorkerStats
 from ._pool import BasePool, check_pool_arguments
@@ -88,7 +89,7 @@ class _ThreadEngine:
         current = threading.current_thread()
         for thread in self._threads:
             if thread is not current:
-                thread.join()
+                _waiting.join(thread)
 
     @staticmethod
     def _fail(task: Task) -> None:

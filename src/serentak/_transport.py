@@ -39,12 +39,16 @@ from . import _native, _posix
 from ._buffers import pack, unpack
 from ._exceptions import BufferTooShort
 from ._serialize import fd_received, fd_to_send
+from ._waiting import SIGNAL_SPAN, in_main_thread
 
 _WORD: Final = struct.Struct("<I")
 _LONG: Final = struct.Struct("<Q")
 _HAS_FDS: Final = 0x8000_0000
 _LONG_FOLLOWS: Final = 0x7FFF_FFFF
 _BUFFER_SIZE: Final = 256 * 1024
+# Payloads up to this size are sent with their header in one buffer.
+_SMALL: Final = 64 * 1024
+_DONTWAIT: Final = int(socket.MSG_DONTWAIT)
 # The kernel passes at most SCM_MAX_FD (253) descriptors in one message.
 MAX_FDS: Final = 253
 
@@ -54,6 +58,30 @@ def _header(length: int, has_fds: bool) -> bytes:
     if length < _LONG_FOLLOWS:
         return _WORD.pack(length | flag)
     return _WORD.pack(_LONG_FOLLOWS | flag) + _LONG.pack(length)
+
+
+def _send_in_spans(sock: socket.socket, chunks: list[Any], fds: Sequence[int]) -> None:
+    """Send ``chunks`` (one frame) whole, ``fds`` with its first byte, waiting for room
+    in the socket in spans (see _waiting)."""
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    while chunks:
+        try:
+            if ancillary or len(chunks) > 1:
+                sent = sock.sendmsg(chunks, ancillary, _DONTWAIT)
+            else:
+                sent = sock.send(chunks[0], _DONTWAIT)
+        except BlockingIOError:
+            _posix.fd_writable(sock.fileno(), None)
+            continue
+        ancillary = []
+        rest = []
+        for chunk in chunks:
+            if sent >= len(chunk):
+                sent -= len(chunk)
+            else:
+                rest.append(memoryview(chunk)[sent:])
+                sent = 0
+        chunks = rest
 
 
 _C = TypeVar("_C", bound="Connection")
@@ -206,9 +234,24 @@ class Connection:
     def send_frame(self, payload: Any, fds: Sequence[int] = ()) -> None:
         """Send one frame: ``payload`` (bytes-like) with ``fds`` attached."""
         fd = self._check_writable()
+        sock = self._socket
         if type(payload) is not bytes:
             payload = memoryview(payload).cast("B")
-        if not fds and len(payload) <= 64 * 1024:
+        if fds:
+            if len(fds) > MAX_FDS:
+                raise ValueError(f"a message can carry at most {MAX_FDS} file descriptors")
+            if sock is None:
+                raise TypeError("file descriptors can only travel over a socket connection")
+        small = not fds and len(payload) <= _SMALL
+        if sock is not None and in_main_thread():
+            # A send to a peer that does not read would block the main thread for
+            # good, and a Ctrl-C another thread took with it (see _waiting).
+            if small:
+                _send_in_spans(sock, [_WORD.pack(len(payload)) + payload], ())
+            else:
+                _send_in_spans(sock, [_header(len(payload), bool(fds)), payload], fds)
+            return
+        if small:
             # The common case: small, no fds. One copy into a single buffer beats a
             # scatter list.
             data = _WORD.pack(len(payload)) + payload
@@ -216,14 +259,10 @@ class Connection:
             if sent < len(data):
                 self._write_rest(fd, b"", data, sent)
             return
-        if len(fds) > MAX_FDS:
-            raise ValueError(f"a message can carry at most {MAX_FDS} file descriptors")
         header = _header(len(payload), bool(fds))
-        if fds:
-            if self._socket is None:
-                raise TypeError("file descriptors can only travel over a socket connection")
+        if sock is not None and fds:
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-            sent = self._socket.sendmsg([header, payload], ancillary)
+            sent = sock.sendmsg([header, payload], ancillary)
         else:
             sent = os.writev(fd, [header, payload])
         self._write_rest(fd, header, payload, sent)
@@ -379,9 +418,14 @@ class Connection:
         return view
 
     def _read_into(self, fd: int, view: memoryview) -> int:
+        # The main thread must not sleep in a read that a signal taken by another
+        # thread cannot end (see _waiting): it waits for bytes in spans.
+        main = in_main_thread()
         if self._socket is None:
+            if main:
+                _posix.fd_readable(fd, None)  # a pipe read cannot be told not to wait
             return os.readv(fd, [view])
-        got = _native.recv_into(fd, view)
+        got = _native.recv_into(fd, view, SIGNAL_SPAN if main else None)
         if isinstance(got, int):
             return got
         nbytes, fds = got
@@ -447,7 +491,6 @@ def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
         fd = obj if isinstance(obj, int) else obj.fileno()
         by_fd.setdefault(fd, []).append(obj)
         poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-    millis = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
-    events = poller.poll(millis)
+    events = _posix.poll(poller, timeout)
     ready_fds = {fd for fd, _event in events}
     return [o for o in objects if (o if isinstance(o, int) else o.fileno()) in ready_fds]
