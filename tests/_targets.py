@@ -702,6 +702,15 @@ def pool_gate_open(directory: str, name: str) -> None:
         pass
 
 
+def pool_gate_open_all(directory: str) -> None:
+    """(The test's side of pool_gate.) Let every task blocked on ``directory`` return."""
+    import os
+
+    for name in os.listdir(directory):
+        if name.endswith(".started"):
+            pool_gate_open(directory, name.removesuffix(".started"))
+
+
 def pool_thread_lock(lock: Any, x: int) -> tuple[int, bool]:
     """Use a threading.Lock given as an argument (possible only if nothing was pickled)."""
     with lock:

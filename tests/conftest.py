@@ -57,12 +57,6 @@ def ctx(request: pytest.FixtureRequest) -> Any:
     return serentak.get_context(request.param)
 
 
-def open_every_gate(directory: Path) -> None:
-    """Let every task blocked in ``_targets.pool_gate`` on ``directory`` return."""
-    for started in directory.glob("*.started"):
-        _targets.pool_gate_open(str(directory), started.name.removesuffix(".started"))
-
-
 @pytest.fixture
 def gates(tmp_path: Path) -> Iterator[Path]:
     """A directory for ``_targets.pool_gate``; every gate is opened at the end, so no
@@ -70,7 +64,7 @@ def gates(tmp_path: Path) -> Iterator[Path]:
     directory = tmp_path / "gates"
     directory.mkdir()
     yield directory
-    open_every_gate(directory)
+    _targets.pool_gate_open_all(str(directory))
 
 
 @pytest.fixture(params=START_METHODS)

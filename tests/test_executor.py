@@ -34,27 +34,13 @@ from _watch import lines, running, until
 PATIENCE = 20.0
 
 
-def open_every_gate(directory: Path) -> None:
-    for started in directory.glob("*.started"):
-        _targets.pool_gate_open(str(directory), started.name.removesuffix(".started"))
-
-
-@pytest.fixture
-def gates(tmp_path: Path) -> Iterator[Path]:
-    """A directory for pool_gate; every gate is opened at the end, so no task stays blocked."""
-    directory = tmp_path / "gates"
-    directory.mkdir()
-    yield directory
-    open_every_gate(directory)
-
-
 @contextlib.contextmanager
 def opened_on_exit(directory: Path) -> Iterator[None]:
     """Open every gate on leaving (before an enclosing executor waits for its calls)."""
     try:
         yield
     finally:
-        open_every_gate(directory)
+        _targets.pool_gate_open_all(str(directory))
 
 
 def executor_of(ctx: Any, workers: int = 2, **kwargs: Any) -> serentak.ProcessPoolExecutor:
@@ -226,7 +212,7 @@ def test_shutdown_without_waiting_returns_at_once(ctx: Any, gates: Path) -> None
         _targets.pool_gate_open(str(gates), "held")
         assert held.result(PATIENCE) == "held"
     finally:
-        open_every_gate(gates)
+        _targets.pool_gate_open_all(str(gates))
         executor.shutdown(wait=True)
 
 
@@ -239,7 +225,7 @@ def test_shutdown_cancel_futures(ctx: Any, gates: Path, tmp_path: Path) -> None:
         queued = [executor.submit(_targets.pool_record, str(record), n) for n in range(8)]
         executor.shutdown(wait=False, cancel_futures=True)
     finally:
-        open_every_gate(gates)
+        _targets.pool_gate_open_all(str(gates))
         executor.shutdown(wait=True)
     assert held.result(0) == "held"
     cancelled = [n for n, f in enumerate(queued) if f.cancelled()]
