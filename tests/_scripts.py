@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _watch import PATIENCE
+from _watch import PATIENCE, asleep_in_futex, until
 
 
 def script_env() -> dict[str, str]:
@@ -79,3 +80,29 @@ def rest_of_output(process: subprocess.Popen[bytes]) -> tuple[str, str]:
     """What the script still writes until every holder of its stdout and stderr has exited."""
     stdout, stderr = process.communicate(timeout=PATIENCE)
     return stdout.decode(), stderr.decode()
+
+
+def interrupted_in_futex(path: Path, *args: str) -> tuple[list[str], str, float, int]:
+    """Run ``python path args``, which prints "blocking" and then blocks; once its
+    main thread sleeps on a futex, send it SIGINT. Its stdout lines, its stderr,
+    when the signal went (time.monotonic) and its exit status."""
+    process = subprocess.Popen(
+        [sys.executable, str(path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=script_env(),
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "blocking\n"
+        # Asleep in the kernel, on a futex: only then is the interrupt sent.
+        assert until(lambda: asleep_in_futex(process.pid))
+        sent = time.monotonic()
+        os.kill(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=PATIENCE)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return stdout.splitlines(), stderr, sent, process.returncode

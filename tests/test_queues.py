@@ -13,8 +13,6 @@ import os
 import pickle
 import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,8 +22,8 @@ from typing import Any
 import pytest
 
 import _targets
+from _scripts import interrupted_in_futex
 from _signals import interrupted_by_a_signal_to_another_thread
-from _watch import asleep_in_futex, until
 from serentak import _native, _queues
 from serentak.connection import Pipe
 
@@ -709,32 +707,13 @@ def test_ctrl_c_interrupts_a_queue_wait_held_up_by_a_child(
     KeyboardInterrupt promptly on SIGINT, and can go on using the queue after."""
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "SERENTAK_START_METHOD"}
-    process = subprocess.Popen(
-        [sys.executable, str(script), start_method, wait],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline() == "blocking\n"
-        # Asleep in the kernel, on the queue's futex: only then is the interrupt sent.
-        assert until(lambda: asleep_in_futex(process.pid))
-        sent = time.monotonic()
-        os.kill(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=PATIENCE)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    label, stamp = stdout.splitlines()[0].split()
-    assert label == "interrupted", stdout + stderr
+    lines, stderr, sent, status = interrupted_in_futex(script, start_method, wait)
+    label, stamp = lines[0].split()
+    assert label == "interrupted", [*lines, stderr]
     assert float(stamp) - sent < PROMPT
     size = "-" if wait.startswith("SimpleQueue") else "1"
-    assert stdout.splitlines()[1:] == [f"then 0 after {size} True"], stdout + stderr
-    assert process.returncode == 0, stderr
+    assert lines[1:] == [f"then 0 after {size} True"], [*lines, stderr]
+    assert status == 0, stderr
 
 
 # ---- crashes -------------------------------------------------------------------------------

@@ -12,8 +12,6 @@ import functools
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -24,6 +22,7 @@ from typing import Any
 import pytest
 
 import _targets
+from _scripts import interrupted_in_futex
 from _signals import interrupted_by_a_signal_to_another_thread
 from _watch import until
 from serentak import _serialize, _shm, _sync
@@ -973,32 +972,12 @@ def test_ctrl_c_interrupts_an_acquire_held_up_by_a_child(
     KeyboardInterrupt promptly on SIGINT, and can go on using the lock after."""
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "SERENTAK_START_METHOD"}
-    process = subprocess.Popen(
-        [sys.executable, str(script), start_method, kind],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline() == "blocking\n"
-        # Asleep in the kernel, on the lock's futex: only then is the interrupt sent.
-        wchan = Path(f"/proc/{process.pid}/wchan")
-        assert until(lambda: "futex" in wchan.read_text())
-        sent = time.monotonic()
-        os.kill(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=PATIENCE)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    label, stamp = stdout.splitlines()[0].split()
-    assert label == "interrupted", stdout + stderr
+    lines, stderr, sent, status = interrupted_in_futex(script, start_method, kind)
+    label, stamp = lines[0].split()
+    assert label == "interrupted", [*lines, stderr]
     assert float(stamp) - sent < PROMPT
-    assert stdout.splitlines()[1:] == ["then 0 True"], stdout + stderr
-    assert process.returncode == 0, stderr
+    assert lines[1:] == ["then 0 True"], [*lines, stderr]
+    assert status == 0, stderr
 
 
 # ---- a signal taken by another thread ----------------------------------------------------
