@@ -23,6 +23,7 @@ import inspect
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -561,6 +562,7 @@ CTRL_C_SCRIPT = """
 import os
 import signal
 import sys
+import threading
 import time
 
 import serentak
@@ -735,3 +737,22 @@ def test_a_signal_taken_by_another_thread_interrupts_join(ctx: Any, gates: Path)
             pool.join()
         pool.join()
         assert result.get(PATIENCE) == "done"
+
+
+def test_a_signal_taken_by_another_thread_interrupts_join_while_a_callback_runs(
+    ctx: Any,
+) -> None:
+    """join() waits for the callbacks too: a signal must interrupt that wait as well."""
+    started, go = threading.Event(), threading.Event()
+
+    def callback(value: object) -> None:
+        started.set()
+        go.wait(PATIENCE)
+
+    with ctx.Pool(2) as pool:
+        pool.apply_async(_targets.pool_square, (3,), callback=callback)
+        assert started.wait(PATIENCE)
+        pool.close()
+        with interrupted_by_a_signal_to_another_thread(go.set):
+            pool.join()
+        pool.join()

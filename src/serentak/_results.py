@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol
 from ._buffers import unpack
 from ._exceptions import ProcessError, TimeoutError
 from ._tasks import Failure, ItemFailed
-from ._waiting import wait_span
+from ._waiting import join, wait_span
 
 _NOT_LOADED: Final = object()
 
@@ -156,7 +156,7 @@ class CallbackRunner:
         """Wait until every submitted callback has run."""
         with self._lock:
             while self._pending:
-                self._idle.wait()
+                self._idle.wait(wait_span(None))
 
     def stop(self) -> None:
         """Let the thread exit once the queued callbacks have run."""
@@ -165,7 +165,7 @@ class CallbackRunner:
         if thread is not None:
             self._queue.put(None)
             if thread is not threading.current_thread():
-                thread.join()
+                join(thread)
 
 
 def _call_safely(callback: Callable[[Any], object], argument: Any) -> None:
