@@ -335,12 +335,12 @@ class Manager:
                 with self._step_lock:
                     timeout = self._next_timeout()
                     spin = self._expecting_results_soon()
-                if self._unloaded:
-                    ready = self._selector.select(0)
-                    if not ready:
-                        self._preload_one()
-                        continue
-                ready = self._poll_briefly() if spin else []
+                ready = self._selector.select(0) if self._unloaded else []
+                if self._unloaded and not ready:
+                    self._preload_one()
+                    continue
+                if not ready and spin:
+                    ready = self._poll_briefly()
                 if not ready:
                     ready = self._selector.select(timeout)
                 with self._step_lock:
@@ -359,9 +359,7 @@ class Manager:
         """Unpickle the oldest map result not yet unpickled (as the stdlib's result
         thread unpickles every result). One at a time, between rounds: results
         that arrive meanwhile wait for one unpickling at most."""
-        outcome = self._unloaded.popleft()
-        if outcome.pending_load():
-            outcome.preload()
+        self._unloaded.popleft().preload()
 
     def _expecting_results_soon(self) -> bool:
         """Whether tasks are running and tasks have lately been short."""

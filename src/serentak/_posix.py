@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from . import _native
-from ._waiting import SIGNAL_SPAN, spans
+from ._waiting import spans
 
 IS_LINUX: Final = sys.platform.startswith("linux")
 HAS_PIDFD: Final = hasattr(os, "pidfd_open")
@@ -173,9 +173,7 @@ def poll(poller: select.poll, timeout: float | None) -> list[tuple[int, int]]:
     The main thread polls in spans, so that a signal another thread took
     interrupts it (see ``_waiting``).
     """
-    if timeout is not None and timeout <= SIGNAL_SPAN:
-        return poller.poll(_millis(timeout))  # one short poll (Connection.poll()'s): no spans
-    for span in spans(timeout):
+    for span in spans(timeout):  # one poll outside the main thread, or for a short timeout
         events = poller.poll(None if span is None else _millis(span))
         if events:
             return events

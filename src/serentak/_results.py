@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol
 from ._buffers import unpack
 from ._exceptions import ProcessError, TimeoutError
 from ._tasks import Failure, ItemFailed
-from ._waiting import join, wait_span
+from ._waiting import join, spans, wait_span
 
 _NOT_LOADED: Final = object()
 
@@ -78,10 +78,6 @@ class Outcome:
             if self._value is _NOT_LOADED:
                 self._value = self._load()
                 self._payload = None
-
-    def pending_load(self) -> bool:
-        """Whether the outcome is still pickled (a hint: another thread may be loading it)."""
-        return self._value is _NOT_LOADED
 
     def value(self) -> Any:
         """The task's result; raises the task's exception if it failed."""
@@ -203,18 +199,19 @@ class _Done:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Whether it is set, waiting up to ``timeout`` seconds (None: for ever)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._flag:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            span = wait_span(remaining)
+        if self._flag:
+            return True
+        for span in spans(timeout):
             if span is None:
                 got = self._lock.acquire()
-            else:
+            elif span > 0:
                 got = self._lock.acquire(timeout=min(span, threading.TIMEOUT_MAX))
+            else:
+                got = self._lock.acquire(blocking=False)
             if got:
                 self._lock.release()  # for the next waiter
+            if self.is_set():
+                break
         return self._flag
 
 

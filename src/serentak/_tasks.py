@@ -146,9 +146,8 @@ class Task:
                 sink,
                 index,
                 timeout,
-                None,
-                payload.fds,
-                expected,
+                fds=payload.fds,
+                expected=expected,
             )
         return cls(task_id, kind, function, payload, sink, index, timeout, expected=expected)
 
