@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import Callable
 
-from serentak import _bench
+from serentak._cli import bench as _bench
 
 SECONDS = _bench.Unit("s", ",.2f", higher_is_better=False)
 SPEED_UP = _bench.Unit("x serial", ",.2f", higher_is_better=True)

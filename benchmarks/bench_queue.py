@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from serentak import _queues
+from serentak._shared import queues as _queues
 
 
 class _Queue(Protocol):

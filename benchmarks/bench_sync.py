@@ -31,7 +31,8 @@ from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, Protocol
 
-from serentak import _shm, _sync
+from serentak._ipc import segments as _shm
+from serentak._shared import sync as _sync
 
 
 class _Counter(Protocol):

@@ -4,7 +4,7 @@ The kernel hands a process-directed signal (Ctrl-C's SIGINT) to any thread
 that does not block it; CPython runs the handler in the main thread only, and
 the signal does not wake the main thread from a lock, a poll or a read. Every
 blocking call made from the main thread must notice it anyway, within a span
-(serentak._waiting). ``interrupted_by_a_signal_to_another_thread`` checks one
+(serentak._os.waiting). ``interrupted_by_a_signal_to_another_thread`` checks one
 such call::
 
     with interrupted_by_a_signal_to_another_thread(release=lambda: queue.put(1)):

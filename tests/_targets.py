@@ -48,7 +48,7 @@ def sync_zombie_owner(lock: Any, block: Any, holding: Any, reap: Any) -> None:
     import os
     import signal
 
-    from serentak import _posix
+    from serentak._os import posix as _posix
 
     pid = _posix.fork()
     if pid == 0:
@@ -507,7 +507,7 @@ def shm_create_and_report(conn: Any, link: Any) -> None:
 
 def shm_link_report(conn: Any) -> None:
     """Send whether this process is linked to a tracker, before and after receiving a segment."""
-    from serentak import _tracker
+    from serentak._process import tracker as _tracker
 
     conn.send(_tracker.is_linked())
     shm = conn.recv()
@@ -521,7 +521,7 @@ def shm_create_and_wait(conn: Any, link: Any) -> None:
     """Create a tracked and an untracked segment, send what the parent checks, wait for SIGKILL."""
     import signal
 
-    from serentak import _tracker
+    from serentak._process import tracker as _tracker
     from serentak.shared_memory import SharedMemory
 
     conn.send(_tracker.is_linked())
@@ -887,7 +887,7 @@ def queue_die_in_get(queue: Any, with_side_datagram: bool) -> None:
     import os
     import signal
 
-    from serentak import _native
+    from serentak._os import _native
 
     channel = queue._channel
     lock = _native.Futex(channel._ring_view[_native.RING_READER_LOCK :])
@@ -906,7 +906,7 @@ def queue_die_in_put(queue: Any, how: str) -> None:
     import signal
     import socket
 
-    from serentak import _native
+    from serentak._os import _native
 
     channel = queue._channel
     view = channel._ring_view
@@ -1274,7 +1274,8 @@ def feat_state_use(x: Any) -> tuple[Any, Any, int, int, int]:
 def feat_ballast(limit_mb: float, headroom_mb: float) -> None:
     """An initializer: take this worker's resident memory to ``limit_mb - headroom_mb``
     (kept in its worker_state), so that a few tasks of feat_leak take it past the limit."""
-    from serentak import _tasks, worker_state
+    from serentak import worker_state
+    from serentak._pool import tasks as _tasks
 
     missing = limit_mb - headroom_mb - _tasks.resident_memory_mb()
     worker_state()["ballast"] = _resident_pages(max(0, int(missing * 2**20)))

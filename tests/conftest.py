@@ -30,7 +30,8 @@ import pytest
 
 import _targets
 import serentak
-from serentak import _buffers, _launch
+from serentak._ipc import buffers as _buffers
+from serentak._process import launch as _launch
 
 START_METHODS = ("fork", "spawn", "forkserver")
 LEAK_GRACE_SECONDS = 5.0

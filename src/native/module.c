@@ -4,7 +4,7 @@ static PyMethodDef *method_tables[] = {serentak_proc_methods, serentak_sync_meth
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "serentak._native",
+    .m_name = "serentak._os._native",
     .m_doc = "OS primitives Python has no binding for: futex locks, fork, prctl.",
     .m_size = -1,
 };

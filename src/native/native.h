@@ -1,4 +1,4 @@
-/* serentak._native: what Python cannot do by itself.
+/* serentak._os._native: what Python cannot do by itself.
  *
  * module.c  module definition; collects the functions and types below
  * proc.c    fork without the interpreter's thread warning, parent-death signal,

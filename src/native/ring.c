@@ -676,7 +676,7 @@ static PyGetSetDef ring_getset[] = {
 
 static PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "serentak._native.Ring",
+    .tp_name = "serentak._os._native.Ring",
     .tp_doc = "Ring(fd, size)\n\nA crash-consistent ring of records in a mapping of memfd `fd`.",
     .tp_as_buffer = &ring_as_buffer,
     .tp_basicsize = sizeof(RingObject),

@@ -860,7 +860,7 @@ static PyGetSetDef semlock_getset[] = {
 
 static PyTypeObject SemLockType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "serentak._native.SemLock",
+    .tp_name = "serentak._os._native.SemLock",
     .tp_doc = "SemLock(buffer, kind, value, maxvalue, init)\n\n"
               "A process-shared Lock (kind 0), RLock (1) or Semaphore (2) whose state\n"
               "is the first SEMLOCK_SIZE bytes of `buffer`. init=True writes the\n"
@@ -1031,7 +1031,7 @@ static PyMethodDef futex_methods[] = {
 
 static PyTypeObject FutexType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "serentak._native.Futex",
+    .tp_name = "serentak._os._native.Futex",
     .tp_doc = "Futex(buffer)\n\nA process-shared 32-bit futex word: the first 4 bytes of `buffer`.",
     .tp_basicsize = sizeof(FutexObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,

@@ -19,10 +19,10 @@ from ._exceptions import PoolTerminatedError as PoolTerminatedError
 from ._exceptions import ProcessError as ProcessError
 from ._exceptions import TimeoutError as TimeoutError
 from ._exceptions import WorkerLostError as WorkerLostError
-from ._executor import ProcessPoolExecutor as ProcessPoolExecutor
 from ._logging import SUBDEBUG as SUBDEBUG
 from ._logging import SUBWARNING as SUBWARNING
-from ._tasks import worker_state as worker_state
+from ._pool.executor import ProcessPoolExecutor as ProcessPoolExecutor
+from ._pool.tasks import worker_state as worker_state
 
 __version__ = "0.1.0"
 

@@ -15,23 +15,28 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import _exceptions, _posix, _process
-from ._launch import (
+from . import _exceptions
+from ._ipc.connection import Connection
+from ._ipc.connection import Pipe as _Pipe
+from ._os import posix as _posix
+from ._process import process as _process
+from ._process.launch import (
     ALL_START_METHODS,
     DEFAULT_START_METHOD,
     StartMethod,
     parse_start_method,
     settings,
 )
-from ._process import BaseProcess
-from ._transport import Connection
-from ._transport import Pipe as _Pipe
+from ._process.process import BaseProcess
 
 if TYPE_CHECKING:
     import logging
     import types
 
-    from . import _pool, _queues, _sync, managers
+    from . import managers
+    from ._pool import api as _pool
+    from ._shared import queues as _queues
+    from ._shared import sync as _sync
 
 
 def fixed_start_method() -> StartMethod:
@@ -120,37 +125,37 @@ class BaseContext:
 
     def Lock(self) -> _sync.Lock:
         """A non-recursive lock shared between processes."""
-        from ._sync import Lock
+        from ._shared.sync import Lock
 
         return Lock(ctx=self.get_context())
 
     def RLock(self) -> _sync.RLock:
         """A recursive lock shared between processes."""
-        from ._sync import RLock
+        from ._shared.sync import RLock
 
         return RLock(ctx=self.get_context())
 
     def Condition(self, lock: _sync.Lock | _sync.RLock | None = None) -> _sync.Condition:
         """A condition variable shared between processes."""
-        from ._sync import Condition
+        from ._shared.sync import Condition
 
         return Condition(lock, ctx=self.get_context())
 
     def Semaphore(self, value: int = 1) -> _sync.Semaphore:
         """A semaphore shared between processes."""
-        from ._sync import Semaphore
+        from ._shared.sync import Semaphore
 
         return Semaphore(value, ctx=self.get_context())
 
     def BoundedSemaphore(self, value: int = 1) -> _sync.BoundedSemaphore:
         """A bounded semaphore shared between processes."""
-        from ._sync import BoundedSemaphore
+        from ._shared.sync import BoundedSemaphore
 
         return BoundedSemaphore(value, ctx=self.get_context())
 
     def Event(self) -> _sync.Event:
         """An event shared between processes."""
-        from ._sync import Event
+        from ._shared.sync import Event
 
         return Event(ctx=self.get_context())
 
@@ -161,7 +166,7 @@ class BaseContext:
         timeout: float | None = None,
     ) -> _sync.Barrier:
         """A barrier shared between processes."""
-        from ._sync import Barrier
+        from ._shared.sync import Barrier
 
         return Barrier(parties, action, timeout, ctx=self.get_context())
 
@@ -169,27 +174,27 @@ class BaseContext:
 
     def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
         """A ctypes object in shared memory, synchronized by a lock unless ``lock=False``."""
-        from ._sharedctypes import Value
+        from ._shared.sharedctypes import Value
 
         return Value(typecode_or_type, *args, lock=lock, ctx=self.get_context())
 
     def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
         """A ctypes array in shared memory, synchronized by a lock unless ``lock=False``."""
-        from ._sharedctypes import Array
+        from ._shared.sharedctypes import Array
 
         return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
 
     @staticmethod
     def RawValue(typecode_or_type: Any, *args: Any) -> Any:
         """A ctypes object in shared memory, without a lock."""
-        from ._sharedctypes import RawValue
+        from ._shared.sharedctypes import RawValue
 
         return RawValue(typecode_or_type, *args)
 
     @staticmethod
     def RawArray(typecode_or_type: Any, size_or_initializer: Any) -> Any:
         """A ctypes array in shared memory, without a lock."""
-        from ._sharedctypes import RawArray
+        from ._shared.sharedctypes import RawArray
 
         return RawArray(typecode_or_type, size_or_initializer)
 
@@ -197,19 +202,19 @@ class BaseContext:
 
     def Queue(self, maxsize: int = 0) -> _queues.Queue:
         """A process-shared FIFO queue."""
-        from ._queues import Queue
+        from ._shared.queues import Queue
 
         return Queue(maxsize, ctx=self.get_context())
 
     def JoinableQueue(self, maxsize: int = 0) -> _queues.JoinableQueue:
         """A Queue with task_done() and join()."""
-        from ._queues import JoinableQueue
+        from ._shared.queues import JoinableQueue
 
         return JoinableQueue(maxsize, ctx=self.get_context())
 
     def SimpleQueue(self) -> _queues.SimpleQueue:
         """A simplified queue: put, get, empty, close."""
-        from ._queues import SimpleQueue
+        from ._shared.queues import SimpleQueue
 
         return SimpleQueue(ctx=self.get_context())
 
@@ -225,7 +230,7 @@ class BaseContext:
         max_memory_per_child: float | None = None,
     ) -> _pool.Pool:
         """A pool of worker processes started with this context's start method."""
-        from ._pool import Pool
+        from ._pool.api import Pool
 
         return Pool(
             processes,

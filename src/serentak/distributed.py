@@ -42,10 +42,10 @@ except ImportError as _missing:  # pragma: no cover - the test suite installs Da
         "serentak.distributed runs on Dask, which is not installed: pip install 'serentak[dask]'"
     ) from _missing
 
-from . import _distributed_worker
 from ._context import default_context
-from ._distributed import Client, Cluster, DaskEngine
-from ._pool import BasePool, check_pool_arguments
+from ._pool.api import BasePool, check_pool_arguments
+from ._pool.engines import dask_worker as _distributed_worker
+from ._pool.engines.dask import Client, Cluster, DaskEngine
 
 __all__ = ["Pool"]
 

@@ -2,7 +2,7 @@
 
 A manager runs a server process that holds objects (dicts, lists, queues,
 locks, pools, or any registered type); other processes use them through
-proxies, which forward method calls to the server. See ``serentak._managers``
+proxies, which forward method calls to the server. See ``serentak._managers.manager``
 for the lifecycle, ``_managers_proxy`` for proxies, ``_managers_server`` for
 the server, and ``_managers_client`` for connections and references.
 """
@@ -10,33 +10,33 @@ the server, and ``_managers_client`` for connections and references.
 from __future__ import annotations
 
 from ._exceptions import ProcessError as ProcessError
-from ._managers import Array as Array
-from ._managers import BaseManager as BaseManager
-from ._managers import Namespace as Namespace
-from ._managers import SyncManager as SyncManager
-from ._managers import Value as Value
-from ._managers_protocol import ManagerState as State  # noqa: F401 (the stdlib name)
-from ._managers_protocol import RemoteError as RemoteError
-from ._managers_protocol import Token as Token
-from ._managers_protocol import all_methods as all_methods
-from ._managers_protocol import public_methods as public_methods
-from ._managers_proxy import AcquirerProxy as AcquirerProxy
-from ._managers_proxy import ArrayProxy as ArrayProxy
-from ._managers_proxy import AutoProxy as AutoProxy
-from ._managers_proxy import BarrierProxy as BarrierProxy
-from ._managers_proxy import BaseListProxy as BaseListProxy
-from ._managers_proxy import BasePoolProxy as BasePoolProxy
-from ._managers_proxy import BaseProxy as BaseProxy
-from ._managers_proxy import ConditionProxy as ConditionProxy
-from ._managers_proxy import DictProxy as DictProxy
-from ._managers_proxy import EventProxy as EventProxy
-from ._managers_proxy import IteratorProxy as IteratorProxy
-from ._managers_proxy import ListProxy as ListProxy
-from ._managers_proxy import MakeProxyType as MakeProxyType
-from ._managers_proxy import NamespaceProxy as NamespaceProxy
-from ._managers_proxy import PoolProxy as PoolProxy
-from ._managers_proxy import ValueProxy as ValueProxy
-from ._managers_server import Server as Server
+from ._managers.manager import Array as Array
+from ._managers.manager import BaseManager as BaseManager
+from ._managers.manager import Namespace as Namespace
+from ._managers.manager import SyncManager as SyncManager
+from ._managers.manager import Value as Value
+from ._managers.protocol import ManagerState as State  # noqa: F401 (the stdlib name)
+from ._managers.protocol import RemoteError as RemoteError
+from ._managers.protocol import Token as Token
+from ._managers.protocol import all_methods as all_methods
+from ._managers.protocol import public_methods as public_methods
+from ._managers.proxy import AcquirerProxy as AcquirerProxy
+from ._managers.proxy import ArrayProxy as ArrayProxy
+from ._managers.proxy import AutoProxy as AutoProxy
+from ._managers.proxy import BarrierProxy as BarrierProxy
+from ._managers.proxy import BaseListProxy as BaseListProxy
+from ._managers.proxy import BasePoolProxy as BasePoolProxy
+from ._managers.proxy import BaseProxy as BaseProxy
+from ._managers.proxy import ConditionProxy as ConditionProxy
+from ._managers.proxy import DictProxy as DictProxy
+from ._managers.proxy import EventProxy as EventProxy
+from ._managers.proxy import IteratorProxy as IteratorProxy
+from ._managers.proxy import ListProxy as ListProxy
+from ._managers.proxy import MakeProxyType as MakeProxyType
+from ._managers.proxy import NamespaceProxy as NamespaceProxy
+from ._managers.proxy import PoolProxy as PoolProxy
+from ._managers.proxy import ValueProxy as ValueProxy
+from ._managers.server import Server as Server
 from .shared_memory import SharedMemoryManager as SharedMemoryManager
 from .shared_memory import SharedMemoryServer as SharedMemoryServer
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from ._exceptions import RemoteTraceback as RemoteTraceback
-from ._manager import PoolStats as PoolStats
-from ._manager import WorkerStats as WorkerStats
-from ._pool import Pool as Pool
-from ._results import ApplyResult as ApplyResult
-from ._results import AsyncResult as AsyncResult
-from ._results import IMapIterator as IMapIterator
-from ._results import IMapUnorderedIterator as IMapUnorderedIterator
-from ._results import MapResult as MapResult
-from ._tasks import worker_state as worker_state
-from ._threadpool import ThreadPool as ThreadPool
+from ._pool.api import Pool as Pool
+from ._pool.engines.process import PoolStats as PoolStats
+from ._pool.engines.process import WorkerStats as WorkerStats
+from ._pool.engines.thread import ThreadPool as ThreadPool
+from ._pool.results import ApplyResult as ApplyResult
+from ._pool.results import AsyncResult as AsyncResult
+from ._pool.results import IMapIterator as IMapIterator
+from ._pool.results import IMapUnorderedIterator as IMapUnorderedIterator
+from ._pool.results import MapResult as MapResult
+from ._pool.tasks import worker_state as worker_state
 
 __all__ = ["Pool", "ThreadPool"]

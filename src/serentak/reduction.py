@@ -1,6 +1,6 @@
 """Pickling between processes: the stdlib's ``multiprocessing.reduction``.
 
-``ForkingPickler`` is serentak's pickler (``serentak._serialize``: callables
+``ForkingPickler`` is serentak's pickler (``serentak._ipc.serialize``: callables
 the receiver cannot import go by value) with a table of extra reducers that
 ``register()`` fills. File descriptors travel beside a pickle, not in it::
 
@@ -26,9 +26,9 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import IO, Any, ClassVar, Final
 
-from . import _posix
-from ._serialize import PROTOCOL, Pickler, fd_received, fd_to_send
-from ._transport import Connection
+from ._ipc.connection import Connection
+from ._ipc.serialize import PROTOCOL, Pickler, fd_received, fd_to_send
+from ._os import posix as _posix
 
 __all__ = [
     "DupFd",

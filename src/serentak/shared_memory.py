@@ -7,7 +7,7 @@
     SharedMemory(create=True, size=n)
       shm_open(O_CREAT|O_EXCL) ───────▶ [ n bytes ] ◀──────────────── SharedMemory("psm_1a2b3c4d")
       register the name with the                                        shm_open + mmap
-      tree's tracker (serentak._tracker)
+      tree's tracker (serentak._process.tracker)
     .buf: a memoryview of the mapping                                 .buf: the same bytes
     .close(): unmap, close the fd (each process, for itself)
     .unlink(): remove the name (once, in any process) and unregister it
@@ -47,7 +47,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, Generic, TypeVar, cast
 
-from . import _posix, _tracker
+from ._os import posix as _posix
+from ._process import tracker as _tracker
 
 __all__ = ["ShareableList", "SharedMemory"]
 
@@ -434,9 +435,9 @@ def _attach_list(cls: type[ShareableList[Any]], shm: SharedMemory) -> ShareableL
 import dataclasses  # noqa: E402
 import threading  # noqa: E402
 
-from ._managers import BaseManager  # noqa: E402
-from ._managers_protocol import Reply, Returned  # noqa: E402
-from ._managers_server import Server  # noqa: E402
+from ._managers.manager import BaseManager  # noqa: E402
+from ._managers.protocol import Reply, Returned  # noqa: E402
+from ._managers.server import Server  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -550,7 +551,7 @@ SharedMemoryManager.__module__ = SharedMemoryServer.__module__ = "serentak.manag
 
 
 # Arrays born in shared memory (serentak's own; not in the stdlib's module).
-from ._shared_arrays import copy_of as copy_of  # noqa: E402
-from ._shared_arrays import empty as empty  # noqa: E402
-from ._shared_arrays import full as full  # noqa: E402
-from ._shared_arrays import zeros as zeros  # noqa: E402
+from ._shared.arrays import copy_of as copy_of  # noqa: E402
+from ._shared.arrays import empty as empty  # noqa: E402
+from ._shared.arrays import full as full  # noqa: E402
+from ._shared.arrays import zeros as zeros  # noqa: E402

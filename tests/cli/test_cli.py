@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serentak import _bench
+from serentak._cli import bench as _bench
 
 PATIENCE = 50.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serentak import _seed
+from serentak._cli import seed as _seed
 
 
 @pytest.mark.parametrize("example", _seed.EXAMPLES, ids=lambda e: f"section-{e.section}")
@@ -41,7 +41,7 @@ def test_daemon_stops_with_the_main_process(start_method: str) -> None:
 def test_demo_robustness_scene(start_method: str, capsys: pytest.CaptureFixture[str]) -> None:
     # Issue 4's scene: a worker SIGKILLed in the middle of a map; the demo shows the
     # error, naming the signal, then the same pool's next result.
-    from serentak import cli
+    from serentak._cli import main as cli
 
     assert cli.main(["demo", "--start-method", start_method, "robustness"]) == 0
     out = capsys.readouterr().out
@@ -56,7 +56,7 @@ def test_demo_robustness_scene(start_method: str, capsys: pytest.CaptureFixture[
 
 
 def test_demo_robustness_scene_is_checked() -> None:
-    from serentak import _robustness
+    from serentak._cli import robustness as _robustness
 
     assert not _robustness.output_is_right(["[1, 4, 16, 25]"])
     assert not _robustness.output_is_right(["WorkerLostError: worker process 1 exited", "[1]"])

@@ -1,4 +1,4 @@
-"""Pipe, Connection and wait() (serentak.connection, serentak._transport).
+"""Pipe, Connection and wait() (serentak.connection, serentak._ipc.connection).
 
 The first part uses both ends of a Pipe in this process; the second hands one
 end to a child under every start method (the ``ctx`` fixture).

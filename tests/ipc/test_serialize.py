@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from serentak import _serialize
+from serentak._ipc import serialize as _serialize
 
 
 def module_level(x: int) -> int:

@@ -21,7 +21,8 @@ import pytest
 import _targets
 import serentak
 from _signals import interrupted_by_a_signal_to_another_thread
-from serentak import _posix, _tracker
+from serentak._os import posix as _posix
+from serentak._process import tracker as _tracker
 from serentak.managers import (
     AutoProxy,
     BaseManager,
@@ -318,7 +319,7 @@ def test_connect_and_authentication(ctx: Any, tmp_path: Any) -> None:
             intruder.connect()
         # A client that skips the challenge gets nothing unpickled.
         marker = tmp_path / "unpickled"
-        from serentak._listener import Client as RawClient
+        from serentak._process.listener import Client as RawClient
 
         with RawClient(address) as raw:
             raw.recv_bytes()  # the challenge

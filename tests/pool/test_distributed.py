@@ -51,7 +51,7 @@ PATIENCE = 20.0
 # A wait that is expected to time out (the result is not there yet).
 SHORT = 0.05
 WORKERS = 2
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]
 
 
 # ---- the module's cluster ----------------------------------------------------------------------

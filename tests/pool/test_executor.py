@@ -1,4 +1,4 @@
-"""ProcessPoolExecutor (serentak._executor): the concurrent.futures interface on the pool.
+"""ProcessPoolExecutor (serentak._pool.executor): the concurrent.futures interface on the pool.
 
 Every test runs under every start method (``ctx``, given as ``mp_context``),
 with two workers unless it needs one. Tasks that must stay running while the

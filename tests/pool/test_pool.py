@@ -1,4 +1,4 @@
-"""The Pool API (serentak._pool, _results, _feeder): the stdlib's multiprocessing.pool docs.
+"""The Pool API (serentak._pool.api, _results, _feeder): the stdlib's multiprocessing.pool docs.
 
 Every test runs under every start method (the ``ctx`` fixture), with pools of
 two workers. Tasks live in ``_targets`` (or are lambdas and closures, which

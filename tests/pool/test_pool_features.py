@@ -1,5 +1,5 @@
 """The pool for real workloads: progress bars, adaptive chunks, lazy inputs, worker
-state, recycling, right-sizing and statistics (serentak._feeder, _pool, _executor).
+state, recycling, right-sizing and statistics (serentak._pool.feeder, _pool, _executor).
 
 Behaviour runs under every start method (``ctx``), with pools of two workers.
 Where a test must know that a task has started it holds the task at a gate
@@ -35,8 +35,8 @@ import _targets
 import serentak
 from _scripts import run_script, script_env
 from _watch import lines, until
-from serentak import _posix
-from serentak._tasks import resident_memory_mb
+from serentak._os import posix as _posix
+from serentak._pool.tasks import resident_memory_mb
 
 # Waits for something that must happen: long enough never to fire on a slow
 # machine, short of the per-test timeout so a failure reads as an assertion.

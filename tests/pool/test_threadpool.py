@@ -1,4 +1,4 @@
-"""ThreadPool (serentak._threadpool, serentak.pool.ThreadPool) and serentak.dummy.
+"""ThreadPool (serentak._pool.engines.thread, serentak.pool.ThreadPool) and serentak.dummy.
 
 Both run tasks in threads of this process, so there is no start method to vary
 (no ``ctx`` here) and nothing is pickled: arguments, results and exceptions are

@@ -19,7 +19,8 @@ import pytest
 import _targets
 import serentak
 from _signals import interrupted_by_a_signal_to_another_thread
-from serentak import _launch, _logging, reduction
+from serentak import _logging, reduction
+from serentak._process import launch as _launch
 from serentak.connection import (
     Client,
     Listener,

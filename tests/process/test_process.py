@@ -1,4 +1,4 @@
-"""Process, current_process, parent_process, active_children (serentak._process).
+"""Process, current_process, parent_process, active_children (serentak._process.process).
 
 The first part drives Process objects in this process under every start
 method (the ``ctx`` fixture); children's targets live in ``_targets``. The

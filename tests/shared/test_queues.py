@@ -1,4 +1,4 @@
-"""Queue, JoinableQueue and SimpleQueue (serentak._queues).
+"""Queue, JoinableQueue and SimpleQueue (serentak._shared.queues).
 
 The first part checks the semantics within one process; the second runs
 producers and consumers in children under every start method (the ``ctx``
@@ -24,7 +24,8 @@ import pytest
 import _targets
 from _scripts import interrupted_in_futex
 from _signals import interrupted_by_a_signal_to_another_thread
-from serentak import _native, _queues
+from serentak._os import _native
+from serentak._shared import queues as _queues
 from serentak.connection import Pipe
 
 # How late a timed wait may return: generous, CI machines are slow and busy.

@@ -26,11 +26,12 @@ from typing import Any
 import pytest
 
 import _targets
-from serentak import _posix, _tracker
+from serentak._os import posix as _posix
+from serentak._process import tracker as _tracker
 from serentak.shared_memory import ShareableList, SharedMemory
 
 PATIENCE = 30.0
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)

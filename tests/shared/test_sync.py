@@ -1,4 +1,4 @@
-"""Lock, RLock, Semaphore, BoundedSemaphore, Condition, Event, Barrier (serentak._sync).
+"""Lock, RLock, Semaphore, BoundedSemaphore, Condition, Event, Barrier (serentak._shared.sync).
 
 The first part checks each primitive's semantics within one process (threads
 stand in for the other party); the second runs them across processes under
@@ -25,8 +25,10 @@ import _targets
 from _scripts import interrupted_in_futex
 from _signals import interrupted_by_a_signal_to_another_thread
 from _watch import until
-from serentak import _serialize, _shm, _sync
 from serentak._exceptions import LockOwnerDiedWarning
+from serentak._ipc import segments as _shm
+from serentak._ipc import serialize as _serialize
+from serentak._shared import sync as _sync
 
 # How late a timed wait may return: generous, CI machines are slow and busy.
 LATE = 1.0

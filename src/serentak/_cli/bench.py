@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Final, Protocol
 
-from . import __version__
+from serentak import __version__
 
 MIB = 1 << 20
 WORKERS = 2
@@ -260,7 +260,7 @@ def _installed(module: str, distribution: str) -> str | None:
 
 def libraries(start_method: str) -> list[Library]:
     """serentak, the stdlib, and whichever alternatives are installed, in that order."""
-    from ._context import default_context
+    from serentak._context import default_context
 
     ours = default_context.get_context(start_method)
     stdlib = _stdlib_context(start_method)
@@ -674,7 +674,7 @@ def _pipe_echo(request: int, reply: int, count: int) -> None:
 def pipe_round_trip_us(count: int) -> float:
     """Median microseconds for one byte there and back over two os.pipes, between
     this process and a forked child: the floor under any cross-process round trip."""
-    from . import get_context
+    from serentak import get_context
 
     request_r, request_w = os.pipe()
     reply_r, reply_w = os.pipe()

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ._context import default_context
+from serentak._context import default_context
 
 
 def cpu_work(size: int) -> int:

@@ -20,8 +20,11 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from . import __version__, _posix, _seed
-from ._launch import DEFAULT_START_METHOD, StartMethod
+from serentak import __version__
+from serentak._os import posix as _posix
+from serentak._process.launch import DEFAULT_START_METHOD, StartMethod
+
+from . import seed as _seed
 
 
 def _say(text: str = "") -> None:
@@ -51,7 +54,7 @@ def _demo(start_method: str | None, sections: Sequence[str]) -> int:
             _say(textwrap.indent(run.stderr.rstrip(), "  ! "))
         if not ok:
             failures.append(example.section)
-    from ._robustness import demo_scene  # a worker killed mid-map: issue 4's scene
+    from .robustness import demo_scene  # a worker killed mid-map: issue 4's scene
 
     failures += demo_scene(start_method, sections, _say)
     if not sections or "10" in sections:
@@ -66,7 +69,7 @@ def _demo(start_method: str | None, sections: Sequence[str]) -> int:
 
 
 def _demo_comparison() -> None:
-    from ._compare import compare
+    from .compare import compare
 
     _say()
     _say("§10  Perbedaan multiprocessing vs threading — measured on this machine")
@@ -108,7 +111,7 @@ def _info() -> int:
 def _run_bench(
     start_method: str | None, quick: bool, only: Sequence[str], rounds: int | None, plot: str | None
 ) -> int:
-    from . import _bench
+    from . import bench as _bench
 
     chosen = [
         w
@@ -150,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("sections", nargs="*", help="only these sections (e.g. 3.1 7.2 10)")
     commands.add_parser("info", help="platform, cores, start methods")
-    from ._bench import WORKLOAD_NAMES
+    from .bench import WORKLOAD_NAMES
 
     bench = commands.add_parser(
         "bench", help="data speed against the stdlib, loky, joblib, mpire, faster-fifo"

@@ -7,7 +7,7 @@ ever for the dead worker's result; serentak's raises ``WorkerLostError`` at
 once, naming the signal, starts a new worker, and the same pool carries on.
 
 The scene runs like the examples: as a script of its own in a fresh
-interpreter (through :func:`serentak._seed.run_example`), shown with its code
+interpreter (through :func:`serentak._cli.seed.run_example`), shown with its code
 and its live output, then checked.
 """
 
@@ -17,7 +17,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from . import _seed
+from . import seed as _seed
 
 # The name that selects the scene on the command line: ``serentak demo robustness``.
 KEY: Final = "robustness"

@@ -48,8 +48,11 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Final
 
-from . import _native, _posix, _shm
-from ._serialize import PROTOCOL, dumps_with_fds, loads_with_fds
+from serentak._os import _native
+from serentak._os import posix as _posix
+
+from . import segments as _shm
+from .serialize import PROTOCOL, dumps_with_fds, loads_with_fds
 
 OOB_THRESHOLD: Final = 64 * 1024
 ALIGNMENT: Final = 64  # numpy wants aligned data; a cache line is plenty

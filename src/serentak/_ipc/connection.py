@@ -35,11 +35,13 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, TypeVar
 
-from . import _native, _posix
-from ._buffers import pack, unpack
-from ._exceptions import BufferTooShort
-from ._serialize import fd_received, fd_to_send
-from ._waiting import SIGNAL_SPAN, in_main_thread
+from serentak._exceptions import BufferTooShort
+from serentak._os import _native
+from serentak._os import posix as _posix
+from serentak._os.waiting import SIGNAL_SPAN, in_main_thread
+
+from .buffers import pack, unpack
+from .serialize import fd_received, fd_to_send
 
 _WORD: Final = struct.Struct("<I")
 _LONG: Final = struct.Struct("<Q")

@@ -26,8 +26,10 @@ import threading
 import weakref
 from typing import Any, Final
 
-from . import _native, _posix
-from ._serialize import fd_received, fd_to_send
+from serentak._os import _native
+from serentak._os import posix as _posix
+
+from .serialize import fd_received, fd_to_send
 
 ARENA_SEGMENT_SIZE: Final = 1 << 20
 ALIGNMENT: Final = 16

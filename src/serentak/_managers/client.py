@@ -46,10 +46,12 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Final, Protocol
 
-from . import _logging, _process
-from ._listener import Client
-from ._managers_protocol import Address, IncRef, RefMode, Release, Reply, Returned, Token
-from ._transport import Connection
+from serentak import _logging
+from serentak._ipc.connection import Connection
+from serentak._process import process as _process
+from serentak._process.listener import Client
+
+from .protocol import Address, IncRef, RefMode, Release, Reply, Returned, Token
 
 Key = tuple[Address, str]
 
@@ -248,7 +250,7 @@ class RefTable:
                 raise
             if missing:
                 self._uncount(key)
-                from ._managers_protocol import RemoteError
+                from .protocol import RemoteError
 
                 raise RemoteError(
                     f"the manager at {token.address!r} has no object {token.id!r} "

@@ -35,11 +35,15 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn, TypeVar
 
-from . import _logging, _process
-from ._exceptions import ProcessError
-from ._listener import Address, Client, arbitrary_address
-from ._managers_client import close_connection, request, table
-from ._managers_protocol import (
+from serentak import _logging
+from serentak._exceptions import ProcessError
+from serentak._ipc.connection import Pipe, wait
+from serentak._process import process as _process
+from serentak._process.listener import Address, Client, arbitrary_address
+from serentak._process.process import AuthenticationString, current_process
+
+from .client import close_connection, request, table
+from .protocol import (
     Create,
     Created,
     DebugInfo,
@@ -52,7 +56,7 @@ from ._managers_protocol import (
     Token,
     TypeSpec,
 )
-from ._managers_proxy import (
+from .proxy import (
     AcquirerProxy,
     ArrayProxy,
     AutoProxy,
@@ -68,12 +72,10 @@ from ._managers_proxy import (
     adopting,
     raise_reply,
 )
-from ._managers_server import Server
-from ._process import AuthenticationString, current_process
-from ._transport import Pipe, wait
+from .server import Server
 
 if TYPE_CHECKING:
-    from ._context import BaseContext
+    from serentak._context import BaseContext
 
 _M = TypeVar("_M", bound="BaseManager")
 
@@ -260,7 +262,7 @@ class BaseManager:
         self._state = ManagerState.INITIAL
         self._serializer = serializer
         if ctx is None:
-            from ._context import default_context
+            from serentak._context import default_context
 
             ctx = default_context
         self._ctx = ctx
@@ -589,7 +591,7 @@ class SyncManager(BaseManager):
 
 
 def _pool(*args: Any) -> Any:
-    from ._pool import Pool
+    from serentak._pool.api import Pool
 
     return Pool(*args)
 

@@ -27,9 +27,12 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final
 
-from ._exceptions import RemoteTraceback
-from ._managers_client import reference_for_reply, request, table
-from ._managers_protocol import (
+from serentak._exceptions import RemoteTraceback
+from serentak._ipc.serialize import is_spawning
+from serentak._process.process import AuthenticationString, current_process
+
+from .client import reference_for_reply, request, table
+from .protocol import (
     GETVALUE,
     CallMethod,
     Failed,
@@ -42,8 +45,6 @@ from ._managers_protocol import (
     ReturnedProxy,
     Token,
 )
-from ._process import AuthenticationString, current_process
-from ._serialize import is_spawning
 
 __all__ = [
     "AcquirerProxy",

@@ -37,11 +37,14 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from . import _logging, _posix
-from ._exceptions import AuthenticationError
-from ._listener import Address, Listener, answer_challenge, deliver_challenge
-from ._managers_client import replying, serve_locally, table
-from ._managers_protocol import (
+from serentak import _logging
+from serentak._exceptions import AuthenticationError
+from serentak._ipc.connection import Connection
+from serentak._os import posix as _posix
+from serentak._process.listener import Address, Listener, answer_challenge, deliver_challenge
+
+from .client import replying, serve_locally, table
+from .protocol import (
     FALLBACK_METHODS,
     GETVALUE,
     CallMethod,
@@ -63,7 +66,6 @@ from ._managers_protocol import (
     TypeSpec,
     public_methods,
 )
-from ._transport import Connection
 
 # Connections a server keeps waiting to be accepted: many clients may start at once.
 _BACKLOG: Final = 128

@@ -1,4 +1,4 @@
-"""Type stub for the C extension serentak._native (sources in src/native/)."""
+"""Type stub for the C extension serentak._os._native (sources in src/native/)."""
 
 from typing import Final
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from . import _native
-from ._waiting import spans
+from .waiting import spans
 
 IS_LINUX: Final = sys.platform.startswith("linux")
 HAS_PIDFD: Final = hasattr(os, "pidfd_open")

@@ -29,12 +29,14 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any, Final, Protocol, TypeVar
 
-from . import _waiting
-from ._buffers import Packed, pack
-from ._feeder import Chunker, Feeder, MapJob, progress_bar
-from ._manager import AskStats, Close, Manager, PoolState, PoolStats, Submit, Terminate
-from ._process import BaseProcess
-from ._results import (
+from serentak._ipc.buffers import Packed, pack
+from serentak._ipc.serialize import dumps
+from serentak._os import waiting as _waiting
+from serentak._process.process import BaseProcess
+
+from .engines.process import AskStats, Close, Manager, PoolState, PoolStats, Submit, Terminate
+from .feeder import Chunker, Feeder, MapJob, progress_bar
+from .results import (
     ApplyResult,
     CallbackRunner,
     Cancel,
@@ -44,8 +46,7 @@ from ._results import (
     MapSink,
     Outcome,
 )
-from ._serialize import dumps
-from ._tasks import Function, Kind, ResultSink, Task, WorkerOptions
+from .tasks import Function, Kind, ResultSink, Task, WorkerOptions
 
 _T = TypeVar("_T")
 ProgressOption = bool | Mapping[str, Any] | None
@@ -509,7 +510,7 @@ class Pool(BasePool):
         *,
         max_memory_per_child: float | None = None,
     ) -> None:
-        from ._context import default_context
+        from serentak._context import default_context
 
         ctx = context if context is not None else default_context.get_context()
         processes = check_pool_arguments(processes, initializer, maxtasksperchild, ctx.cpu_count)

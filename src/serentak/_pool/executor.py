@@ -20,11 +20,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any, TypeVar
 
-from ._exceptions import TimeoutError
-from ._pool import Pool
-from ._results import CallbackRunner, IMapIterator, Outcome
-from ._tasks import Kind
-from ._waiting import in_main_thread, spans
+from serentak._exceptions import TimeoutError
+from serentak._os.waiting import in_main_thread, spans
+
+from .api import Pool
+from .results import CallbackRunner, IMapIterator, Outcome
+from .tasks import Kind
 
 _T = TypeVar("_T")
 

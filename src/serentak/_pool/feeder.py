@@ -25,10 +25,11 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
-from ._buffers import Packed
-from ._exceptions import PoolTerminatedError
-from ._results import MapSink, Outcome
-from ._tasks import Failure, Function, ItemFailed, Kind, Task
+from serentak._exceptions import PoolTerminatedError
+from serentak._ipc.buffers import Packed
+
+from .results import MapSink, Outcome
+from .tasks import Failure, Function, ItemFailed, Kind, Task
 
 # Work per chunk the adaptive sizing aims at: long enough that a chunk's
 # round trip is a small fraction of it, short enough to balance the tail.

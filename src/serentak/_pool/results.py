@@ -29,10 +29,11 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol
 
-from ._buffers import unpack
-from ._exceptions import ProcessError, TimeoutError
-from ._tasks import Failure, ItemFailed
-from ._waiting import join, spans, wait_span
+from serentak._exceptions import ProcessError, TimeoutError
+from serentak._ipc.buffers import unpack
+from serentak._os.waiting import join, spans, wait_span
+
+from .tasks import Failure, ItemFailed
 
 _NOT_LOADED: Final = object()
 

@@ -43,13 +43,13 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from ._buffers import Packed, pack, unpack
-from ._exceptions import ProcessError, RemoteTraceback
-from ._serialize import dumps, loads
-from ._transport import Connection
+from serentak._exceptions import ProcessError, RemoteTraceback
+from serentak._ipc.buffers import Packed, pack, unpack
+from serentak._ipc.connection import Connection
+from serentak._ipc.serialize import dumps, loads
 
 if TYPE_CHECKING:
-    from ._results import Outcome
+    from .results import Outcome
 
 _HEADER: Final = struct.Struct("<BxxxIIQ")
 HEADER_SIZE: Final = _HEADER.size

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from . import _posix
+from serentak._os import posix as _posix
 
 
 class Bootstrappable(Protocol):

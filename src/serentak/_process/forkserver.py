@@ -27,10 +27,11 @@ import signal
 import sys
 import traceback
 
-from . import _posix
-from ._child import Preparation, flush_standard_streams, guard_parent
-from ._launch import EXIT_STATUS, apply_preparation, run_from_socket
-from ._transport import Connection
+from serentak._ipc.connection import Connection
+from serentak._os import posix as _posix
+
+from .child import Preparation, flush_standard_streams, guard_parent
+from .launch import EXIT_STATUS, apply_preparation, run_from_socket
 
 
 class _Server:

@@ -36,8 +36,11 @@ import weakref
 from collections.abc import Mapping
 from typing import Final, Protocol
 
-from . import _posix
-from ._child import (
+from serentak._ipc.connection import Connection
+from serentak._ipc.serialize import dumps, loads, receiving_fds, sending_fds, track_main_classes
+from serentak._os import posix as _posix
+
+from .child import (
     Bootstrappable,
     ChildStart,
     Preparation,
@@ -45,8 +48,6 @@ from ._child import (
     guard_parent,
     set_environ,
 )
-from ._serialize import dumps, loads, receiving_fds, sending_fds, track_main_classes
-from ._transport import Connection
 
 EXIT_STATUS: Final = struct.Struct("<i")
 # What a child's exit code reads as when nobody could observe it (the fork
@@ -370,7 +371,7 @@ def spawn_interpreter(code: str, *, block_sigint: bool = False) -> tuple[int, Co
 
 def _spawn(payload: bytes, fds: list[int]) -> ChildHandle:
     pid, channel = spawn_interpreter(
-        "from serentak._launch import spawn_main; spawn_main({fd})", block_sigint=True
+        "from serentak._process.launch import spawn_main; spawn_main({fd})", block_sigint=True
     )
     pidfd = _posix.pidfd_open(pid)
     _send_start(channel, payload, fds)
@@ -483,7 +484,9 @@ class _ForkServerClient:
             if self._handle.poll() is None:
                 return self._control
             self._stop()
-        pid, control = spawn_interpreter("from serentak._forkserver import serve; serve({fd})")
+        pid, control = spawn_interpreter(
+            "from serentak._process.forkserver import serve; serve({fd})"
+        )
         pidfd = _posix.pidfd_open(pid)
         self._handle = _DirectChild(pid, -1 if pidfd is None else pidfd, pidfd)
         self._control = control

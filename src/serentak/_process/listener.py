@@ -12,7 +12,7 @@
         check it (constant time) <----------------      "{sha256}" + digest
         "#WELCOME#" or "#FAILURE#" ----------------->   AuthenticationError on failure
       answer_challenge  <------ the same, the other way round ------  deliver_challenge
-    Connection  <========== framed messages (serentak._transport) ==========>  Connection
+    Connection  <========== framed messages (serentak._ipc.connection) ==========>  Connection
 
 Both sides prove they hold the key, the server first: it never answers a
 challenge before the client has answered its own, so a client without the
@@ -38,10 +38,13 @@ import threading
 import weakref
 from typing import Any, Final, TypeVar
 
-from . import _logging, _posix, _process
-from ._exceptions import AuthenticationError
-from ._transport import Connection
-from ._waiting import in_main_thread
+from serentak import _logging
+from serentak._exceptions import AuthenticationError
+from serentak._ipc.connection import Connection
+from serentak._os import posix as _posix
+from serentak._os.waiting import in_main_thread
+
+from . import process as _process
 
 __all__ = [
     "Client",

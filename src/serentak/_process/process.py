@@ -30,10 +30,11 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final
 
-from . import _posix
-from ._child import flush_standard_streams, replace_stdin
-from ._launch import DEFAULT_START_METHOD, ChildHandle, StartMethod, launch, settings
-from ._serialize import is_spawning
+from serentak._ipc.serialize import is_spawning
+from serentak._os import posix as _posix
+
+from .child import flush_standard_streams, replace_stdin
+from .launch import DEFAULT_START_METHOD, ChildHandle, StartMethod, launch, settings
 
 _SIGNAL_NAMES: Final = {-sig: f"-{sig.name}" for sig in signal.Signals}
 

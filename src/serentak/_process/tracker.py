@@ -42,7 +42,7 @@ Who holds the write end (this process's *link* to its tracker):
 The fd is close-on-exec, so programs started with ``subprocess`` (and the fork
 server, itself a fresh interpreter) do not keep the tracker waiting.
 
-The tracker process is started with :func:`serentak._launch.spawn_interpreter`
+The tracker process is started with :func:`serentak._process.launch.spawn_interpreter`
 and detaches at once: it forks, the intermediate exits, and the grandchild
 starts a new session. So it is nobody's child (no zombie, nothing for a
 user's ``os.wait()`` to steal, not counted among anyone's children), and the
@@ -68,9 +68,9 @@ import threading
 import warnings
 from typing import Any, Final
 
-from . import _posix
-from ._serialize import fd_received, fd_to_send
-from ._transport import Connection
+from serentak._ipc.connection import Connection
+from serentak._ipc.serialize import fd_received, fd_to_send
+from serentak._os import posix as _posix
 
 _HEADER: Final = struct.Struct("<BH")
 _READ_SIZE: Final = 64 * 1024
@@ -237,12 +237,15 @@ def _code() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # spawn_interpreter formats {fd} into the code: keep other braces literal.
     path = repr(root).replace("{", "{{").replace("}", "}}")
-    return f"import sys; sys.path.append({path}); from serentak._tracker import main; main({{fd}})"
+    return (
+        f"import sys; sys.path.append({path}); "
+        "from serentak._process.tracker import main; main({fd})"
+    )
 
 
 def _start() -> int:
     """Start a tracker; return the write end of its pipe."""
-    from ._launch import spawn_interpreter
+    from .launch import spawn_interpreter
 
     reader, writer = os.pipe()
     try:

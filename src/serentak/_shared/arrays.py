@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from . import _shm
+from serentak._ipc import segments as _shm
 
 Shape = int | Sequence[int]
 

@@ -80,10 +80,11 @@ from collections.abc import Iterable, Sequence
 from queue import Empty, Full
 from typing import Any, Final
 
-from . import _native, _posix
-from ._process import register_before_exit
-from ._serialize import dumps_with_fds, fd_received, fd_to_send, loads_with_fds
-from ._waiting import wait_span
+from serentak._ipc.serialize import dumps_with_fds, fd_received, fd_to_send, loads_with_fds
+from serentak._os import _native
+from serentak._os import posix as _posix
+from serentak._os.waiting import wait_span
+from serentak._process.process import register_before_exit
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 

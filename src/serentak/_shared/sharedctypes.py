@@ -1,7 +1,7 @@
 """Value, Array, RawValue, RawArray: ctypes objects that live in shared memory.
 
 Every object is a ctypes view on a block of the shared arena
-(:func:`serentak._shm.allocate`); a child sees the same bytes, never a copy::
+(:func:`serentak._ipc.segments.allocate`); a child sees the same bytes, never a copy::
 
     parent                              shared block                 child
     RawValue('i') ── c_int view ──────▶ [ 4 bytes ]  ◀────────────── c_int view
@@ -32,12 +32,13 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
-from . import _shm
-from ._serialize import is_spawning
-from ._sync import RLock
+from serentak._ipc import segments as _shm
+from serentak._ipc.serialize import is_spawning
+
+from .sync import RLock
 
 if TYPE_CHECKING:
-    from ._context import BaseContext
+    from serentak._context import BaseContext
 
 __all__ = [
     "Array",

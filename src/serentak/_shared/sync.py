@@ -1,7 +1,7 @@
 """Lock, RLock, Semaphore, BoundedSemaphore, Condition, Event and Barrier between processes.
 
 Every primitive keeps all of its state in a block of shared memory
-(:func:`serentak._shm.allocate`); the Python object in each process is a view
+(:func:`serentak._ipc.segments.allocate`); the Python object in each process is a view
 on that block. A child gets the object by inheritance (fork) or by pickling
 the block's segment while it is being started (spawn, forkserver); the state
 itself is never copied::
@@ -49,10 +49,11 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, TypeVar
 
-from . import _native, _shm
-from ._exceptions import LockOwnerDiedWarning
-from ._process import current_process
-from ._serialize import fd_to_send
+from serentak._exceptions import LockOwnerDiedWarning
+from serentak._ipc import segments as _shm
+from serentak._ipc.serialize import fd_to_send
+from serentak._os import _native
+from serentak._process.process import current_process
 
 __all__ = [
     "Barrier",

@@ -22,7 +22,7 @@ from threading import RLock as RLock
 from threading import Semaphore as Semaphore
 from typing import Any
 
-from serentak._threadpool import ThreadPool
+from serentak._pool.engines.thread import ThreadPool
 
 from .connection import Pipe as Pipe
 

@@ -57,8 +57,15 @@ from typing import Any, Final, Protocol
 
 from distributed import KilledWorker
 
-from . import _waiting
-from ._distributed_worker import (
+from serentak._exceptions import PoolTerminatedError, ProcessError, RemoteTraceback, WorkerLostError
+from serentak._ipc.serialize import dumps
+from serentak._os import waiting as _waiting
+from serentak._pool.api import _FunctionRegistry
+from serentak._pool.feeder import MapJob
+from serentak._pool.results import Outcome
+from serentak._pool.tasks import Function, Task
+
+from .dask_worker import (
     Call,
     Reply,
     Status,
@@ -66,15 +73,7 @@ from ._distributed_worker import (
     let_go_on_worker,
     run,
 )
-from ._exceptions import PoolTerminatedError, ProcessError, RemoteTraceback, WorkerLostError
-from ._feeder import MapJob
-from ._manager import PoolStats, WorkerStats
-from ._pool import _FunctionRegistry
-from ._results import (
-    Outcome,
-)
-from ._serialize import dumps
-from ._tasks import Function, Task
+from .process import PoolStats, WorkerStats
 
 # Buffers (and pickled callables) from this size on are scattered to the
 # cluster once when a second task uses them, instead of travelling in every

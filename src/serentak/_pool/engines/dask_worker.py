@@ -47,9 +47,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from ._exceptions import TimeoutError
-from ._serialize import dumps, loads
-from ._tasks import Failure, Kind, encode_failure, run_task
+from serentak._exceptions import TimeoutError
+from serentak._ipc.serialize import dumps, loads
+from serentak._pool.tasks import Failure, Kind, encode_failure, run_task
 
 # Callables (and initializer outcomes) a worker process keeps, over every pool
 # that uses it; past that, the least recently used is loaded again when needed.

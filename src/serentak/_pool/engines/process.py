@@ -38,13 +38,21 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from . import _native
-from ._exceptions import PoolTerminatedError, TimeoutError, WorkerLostError
-from ._process import BaseProcess
-from ._results import Outcome
-from ._tasks import Frame, Kind, Task, WorkerOptions, describe_exit, monotonic, worker_main
-from ._transport import Connection, Pipe
-from ._transport import frame as transport_frame
+from serentak._exceptions import PoolTerminatedError, TimeoutError, WorkerLostError
+from serentak._ipc.connection import Connection, Pipe
+from serentak._ipc.connection import frame as transport_frame
+from serentak._os import _native
+from serentak._pool.results import Outcome
+from serentak._pool.tasks import (
+    Frame,
+    Kind,
+    Task,
+    WorkerOptions,
+    describe_exit,
+    monotonic,
+    worker_main,
+)
+from serentak._process.process import BaseProcess
 
 # Tasks sent to a worker beyond the one it runs, so that it never waits for the
 # next one: only while tasks are short (recent average below PREFETCH_BELOW),

@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _waiting
-from ._exceptions import PoolTerminatedError
-from ._manager import PoolStats, WorkerStats
-from ._pool import BasePool, check_pool_arguments
-from ._results import Outcome
-from ._tasks import Function, Task, run_task
+from serentak._exceptions import PoolTerminatedError
+from serentak._os import waiting as _waiting
+from serentak._pool.api import BasePool, check_pool_arguments
+from serentak._pool.results import Outcome
+from serentak._pool.tasks import Function, Task, run_task
+
+from .process import PoolStats, WorkerStats
 
 
 class _ThreadEngine:
@@ -145,7 +146,7 @@ class ThreadPool(BasePool):
         initializer: Callable[..., object] | None = None,
         initargs: Sequence[Any] = (),
     ) -> None:
-        from ._context import default_context
+        from serentak._context import default_context
 
         processes = check_pool_arguments(processes, initializer, None, default_context.cpu_count)
         super().__init__(_ThreadEngine(processes, initializer, initargs), processes)
