@@ -89,7 +89,7 @@ def main() -> None:
     )
     options = parser.parse_args()
     shared = {workload.name: workload for workload in _bench.workloads(_bench.FULL)}
-    pool = _bench.Kind.POOL
+    pool = _bench.WorkloadKind.POOL
     workloads = [
         shared["map-tiny"],
         shared["apply-rtt"],

@@ -104,7 +104,7 @@ def test_bench_rejects_an_unknown_workload() -> None:
 def _results(
     unit: _bench.Unit, ours: float, theirs: float
 ) -> tuple[_bench.Results, _bench.Workload]:
-    workload = _bench.Workload("w", "w", unit, _bench.Kind.POOL, lambda pool: 0.0)
+    workload = _bench.Workload("w", "w", unit, _bench.WorkloadKind.POOL, lambda pool: 0.0)
     libraries = [
         _bench.Library(_bench.SERENTAK, "0", None, None),
         _bench.Library(_bench.STDLIB, "0", None, None),
@@ -132,7 +132,9 @@ def test_array_goal_needs_both_the_ratio_and_the_absolute_figure() -> None:
     goal = _bench.Goal(ratio=10.0, bound=3.0)
     for ours, theirs, met in ((4.0, 0.3, True), (4.0, 1.0, False), (2.0, 0.1, False)):
         results, workload = _results(_bench.GB_PER_S, ours, theirs)
-        workload = _bench.Workload("w", "w", _bench.GB_PER_S, _bench.Kind.POOL, len, goal=goal)
+        workload = _bench.Workload(
+            "w", "w", _bench.GB_PER_S, _bench.WorkloadKind.POOL, len, goal=goal
+        )
         results.workloads = [workload]
         assert results.goal_met(workload) is met
     assert "met" in _bench.format_table(results)
@@ -142,7 +144,9 @@ def test_a_round_trip_goal_is_a_ceiling() -> None:
     goal = _bench.Goal(bound=50.0)
     for ours, met in ((45.0, True), (55.0, False)):
         results, _ = _results(_bench.MICROSECONDS, ours, 150.0)
-        workload = _bench.Workload("w", "w", _bench.MICROSECONDS, _bench.Kind.POOL, len, goal=goal)
+        workload = _bench.Workload(
+            "w", "w", _bench.MICROSECONDS, _bench.WorkloadKind.POOL, len, goal=goal
+        )
         results.workloads = [workload]
         assert results.goal_met(workload) is met
         assert f"<= 50 us: {'met' if met else 'NOT met'}" in _bench.format_table(results)
@@ -151,6 +155,6 @@ def test_a_round_trip_goal_is_a_ceiling() -> None:
 def test_a_goal_against_a_library_not_measured_cannot_be_told() -> None:
     goal = _bench.Goal(ratio=1.0, against="faster_fifo")
     results, _ = _results(_bench.GB_PER_S, 9.0, 1.0)
-    workload = _bench.Workload("w", "w", _bench.GB_PER_S, _bench.Kind.QUEUE, len, goal=goal)
+    workload = _bench.Workload("w", "w", _bench.GB_PER_S, _bench.WorkloadKind.QUEUE, len, goal=goal)
     results.workloads = [workload]
     assert results.goal_met(workload) is None

@@ -291,7 +291,7 @@ def libraries(start_method: str) -> list[Library]:
 # -- the workloads --
 
 
-class Kind(enum.Enum):
+class WorkloadKind(enum.Enum):
     """Which part of a library a workload uses."""
 
     POOL = "pool"
@@ -360,7 +360,7 @@ class Workload:
     name: str
     title: str
     unit: Unit
-    kind: Kind
+    kind: WorkloadKind
     measure: Callable[[Any], float]
     goal: Goal | None = None
     needs_numpy: bool = False
@@ -479,7 +479,7 @@ def workloads(sizes: Sizes) -> list[Workload]:
                     f"map-{returns}-{label}",
                     f"Pool.map {shape[0]} x {shape[1]} MiB -> {returns}",
                     GB_PER_S,
-                    Kind.POOL,
+                    WorkloadKind.POOL,
                     functools.partial(_array_speed, shape=shape, double=double),
                     goal=goal(ARRAY_GOAL),
                     needs_numpy=True,
@@ -491,7 +491,7 @@ def workloads(sizes: Sizes) -> list[Workload]:
             "queue-int",
             "Queue 1 -> 1, int",
             MSG_PER_S,
-            Kind.QUEUE,
+            WorkloadKind.QUEUE,
             functools.partial(_transfer_speed, message=12345, count=sizes.small_messages),
             goal=goal(SMALL_MESSAGE_GOAL),
         ),
@@ -499,7 +499,7 @@ def workloads(sizes: Sizes) -> list[Workload]:
             "queue-100B",
             "Queue 1 -> 1, 100 B",
             MSG_PER_S,
-            Kind.QUEUE,
+            WorkloadKind.QUEUE,
             functools.partial(_transfer_speed, message=b"x" * 100, count=sizes.small_messages),
             goal=goal(SMALL_MESSAGE_GOAL),
         ),
@@ -507,7 +507,7 @@ def workloads(sizes: Sizes) -> list[Workload]:
             "queue-1MiB",
             "Queue 1 -> 1, 1 MiB",
             GB_PER_S,
-            Kind.QUEUE,
+            WorkloadKind.QUEUE,
             functools.partial(_mib_transfer_speed, count=sizes.big_messages),
             goal=goal(BIG_MESSAGE_GOAL),
         ),
@@ -515,7 +515,7 @@ def workloads(sizes: Sizes) -> list[Workload]:
             "apply-rtt",
             "apply_async round trip, median",
             MICROSECONDS,
-            Kind.POOL,
+            WorkloadKind.POOL,
             functools.partial(_round_trip, count=sizes.round_trips),
             goal=goal(ROUND_TRIP_GOAL),
         ),
@@ -523,7 +523,7 @@ def workloads(sizes: Sizes) -> list[Workload]:
             "map-tiny",
             f"Pool.map {sizes.tiny_tasks:,} tiny tasks",
             ITEMS_PER_S,
-            Kind.POOL,
+            WorkloadKind.POOL,
             functools.partial(_tiny_map_speed, count=sizes.tiny_tasks),
             goal=goal(TINY_MAP_GOAL),
         ),
@@ -628,13 +628,13 @@ def run(
     queues: dict[str, QueueUnderTest] = {}
     try:
         for library in found:
-            if Kind.POOL in kinds and library.pool is not None:
+            if WorkloadKind.POOL in kinds and library.pool is not None:
                 pools[library.name] = library.pool()
                 _warm_up(pools[library.name], chosen)
-            if Kind.QUEUE in kinds and library.queue is not None:
+            if WorkloadKind.QUEUE in kinds and library.queue is not None:
                 queues[library.name] = library.queue()
         for workload in chosen:
-            subjects: dict[str, Any] = pools if workload.kind is Kind.POOL else queues
+            subjects: dict[str, Any] = pools if workload.kind is WorkloadKind.POOL else queues
             names = list(subjects)
             on_progress(f"{workload.name}: {workload.title} ({', '.join(names)})")
             if workload.needs_numpy and rounds > 1:

@@ -205,7 +205,7 @@ def dumps_with_fds(
     """Pickle ``obj``; also return the fds its handles registered (see :func:`sending_fds`)."""
     state = _thread_state()
     outer = state.outgoing
-    outgoing = state.outgoing = _Outgoing(spawning=spawning)
+    outgoing = state.outgoing = _FdsToSend(spawning=spawning)
     try:
         return dumps(obj, buffer_callback), outgoing.fds
     finally:
@@ -230,7 +230,7 @@ def loads(data: bytes | bytearray | memoryview, buffers: Sequence[Any] = ()) -> 
 # ---- file descriptors travelling with a pickle ------------------------------
 
 
-class _Outgoing:
+class _FdsToSend:
     """The fds registered while pickling one message; each fd once."""
 
     __slots__ = ("fds", "spawning")
@@ -254,7 +254,7 @@ class _ThreadState:
     __slots__ = ("incoming", "outgoing", "pickler")
 
     def __init__(self) -> None:
-        self.outgoing: _Outgoing | None = None
+        self.outgoing: _FdsToSend | None = None
         self.incoming: Sequence[int] | None = None
         self.pickler: _ReusedPickler | None = None
 
@@ -284,7 +284,7 @@ def sending_fds(*, spawning: bool) -> Iterator[list[int]]:
     """
     state = _thread_state()
     outer = state.outgoing
-    outgoing = state.outgoing = _Outgoing(spawning=spawning)
+    outgoing = state.outgoing = _FdsToSend(spawning=spawning)
     try:
         yield outgoing.fds
     finally:

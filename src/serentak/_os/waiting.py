@@ -28,7 +28,16 @@ from collections.abc import Iterator
 from typing import Final, Protocol
 
 # The longest the main thread sleeps before it looks at signals taken by another thread.
+# Also the slice in which a waiter on a shared lock or queue word re-checks for a dead
+# owner or a missed wake; the C waits use the same length (WAIT_SLICE_NS, native.h).
 SIGNAL_SPAN: Final = 0.05
+# While tasks this short are running, the pool's supervisor thread polls for their
+# results this long before it sleeps: on a virtual machine, waking an idle CPU costs
+# tens of microseconds, more than such a task.
+RESULT_SPIN: Final = 200e-6
+# How long a worker polls for its next task after a short one before it sleeps: the
+# next task is usually a round trip away, well under this.
+TASK_SPIN: Final = 100e-6
 
 
 def in_main_thread() -> bool:

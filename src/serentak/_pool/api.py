@@ -13,8 +13,8 @@
     get() / next(): decode results  <-----------------------------   outcomes
 
 :class:`BasePool` is the API; an engine runs the tasks. :class:`Pool`'s engine
-is the manager thread of ``_manager.py`` and worker processes (tasks pickled
-in the caller's or the feeder's thread, never in the manager's);
+is the supervisor thread of ``engines/process.py`` and worker processes (tasks pickled
+in the caller's or the feeder's thread, never in the supervisor's);
 ``ThreadPool``'s is a set of threads (nothing pickled).
 """
 
@@ -34,7 +34,7 @@ from serentak._ipc.serialize import dumps
 from serentak._os import waiting as _waiting
 from serentak._process.process import BaseProcess
 
-from .engines.process import AskStats, Close, Manager, PoolState, PoolStats, Submit, Terminate
+from .engines.process import AskStats, Close, PoolState, PoolStats, Submit, Supervisor, Terminate
 from .feeder import Chunker, Feeder, MapJob, progress_bar
 from .results import (
     ApplyResult,
@@ -86,7 +86,7 @@ class Engine(Protocol):
         """What the workers did so far."""
 
 
-class _FunctionRegistry:
+class FunctionRegistry:
     """Callables pickled once per pool. Shared by the submitting threads (its own lock)."""
 
     def __init__(self) -> None:
@@ -113,14 +113,14 @@ class _FunctionRegistry:
         return function
 
 
-class _ProcessEngine:
-    """Worker processes behind a manager thread: see ``_manager.py``."""
+class ProcessEngine:
+    """Worker processes behind a supervisor thread: see ``engines/process.py``."""
 
     kills_overdue_tasks = True
 
-    def __init__(self, manager: Manager) -> None:
-        self._manager = manager
-        self._functions = _FunctionRegistry()
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._functions = FunctionRegistry()
 
     def function(self, func: Callable[..., Any]) -> Function:
         return self._functions.register(func)
@@ -129,21 +129,21 @@ class _ProcessEngine:
         return pack(obj)
 
     def dispatch(self, tasks: Sequence[Task]) -> None:
-        self._manager.send(Submit(tuple(tasks)))
+        self._supervisor.send(Submit(tuple(tasks)))
 
     def close(self) -> None:
-        self._manager.send(Close())
+        self._supervisor.send(Close())
 
     def terminate(self) -> None:
-        self._manager.send(Terminate())
-        self._manager.join()
+        self._supervisor.send(Terminate())
+        self._supervisor.join()
 
     def join(self) -> None:
-        _waiting.join(self._manager)
+        _waiting.join(self._supervisor)
 
     def stats(self) -> PoolStats:
         reply: queue.SimpleQueue[PoolStats] = queue.SimpleQueue()
-        self._manager.send(AskStats(reply))
+        self._supervisor.send(AskStats(reply))
         return reply.get()
 
 
@@ -284,7 +284,7 @@ class BasePool:
             function = self._engine.function(func)
             payload = self._engine.encode((tuple(args), dict(kwds or {})))
         except BaseException as exc:  # this task alone fails, as the stdlib reports it
-            sink._complete_chunk(0, Outcome.of_exception(exc))
+            sink.complete_chunk(0, Outcome.of_exception(exc))
             return
         task_id = next(self._task_ids)
         self._engine.dispatch(
@@ -530,10 +530,12 @@ class Pool(BasePool):
         # Polling for a while before sleeping pays only where nobody waits for the CPU.
         spin = processes <= ctx.cpu_count()
         options = WorkerOptions(max_memory_mb=max_memory_per_child, spin=spin)
-        manager = Manager(make_process, processes, initializer, initargs, maxtasksperchild, options)
-        manager.start()
-        super().__init__(_ProcessEngine(manager), processes)
-        self._manager = manager
+        supervisor = Supervisor(
+            make_process, processes, initializer, initargs, maxtasksperchild, options
+        )
+        supervisor.start()
+        super().__init__(ProcessEngine(supervisor), processes)
+        self._supervisor = supervisor
 
 
 # Thread pools of numerical libraries: each worker gets cores // workers threads

@@ -58,12 +58,12 @@ class _FutureSink:
         self._future = future
         self._runner = runner
 
-    def _claim(self) -> bool:
+    def claim(self) -> bool:
         # Claimed again when a task sent ahead to a worker that died is re-queued.
         return self._future.running() or self._future.set_running_or_notify_cancel()
 
-    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
-        # Setting a Future runs its done-callbacks: not in the pool's manager thread.
+    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
+        # Setting a Future runs its done-callbacks: not in the pool's supervisor thread.
         self._runner.submit(lambda: self._settle(outcome))
 
     def _settle(self, outcome: Outcome) -> None:

@@ -237,10 +237,10 @@ class MapJob:
         """The caller consumed a chunk's result (imap)."""
         self.feeder.release(self, consumed=True)
 
-    def _claim(self) -> bool:
+    def claim(self) -> bool:
         return True
 
-    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
+    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         items = self.sizes.pop(index, 0)
         if busy_us:
             self.chunker.observe(items, busy_us)
@@ -253,7 +253,7 @@ class MapJob:
         self.feeder.release(self, consumed=False)
         sink = self.sink
         if sink is not None:
-            sink._complete_chunk(index, outcome)
+            sink.complete_chunk(index, outcome)
 
 
 # Map kinds whose items fail alone.
@@ -417,7 +417,7 @@ class Feeder:
             chunk = job.chunker.next_chunk()
         except BaseException as exc:  # the user's iterable raised: that position fails
             job.submitted += 1
-            sink._complete_chunk(index, Outcome.of_exception(exc))
+            sink.complete_chunk(index, Outcome.of_exception(exc))
             self._finish(job)
             return None
         if not chunk:
@@ -428,7 +428,7 @@ class Feeder:
         try:
             payload = self._encode(chunk)
         except BaseException as exc:
-            job._complete_chunk(index, Outcome.of_exception(exc))
+            job.complete_chunk(index, Outcome.of_exception(exc))
             return None
         if isinstance(payload, Packed):
             job.chunker.weigh(len(chunk), len(payload.payload) + payload.buffered)
@@ -450,6 +450,6 @@ class Feeder:
         if sink is None:
             return
         if failure is not None:
-            sink._complete_chunk(job.submitted, Outcome.of_exception(failure))
+            sink.complete_chunk(job.submitted, Outcome.of_exception(failure))
             job.submitted += 1
-        sink._set_length(job.submitted)
+        sink.set_length(job.submitted)

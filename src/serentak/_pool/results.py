@@ -2,11 +2,11 @@
 
 ::
 
-    manager thread (or a ThreadPool worker)        caller threads
+    supervisor thread (or a ThreadPool worker)        caller threads
     ---------------------------------------        --------------
     result._complete(outcome)    ---------------->  get() / wait() / ready()
-    map_result._complete_chunk(i, outcome)  ------>  get(): every chunk, in order
-    iterator._complete_chunk(i, outcome)  -------->  next(): chunk by chunk
+    map_result.complete_chunk(i, outcome)  ------>  get(): every chunk, in order
+    iterator.complete_chunk(i, outcome)  -------->  next(): chunk by chunk
                     |
                     +--> callback thread: callback(value) or error_callback(exc),
                          then the result becomes ready (as in the stdlib, get()
@@ -14,7 +14,7 @@
 
 An :class:`Outcome` keeps a worker's reply pickled until someone asks for the
 value: unpickling happens in the thread that wants the result. The chunks of a
-map are the exception: the manager thread unpickles them when it has nothing
+map are the exception: the supervisor thread unpickles them when it has nothing
 else to do, one at a time, so the work overlaps with the workers'.
 """
 
@@ -290,10 +290,10 @@ class ApplyResult:
             raise ProcessError("result lost")
         return outcome.value()
 
-    def _claim(self) -> bool:
+    def claim(self) -> bool:
         return True
 
-    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
+    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         self._outcome = outcome
         if self._callback is None and self._error_callback is None:
             self._event.set()
@@ -349,7 +349,7 @@ class MapResult(ApplyResult):
         self._lock = threading.Lock()
         self._done = False
 
-    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
+    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         with self._lock:
             if self._done:
                 return
@@ -360,9 +360,9 @@ class MapResult(ApplyResult):
                 final = self._all_there()
             self._done = final is not None
         if final is not None:
-            super()._complete_chunk(0, final)
+            super().complete_chunk(0, final)
 
-    def _set_length(self, chunks: int) -> None:
+    def set_length(self, chunks: int) -> None:
         with self._lock:
             if self._done:
                 return
@@ -370,7 +370,7 @@ class MapResult(ApplyResult):
             final = self._all_there()
             self._done = final is not None
         if final is not None:
-            super()._complete_chunk(0, final)
+            super().complete_chunk(0, final)
 
     def _all_there(self) -> Outcome | None:
         if self._length is None or len(self._chunks) < self._length:
@@ -408,11 +408,11 @@ class _Job(Protocol):
 class MapSink(Protocol):
     """What a map's chunks are delivered to: it learns the count when feeding ends."""
 
-    def _claim(self) -> bool: ...
+    def claim(self) -> bool: ...
 
-    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None: ...
+    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None: ...
 
-    def _set_length(self, chunks: int) -> None: ...
+    def set_length(self, chunks: int) -> None: ...
 
 
 class IMapIterator:
@@ -488,15 +488,15 @@ class IMapIterator:
             self._next_chunk += 1
         return outcome
 
-    def _claim(self) -> bool:
+    def claim(self) -> bool:
         return True
 
-    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
+    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         with self._condition:
             self._outcomes[index] = outcome
             self._condition.notify()
 
-    def _set_length(self, chunks: int) -> None:
+    def set_length(self, chunks: int) -> None:
         with self._condition:
             self._length = chunks
             self._condition.notify()
@@ -515,7 +515,7 @@ class IMapUnorderedIterator(IMapIterator):
         self._next_chunk += 1
         return self._arrived.popleft()
 
-    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
+    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         with self._condition:
             self._arrived.append(outcome)
             self._condition.notify()

@@ -1,9 +1,9 @@
 """Pool tasks on the wire, and the worker process that runs them.
 
-Each worker has a connection of its own to the pool's manager thread, so a
+Each worker has a connection of its own to the pool's supervisor thread, so a
 worker that dies in the middle of a write can only garble its own channel::
 
-    manager thread                                   worker process
+    supervisor thread                                   worker process
     --------------                                   --------------
                                             <------  READY            (initializer done)
                                             <------  INIT_FAILED      (initializer raised)
@@ -21,7 +21,7 @@ worker that dies in the middle of a write can only garble its own channel::
 A frame is a fixed 20-byte header (kind, func_id, busy time, task_id) and a payload: the
 envelope costs a ``struct.unpack``, not a pickle, and the payload stays raw
 bytes until whoever needs the value unpickles it (the caller's ``get()``, not
-the manager thread).
+the supervisor thread).
 
 A task's exception comes back whole: the exception itself if it survives a
 pickle round trip, with the worker's formatted traceback; if it does not, a
@@ -47,6 +47,7 @@ from serentak._exceptions import ProcessError, RemoteTraceback
 from serentak._ipc.buffers import Packed, pack, unpack
 from serentak._ipc.connection import Connection
 from serentak._ipc.serialize import dumps, loads
+from serentak._os.waiting import TASK_SPIN
 
 if TYPE_CHECKING:
     from .results import Outcome
@@ -77,10 +78,10 @@ class Kind(enum.IntEnum):
 class ResultSink(Protocol):
     """Where a task's outcome goes: a result object, a map job, a future."""
 
-    def _claim(self) -> bool:
+    def claim(self) -> bool:
         """Called just before the task is handed to a worker; False drops it (cancelled)."""
 
-    def _complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
+    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         """The task at position ``index`` ended with ``outcome`` after ``busy_us`` of work."""
 
 
@@ -156,12 +157,12 @@ class Task:
         for fd in self.fds:
             os.close(fd)
         self.fds = ()
-        self.sink._complete_chunk(self.index, outcome, busy_us)
+        self.sink.complete_chunk(self.index, outcome, busy_us)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Frame:
-    """One message between the manager and a worker.
+    """One message between the supervisor and a worker.
 
     Attributes:
         kind: what the frame carries.
@@ -289,7 +290,7 @@ class WorkerOptions:
         environ: variables set in the worker's environment at start-up
             (thread limits for BLAS/OpenMP), before any task imports anything.
         spin: poll for the next task a short while before sleeping (and the
-            manager for results, while tasks are short): no more workers than
+            supervisor for results, while tasks are short): no more workers than
             CPUs, so nobody waits for the CPU a poller holds.
     """
 
@@ -335,8 +336,8 @@ def resident_memory_mb() -> float:
         return peak / 1024
 
 
-class _Worker:
-    """The worker's state: its connection and the callables the manager sent."""
+class _WorkerLoop:
+    """The worker's state: its connection and the callables the supervisor sent."""
 
     def __init__(self, conn: Connection, options: WorkerOptions) -> None:
         self.conn = conn
@@ -349,11 +350,11 @@ class _Worker:
         spin = self.options.spin
         while True:
             if spin and self.busy_us < SPIN_AFTER_US and not conn.has_buffered_data():
-                _spin_until_readable(conn, SPIN_SECONDS)
+                _spin_until_readable(conn, TASK_SPIN)
             try:
                 frame = Frame.receive(conn)
             except (EOFError, OSError):
-                return  # the manager is gone: nothing left to do
+                return  # the supervisor is gone: nothing left to do
             kind = frame.kind
             if kind is Kind.STOP:
                 return
@@ -395,7 +396,6 @@ class _Worker:
             packed.close()
 
 
-SPIN_SECONDS: Final = 100e-6
 # Only after a task this short: after a longer one, the next task is either sent
 # ahead already or a round trip away, which is small beside the task, and the
 # CPU the polling would take is better left to the other processes.
@@ -433,7 +433,7 @@ def worker_main(
             Frame(Kind.INIT_FAILED, 0, 0, payload).send(conn)
             return
     Frame(Kind.READY).send(conn)
-    _Worker(conn, options).serve()
+    _WorkerLoop(conn, options).serve()
 
 
 def describe_exit(pid: int, exitcode: int | None) -> str:

@@ -406,7 +406,7 @@ class ParentProcess(BaseProcess):
         _posix.fd_readable(self.sentinel, timeout)
 
 
-class _State:
+class _Children:
     """This process's children and the counter that numbers them."""
 
     def __init__(self) -> None:
@@ -419,7 +419,7 @@ class _State:
         _before_exit_hooks.clear()  # the parent's hooks are the parent's business
 
 
-_state: Final = _State()
+_state: Final = _Children()
 _current_process: BaseProcess = _MainProcess()
 _parent_process: BaseProcess | None = None
 _after_start_hooks: list[Callable[[], None]] = []

@@ -83,7 +83,7 @@ from typing import Any, Final
 from serentak._ipc.serialize import dumps_with_fds, fd_received, fd_to_send, loads_with_fds
 from serentak._os import _native
 from serentak._os import posix as _posix
-from serentak._os.waiting import wait_span
+from serentak._os.waiting import SIGNAL_SPAN, wait_span
 from serentak._process.process import register_before_exit
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
@@ -98,7 +98,6 @@ _WAITERS: Final = 0x8000_0000
 _WAKE_ALL: Final = 0x7FFF_FFFF
 # Longest uninterrupted sleep: how late a dead lock owner is noticed, and how
 # late Ctrl-C is seen when it went to another thread.
-_SLICE: Final = 0.05
 # Bytes of record space. Pages are the kernel's only once touched, so a queue
 # of small messages that never backs up costs what it uses. 8 MiB lets 1 MiB
 # messages stream with several in flight (bench_queue.py: 1 MiB messages at
@@ -163,8 +162,8 @@ def _deadline(block: bool, timeout: float | None) -> float | None:
 def _sleep_for(deadline: float | None) -> float:
     """How long the next sleep may last; 0 or less once ``deadline`` has passed."""
     if deadline is None:
-        return _SLICE
-    return min(_SLICE, deadline - time.monotonic())
+        return SIGNAL_SPAN
+    return min(SIGNAL_SPAN, deadline - time.monotonic())
 
 
 # ---- the shared words beside the ring ------------------------------------------------
@@ -174,7 +173,7 @@ class _Slot(ctypes.Structure):
     _fields_ = (("pid", ctypes.c_uint32), ("held", ctypes.c_uint32))
 
 
-class _Shared(ctypes.Structure):
+class _JoinableCounts(ctypes.Structure):
     _fields_ = (
         ("done", ctypes.c_uint32),
         ("lost", ctypes.c_uint32),
@@ -192,7 +191,7 @@ class _WriterLock:
     """The ring's writer lock, taken from Python (ring.c takes it too, with the same protocol).
 
     The word is 0 when free, else the owner's pid, with WAITERS set once
-    someone sleeps on it; a sleeper wakes every ``_SLICE`` to check that the
+    someone sleeps on it; a sleeper wakes every ``SIGNAL_SPAN`` to check that the
     owner is alive and takes the lock over if it is not.
     """
 
@@ -217,7 +216,7 @@ class _WriterLock:
                 if not word.compare_exchange(current, current | _WAITERS):
                     continue
                 current |= _WAITERS
-            if word.wait(current, _SLICE):
+            if word.wait(current, SIGNAL_SPAN):
                 continue
             owner = current & _PID_MASK
             if (
@@ -244,7 +243,7 @@ class _WriterLock:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Outgoing:
+class _EncodedMessage:
     """An encoded message.
 
     Attributes:
@@ -260,8 +259,10 @@ class _Outgoing:
     size: int
     fds: Sequence[int]
 
-    def owned_copy(self) -> _Outgoing:
-        return _Outgoing(self.kind, bytes(self.payload), self.size, tuple(map(os.dup, self.fds)))
+    def owned_copy(self) -> _EncodedMessage:
+        return _EncodedMessage(
+            self.kind, bytes(self.payload), self.size, tuple(map(os.dup, self.fds))
+        )
 
     def discard(self) -> None:
         for fd in self.fds:
@@ -293,7 +294,7 @@ class _Local:
         self.pid = _pid
         self.mutex = threading.Lock()
         self.idle = threading.Condition(self.mutex)
-        self.buffer: collections.deque[_Outgoing] = collections.deque()
+        self.buffer: collections.deque[_EncodedMessage] = collections.deque()
         self.thread: threading.Thread | None = None
         self.slot = -1
         self.closing = False
@@ -334,7 +335,7 @@ _exit_flush: Final = _ExitFlush()
 # ---- encoding -------------------------------------------------------------------------------
 
 
-def _encode(obj: Any) -> _Outgoing:
+def _encode(obj: Any) -> _EncodedMessage:
     """Pickle ``obj`` (raising here if it cannot be); big payloads go to a memfd."""
     cls = type(obj)
     fds: Sequence[int] = _NO_FDS
@@ -351,8 +352,8 @@ def _encode(obj: Any) -> _Outgoing:
     if len(fds) >= _MAX_FDS:
         raise ValueError(f"a queued object can carry at most {_MAX_FDS - 1} file descriptors")
     if len(payload) <= _IN_RING_MAX - _SIDE.size:
-        return _Outgoing(kind, payload, 0, fds)
-    return _Outgoing(kind | _IN_SEGMENT, b"", len(payload), (_write_segment(payload), *fds))
+        return _EncodedMessage(kind, payload, 0, fds)
+    return _EncodedMessage(kind | _IN_SEGMENT, b"", len(payload), (_write_segment(payload), *fds))
 
 
 def _write_segment(payload: bytes | bytearray) -> int:
@@ -452,14 +453,14 @@ class _Channel:
             self._closer()
             raise
         segment = self._ring_view = memoryview(self._ring)
-        self._shared = _Shared.from_buffer(segment, _native.RING_USER)
+        self._shared = _JoinableCounts.from_buffer(segment, _native.RING_USER)
         self._writer_lock = _WriterLock(_futex(segment, _native.RING_WRITER_LOCK))
         self._side_tag = _futex(segment, _native.RING_SIDE_TAG)
         self._head_count = _futex(segment, _native.RING_HEAD_COUNT)
         self._space_waiters = _futex(segment, _native.RING_SPACE_WAITERS)
         user = _native.RING_USER
-        self._done = _futex(segment, user + _Shared.done.offset)
-        self._lost = _futex(segment, user + _Shared.lost.offset)
+        self._done = _futex(segment, user + _JoinableCounts.done.offset)
+        self._lost = _futex(segment, user + _JoinableCounts.lost.offset)
         self._local_state = _Local()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -505,9 +506,9 @@ class _Channel:
             return
         local = self._local_state
         if local.buffer or local.pid != _pid or not self._ring.put(kind, payload, 0, 0.0, False):
-            self._put_encoded(_Outgoing(kind, payload, 0, _NO_FDS), deadline)
+            self._put_encoded(_EncodedMessage(kind, payload, 0, _NO_FDS), deadline)
 
-    def _put_encoded(self, message: _Outgoing, deadline: float | None) -> None:
+    def _put_encoded(self, message: _EncodedMessage, deadline: float | None) -> None:
         try:
             if self._buffering:
                 local = self._local()
@@ -526,7 +527,7 @@ class _Channel:
                 # holds it, and a buffered message owns a dup.
                 os.close(message.fds[0])
 
-    def _publish(self, message: _Outgoing, deadline: float | None) -> bool:
+    def _publish(self, message: _EncodedMessage, deadline: float | None) -> bool:
         """Put ``message`` in the ring; False if it found no room by ``deadline``."""
         if not message.fds:
             return bool(
@@ -534,7 +535,7 @@ class _Channel:
             )
         return self._publish_beside(message, deadline)
 
-    def _publish_beside(self, message: _Outgoing, deadline: float | None) -> bool:
+    def _publish_beside(self, message: _EncodedMessage, deadline: float | None) -> bool:
         """A HOLD record, its fds in a datagram sent first (see the module documentation)."""
         length = _SIDE.size + len(message.payload)
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", message.fds))]
@@ -563,7 +564,7 @@ class _Channel:
             finally:
                 self._space_waiters.add(_MINUS_ONE)
 
-    def _buffer_locked(self, local: _Local, message: _Outgoing) -> bool:
+    def _buffer_locked(self, local: _Local, message: _EncodedMessage) -> bool:
         """Leave the message to this process's feeder thread; False if no slot is free."""
         slot = self._claim_slot(local)
         if slot < 0:
@@ -751,7 +752,7 @@ class _Channel:
             if self._unfinished(done) <= 0:
                 return
             # Slices: a producer may die with messages in its feeder.
-            done_word.wait(done, _SLICE)
+            done_word.wait(done, SIGNAL_SPAN)
 
     # ---- lifetime ------------------------------------------------------------------------------
 

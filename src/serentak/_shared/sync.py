@@ -36,7 +36,7 @@ condition's lock:
 So notify(n) wakes at most n waiters, a waiter arriving after a notify cannot
 steal its wake-up, and a timed-out waiter never absorbs one (it either takes
 it and reports True, or it was never counted). Sleeps are cut in slices so a
-waiter missed by the kernel wake re-checks within ``_SLICE`` seconds.
+waiter missed by the kernel wake re-checks within ``SIGNAL_SPAN`` seconds.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from serentak._exceptions import LockOwnerDiedWarning
 from serentak._ipc import segments as _shm
 from serentak._ipc.serialize import fd_to_send
 from serentak._os import _native
+from serentak._os.waiting import SIGNAL_SPAN
 from serentak._process.process import current_process
 
 __all__ = [
@@ -70,7 +71,6 @@ _native.set_owner_died_category(LockOwnerDiedWarning)
 # Longest uninterrupted sleep of a Condition or Event waiter: the bound on how
 # late a waiter the kernel wake missed notices its token, and on how late
 # Ctrl-C is seen when the signal went to another thread.
-_SLICE: Final = 0.05
 _WAKE_ALL: Final = 0x7FFF_FFFF
 
 _T = TypeVar("_T")
@@ -357,12 +357,12 @@ class Condition:
         seq = self._seq
         while True:
             if deadline is None:
-                seq.wait(seen, _SLICE)
+                seq.wait(seen, SIGNAL_SPAN)
             else:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return True
-                seq.wait(seen, min(remaining, _SLICE))
+                seq.wait(seen, min(remaining, SIGNAL_SPAN))
             if seq.load() != seen:
                 return False
 
@@ -509,12 +509,12 @@ class Event:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while word.load() == seen:
             if deadline is None:
-                word.wait(seen, _SLICE)
+                word.wait(seen, SIGNAL_SPAN)
             else:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                word.wait(seen, min(remaining, _SLICE))
+                word.wait(seen, min(remaining, SIGNAL_SPAN))
         return True
 
     def __repr__(self) -> str:

@@ -60,7 +60,7 @@ from distributed import KilledWorker
 from serentak._exceptions import PoolTerminatedError, ProcessError, RemoteTraceback, WorkerLostError
 from serentak._ipc.serialize import dumps
 from serentak._os import waiting as _waiting
-from serentak._pool.api import _FunctionRegistry
+from serentak._pool.api import FunctionRegistry
 from serentak._pool.feeder import MapJob
 from serentak._pool.results import Outcome
 from serentak._pool.tasks import Function, Task
@@ -140,7 +140,7 @@ class Cluster(Protocol):
 
 
 @dataclasses.dataclass(eq=False)
-class _Shared:
+class _SharedInput:
     """One big input while tasks in flight use it.
 
     Attributes:
@@ -170,7 +170,7 @@ class SharedInputs:
     def __init__(self, client: Client) -> None:
         self._client = client
         self._lock = threading.Lock()
-        self._entries: dict[Hashable, _Shared] = {}
+        self._entries: dict[Hashable, _SharedInput] = {}
         self._not_buffers: set[type] = {memoryview}  # a memoryview cannot be pickled at all
         self.scattered = 0
 
@@ -222,7 +222,7 @@ class SharedInputs:
             held.append(key)
             entry = self._entries.get(key)
             if entry is None:
-                self._entries[key] = _Shared(value)
+                self._entries[key] = _SharedInput(value)
                 return value
             entry.users += 1
             # A copy whose every holder died is lost: scatter it again.
@@ -277,7 +277,7 @@ class _InFlight:
     future: Future | None = None
 
 
-class _State(enum.Enum):
+class _EngineState(enum.Enum):
     """The engine's lifecycle."""
 
     RUNNING = "running"
@@ -330,11 +330,11 @@ class DaskEngine:
         # Eight hex digits: unique per pool, and Dask's key_split leaves it out of the
         # task's prefix, so the dashboard groups tasks by function name.
         self._token = secrets.token_hex(4)
-        self._functions = _FunctionRegistry()
+        self._functions = FunctionRegistry()
         self._initializer = None if initializer is None else dumps((initializer, tuple(initargs)))
         self._shared = SharedInputs(client)
         self._lock = threading.Lock()
-        self._state = _State.RUNNING
+        self._state = _EngineState.RUNNING
         self._broken: BaseException | None = None  # the initializer raised on a worker
         self._in_flight: dict[Hashable, _InFlight] = {}
         self._cancelled: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -391,7 +391,7 @@ class DaskEngine:
                 function = self._shared.acquire(("function", task.function.func_id), function, held)
         except BaseException as exc:
             self._shared.release(held)
-            sink._complete_chunk(task.index, Outcome.of_exception(exc))
+            sink.complete_chunk(task.index, Outcome.of_exception(exc))
             return
         entry = _InFlight(task, owner, held)
         with self._lock:
@@ -400,9 +400,9 @@ class DaskEngine:
                 self._in_flight[key] = entry
         if refusal is not None:
             self._shared.release(held)
-            sink._complete_chunk(task.index, Outcome.of_exception(refusal))
+            sink.complete_chunk(task.index, Outcome.of_exception(refusal))
             return
-        if not sink._claim():
+        if not sink.claim():
             self._finish(key, None)
             return
         call = Call(self._token, task.kind, task.function.func_id, task.timeout)
@@ -428,20 +428,20 @@ class DaskEngine:
 
     def close(self) -> None:
         with self._lock:
-            if self._state is _State.RUNNING:
-                self._state = _State.CLOSING
+            if self._state is _EngineState.RUNNING:
+                self._state = _EngineState.CLOSING
         self._done.put(None)
 
     def terminate(self) -> None:
         with self._lock:
-            self._state = _State.TERMINATED
+            self._state = _EngineState.TERMINATED
             entries = list(self._in_flight.values())
             self._in_flight.clear()
         self._done.put(None)
         reason = PoolTerminatedError("the pool was terminated before the task finished")
         for entry in entries:
             self._shared.release(entry.shared)
-            entry.task.sink._complete_chunk(entry.task.index, Outcome.of_exception(reason))
+            entry.task.sink.complete_chunk(entry.task.index, Outcome.of_exception(reason))
         if self._collector is not threading.current_thread():
             self._collector.join()
         # Closing the client releases every future it holds: the scheduler drops
@@ -497,7 +497,7 @@ class DaskEngine:
         reason = _cancelled()
         for entry in entries:
             self._shared.release(entry.shared)
-            entry.task.sink._complete_chunk(entry.task.index, Outcome.of_exception(reason))
+            entry.task.sink.complete_chunk(entry.task.index, Outcome.of_exception(reason))
         self._done.put(None)  # the collector may have the cluster to shut down now
 
     def _await_let_go(self, keys: list[Hashable]) -> None:
@@ -527,7 +527,7 @@ class DaskEngine:
         """Why a task of ``owner`` cannot be run now (holding the lock); None if it can."""
         if self._broken is not None:
             return self._broken
-        if self._state is not _State.RUNNING:
+        if self._state is not _EngineState.RUNNING:
             return PoolTerminatedError("the pool has stopped")
         if owner is not None and owner in self._cancelled:
             return _cancelled()
@@ -541,7 +541,7 @@ class DaskEngine:
             return
         self._shared.release(entry.shared)
         if outcome is not None:
-            entry.task.sink._complete_chunk(entry.task.index, outcome, busy_us)
+            entry.task.sink.complete_chunk(entry.task.index, outcome, busy_us)
         self._done.put(None)
 
     def _collect(self) -> None:
@@ -560,9 +560,9 @@ class DaskEngine:
             # result in the cluster's memory.
             del batch, futures
             with self._lock:
-                if self._state is _State.TERMINATED:
+                if self._state is _EngineState.TERMINATED:
                     return  # terminate() shuts down, in its own thread
-                if self._state is _State.CLOSING and not self._in_flight:
+                if self._state is _EngineState.CLOSING and not self._in_flight:
                     break
         self._shut_down()
 
@@ -590,12 +590,12 @@ class DaskEngine:
                 self._count(reply)
                 if reply.status is Status.INIT_FAILED:
                     self._break(outcome)
-            entry.task.sink._complete_chunk(entry.task.index, outcome, busy_us)
+            entry.task.sink.complete_chunk(entry.task.index, outcome, busy_us)
 
     def _failure_of(self, future: Future) -> Outcome:
         """The outcome of a future that did not bring back a reply."""
         with self._lock:
-            terminated = self._state is _State.TERMINATED
+            terminated = self._state is _EngineState.TERMINATED
         if terminated:
             return Outcome.of_exception(
                 PoolTerminatedError("the pool was terminated before the task finished")
@@ -649,7 +649,7 @@ class DaskEngine:
                     pass
             for entry in entries:
                 self._shared.release(entry.shared)
-                entry.task.sink._complete_chunk(entry.task.index, Outcome.of_exception(broken))
+                entry.task.sink.complete_chunk(entry.task.index, Outcome.of_exception(broken))
 
     def _shut_down(self) -> None:
         """Close the client, and the cluster if the pool started it; once."""

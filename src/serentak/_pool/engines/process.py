@@ -1,8 +1,8 @@
-"""The pool's manager thread: the one owner of workers, tasks and their fate.
+"""The pool's supervisor thread: the one owner of workers, tasks and their fate.
 
 ::
 
-    callers / feeder thread            manager thread                        workers
+    callers / feeder thread            supervisor thread                        workers
     -----------------------            --------------                        -------
     Submit(tasks)  --> commands --+
     Close / Terminate             |    one selector waits on:
@@ -42,6 +42,7 @@ from serentak._exceptions import PoolTerminatedError, TimeoutError, WorkerLostEr
 from serentak._ipc.connection import Connection, Pipe
 from serentak._ipc.connection import frame as transport_frame
 from serentak._os import _native
+from serentak._os.waiting import RESULT_SPIN
 from serentak._pool.results import Outcome
 from serentak._pool.tasks import (
     Frame,
@@ -66,11 +67,9 @@ PREFETCH_BELOW: Final = 1e-3
 # A worker whose current task has run this many times the average gets no more.
 PREFETCH_PATIENCE: Final = 2.0
 _SMOOTHING: Final = 0.1  # weight of the newest task in the average
-# While tasks this short are running, the manager thread polls for their results
-# this long before it sleeps: on a virtual machine, waking an idle CPU costs tens of
-# microseconds, more than such a task.
+# While tasks this short are running, the supervisor thread polls for their results
+# (for RESULT_SPIN) before it sleeps.
 SPIN_BELOW: Final = 200e-6
-SPIN_SECONDS: Final = 200e-6
 # Callables a worker keeps; past that, the least recently used is forgotten.
 WORKER_FUNCTION_CACHE: Final = 128
 # After terminate(): SIGTERM, then SIGKILL for a worker still there this much later.
@@ -176,7 +175,7 @@ class PoolStats:
         return "\n".join(lines)
 
 
-# The tasks whose results the manager thread unpickles while it would wait: map
+# The tasks whose results the supervisor thread unpickles while it would wait: map
 # chunks, whose results the caller wants all of at once (apply results are
 # unpickled by whoever asks for them); and only results this big: a small one
 # costs more to schedule than to unpickle with the rest at the end.
@@ -193,7 +192,7 @@ def _long(task: Task) -> bool:
 
 
 class _Worker:
-    """One worker process as the manager sees it."""
+    """One worker process as the supervisor sees it."""
 
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
@@ -208,17 +207,17 @@ class _Worker:
         self.retiring = False  # reached maxtasksperchild: gets no more tasks
         self.timed_out: Task | None = None  # killed by us because this task overran
         self.gone = False  # exit handled, descriptors closed
-        # Bytes not yet written to the worker: the manager never blocks on a
+        # Bytes not yet written to the worker: the supervisor never blocks on a
         # write, or a worker writing a big result while we write it a big task
         # would wait for us as we wait for it.
         self.outbox: collections.deque[tuple[memoryview, tuple[int, ...]]] = collections.deque()
         self.waiting_to_write = False  # registered for EVENT_WRITE
 
 
-class Manager:
+class Supervisor:
     """The engine behind a Pool. Every attribute is owned by whichever thread holds
-    ``_step_lock``: the manager thread, for each round of its loop, or a thread
-    submitting tasks while the manager thread sleeps (it dispatches them itself,
+    ``_step_lock``: the supervisor thread, for each round of its loop, or a thread
+    submitting tasks while the supervisor thread sleeps (it dispatches them itself,
     saving a thread wake-up per task). ``commands`` and the wake-up pipe are
     appended to by any thread.
 
@@ -262,13 +261,15 @@ class Manager:
         self._timed_out = 0
         self._started_workers = 0
         self._average_busy: float | None = None  # seconds per task, recent tasks weigh most
-        # Map results not yet unpickled: the manager thread unpickles them when it
+        # Map results not yet unpickled: the supervisor thread unpickles them when it
         # has nothing else to do, so that the work overlaps with the workers'.
         self._unloaded: collections.deque[Outcome] = collections.deque()
         self._send_lock = threading.Lock()
         self._step_lock = threading.Lock()
         self._finished = False
-        self._thread = threading.Thread(target=self._run, name="serentak-pool-manager", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="serentak-pool-supervisor", daemon=True
+        )
 
     # ---- other threads ---------------------------------------------------------------
 
@@ -289,9 +290,9 @@ class Manager:
         self._thread.start()
 
     def send(self, command: Command) -> None:
-        """Queue a command for the manager thread and wake it.
+        """Queue a command for the supervisor thread and wake it.
 
-        Once the manager thread has finished, the command is answered here:
+        Once the supervisor thread has finished, the command is answered here:
         a late task fails, a stats request gets the final figures.
         """
         with self._send_lock:
@@ -301,16 +302,16 @@ class Manager:
             if isinstance(command, Submit) and self._submit_here(command):
                 if all(task.timeout is None for task in command.tasks):
                     return
-                # The manager thread sleeps until its next deadline: a new one must wake it.
+                # The supervisor thread sleeps until its next deadline: a new one must wake it.
             else:
                 self.commands.append(command)
-            # Under the lock: the manager closes the pipe only once finished.
-            # Without releasing the GIL, so that the manager thread, woken,
+            # Under the lock: the supervisor closes the pipe only once finished.
+            # Without releasing the GIL, so that the supervisor thread, woken,
             # does not take it from us before we are done.
             _native.poke(self._wake_w)
 
     def _submit_here(self, command: Submit) -> bool:
-        """Queue and dispatch ``command``'s tasks in this thread, if the manager
+        """Queue and dispatch ``command``'s tasks in this thread, if the supervisor
         thread is asleep and nothing is queued before them; False if not done."""
         if self.commands or not self._step_lock.acquire(blocking=False):
             return False
@@ -324,7 +325,7 @@ class Manager:
         return True
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the manager thread to finish."""
+        """Wait for the supervisor thread to finish."""
         if self._thread.ident is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -335,7 +336,7 @@ class Manager:
         """The pids of the current workers (a snapshot, for tests and stats)."""
         return list(self._workers)
 
-    # ---- the manager thread -------------------------------------------------------------
+    # ---- the supervisor thread -------------------------------------------------------------
 
     def _run(self) -> None:
         try:
@@ -380,8 +381,8 @@ class Manager:
         )
 
     def _poll_briefly(self) -> list[tuple[selectors.SelectorKey, int]]:
-        """What ``select`` reports within SPIN_SECONDS, polling without sleeping."""
-        deadline = monotonic() + SPIN_SECONDS
+        """What ``select`` reports within RESULT_SPIN, polling without sleeping."""
+        deadline = monotonic() + RESULT_SPIN
         while True:
             ready = self._selector.select(0)
             if ready or monotonic() >= deadline:
@@ -468,7 +469,7 @@ class Manager:
                 self._send(worker, Frame(Kind.STOP))
 
     def stats(self) -> PoolStats:
-        """A snapshot of the statistics (manager thread, or after it finished)."""
+        """A snapshot of the statistics (supervisor thread, or after it finished)."""
         current = tuple(
             WorkerStats(w.pid, True, w.completed, w.failed, w.busy_us / 1e6, None)
             for w in self._workers.values()
@@ -724,7 +725,7 @@ class Manager:
     def _send_task(self, worker: _Worker, task: Task) -> bool:
         """Queue ``task`` for ``worker`` (``_dispatch`` writes it); False if its sink
         withdrew it (cancelled)."""
-        if not task.sink._claim():
+        if not task.sink.claim():
             return False
         function = task.function
         if function.func_id in worker.known:

@@ -95,7 +95,7 @@ class _ThreadEngine:
     @staticmethod
     def _fail(task: Task) -> None:
         reason = PoolTerminatedError("the pool was terminated before the task ran")
-        task.sink._complete_chunk(task.index, Outcome.of_exception(reason))
+        task.sink.complete_chunk(task.index, Outcome.of_exception(reason))
 
     def _work(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
         failed: BaseException | None = None
@@ -108,7 +108,7 @@ class _ThreadEngine:
             if self._terminated.is_set():
                 self._fail(task)
                 continue
-            if not task.sink._claim():
+            if not task.sink.claim():
                 continue
             started = time.perf_counter()
             if failed is not None:
@@ -122,7 +122,7 @@ class _ThreadEngine:
                     outcome = Outcome.of_exception(exc)
             busy = time.perf_counter() - started
             self._count(outcome.ok, busy)
-            task.sink._complete_chunk(task.index, outcome, int(busy * 1e6))
+            task.sink.complete_chunk(task.index, outcome, int(busy * 1e6))
 
     def _count(self, ok: bool, busy: float) -> None:
         ident = threading.get_ident()
