@@ -4,11 +4,31 @@
 unchanged. The functions here are bound to the default context, as the
 stdlib's are; ``get_context(method)`` gives the same API bound to a start
 method.
+
+General layout (each layer imports only from the layers above it here; the
+package docstring of each says what it holds; ``tests/test_layering.py``
+enforces the order)::
+
+    _exceptions, _logging   the one exception tree; the stdlib-style logger
+    _os/        system calls, the wait slice, the C extension (src/native/)
+    _ipc/       pickling, connections and frames, big buffers, memfd segments
+    _process/   Process, fork / spawn / fork server, the child's start, Listener
+    _shared/    locks, the Queue family, Value/Array, shared arrays
+    _pool/      Pool, ThreadPool, ProcessPoolExecutor; engines/ behind them
+    _managers/  managers, their server, proxies and protocol
+    _context    the API bound to a start method (what this module exports)
+    _cli/       ``serentak demo | bench | info``: not imported by the runtime
+
+``import serentak`` loads what ``Process``, ``Pipe``, ``Queue``, ``Lock`` and
+``Value`` need, and nothing of the pool or the managers until they are used: a
+spawned child pays for every import.
 """
 
 from __future__ import annotations
 
+import importlib
 import types as _types
+from typing import TYPE_CHECKING
 
 from ._context import Process as Process
 from ._context import default_context as _default
@@ -21,8 +41,11 @@ from ._exceptions import TimeoutError as TimeoutError
 from ._exceptions import WorkerLostError as WorkerLostError
 from ._logging import SUBDEBUG as SUBDEBUG
 from ._logging import SUBWARNING as SUBWARNING
-from ._pool.executor import ProcessPoolExecutor as ProcessPoolExecutor
-from ._pool.tasks import worker_state as worker_state
+from ._public import publish as _publish
+
+if TYPE_CHECKING:
+    from ._pool.executor import ProcessPoolExecutor as ProcessPoolExecutor
+    from ._pool.tasks import worker_state as worker_state
 
 __version__ = "0.1.0"
 
@@ -104,10 +127,29 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _types.ModuleType:
-    # ``reducer`` (the stdlib's name for its reduction module) is loaded on
-    # first use: ``import serentak``, which every spawned child pays for, stays light.
-    if name == "reducer":
+# Loaded on first use: ``import serentak``, which every spawned child pays for, stays
+# light. Name -> (module, attribute).
+_LAZY: dict[str, tuple[str, str]] = {
+    "ProcessPoolExecutor": ("serentak._pool.executor", "ProcessPoolExecutor"),
+    "worker_state": ("serentak._pool.tasks", "worker_state"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name == "reducer":  # the stdlib's name for its reduction module
         reducer: _types.ModuleType = _default.reducer
         return reducer
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        _publish(__name__, globals(), [name])
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "reducer"})
+
+
+_publish(__name__, globals())

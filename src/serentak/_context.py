@@ -72,9 +72,6 @@ class ForkServerProcess(BaseProcess):
     _start_method = StartMethod.FORKSERVER
 
 
-Process.__module__ = "serentak"
-
-
 class BaseContext:
     """The API shared by every context."""
 
@@ -174,27 +171,27 @@ class BaseContext:
 
     def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
         """A ctypes object in shared memory, synchronized by a lock unless ``lock=False``."""
-        from ._shared.sharedctypes import Value
+        from .sharedctypes import Value
 
         return Value(typecode_or_type, *args, lock=lock, ctx=self.get_context())
 
     def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
         """A ctypes array in shared memory, synchronized by a lock unless ``lock=False``."""
-        from ._shared.sharedctypes import Array
+        from .sharedctypes import Array
 
         return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
 
     @staticmethod
     def RawValue(typecode_or_type: Any, *args: Any) -> Any:
         """A ctypes object in shared memory, without a lock."""
-        from ._shared.sharedctypes import RawValue
+        from .sharedctypes import RawValue
 
         return RawValue(typecode_or_type, *args)
 
     @staticmethod
     def RawArray(typecode_or_type: Any, size_or_initializer: Any) -> Any:
         """A ctypes array in shared memory, without a lock."""
-        from ._shared.sharedctypes import RawArray
+        from .sharedctypes import RawArray
 
         return RawArray(typecode_or_type, size_or_initializer)
 
@@ -230,7 +227,7 @@ class BaseContext:
         max_memory_per_child: float | None = None,
     ) -> _pool.Pool:
         """A pool of worker processes started with this context's start method."""
-        from ._pool.api import Pool
+        from .pool import Pool
 
         return Pool(
             processes,

@@ -74,17 +74,3 @@ class LockOwnerDiedWarning(RuntimeWarning):
     "error", LockOwnerDiedWarning)`` to turn this into an exception; the lock is
     then released before the exception propagates, so it stays usable.
     """
-
-
-for _cls in (
-    ProcessError,
-    BufferTooShort,
-    AuthenticationError,
-    TimeoutError,
-    WorkerLostError,
-    PoolTerminatedError,
-    RemoteTraceback,
-    LockOwnerDiedWarning,
-):
-    _cls.__module__ = "serentak"
-del _cls

@@ -20,8 +20,12 @@ from ._process.listener import address_type as address_type
 from ._process.listener import answer_challenge as answer_challenge
 from ._process.listener import arbitrary_address as arbitrary_address
 from ._process.listener import deliver_challenge as deliver_challenge
+from ._public import publish
 
 # The stdlib's __all__; the other names imported here are public as in the stdlib, unstarred.
 __all__ = ["Client", "Listener", "Pipe", "wait"]
 
 families = list(_FAMILIES)
+
+
+publish(__name__, globals())

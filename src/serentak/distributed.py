@@ -46,6 +46,7 @@ from ._context import default_context
 from ._pool.api import BasePool, check_pool_arguments
 from ._pool.engines import dask_worker as _distributed_worker
 from ._pool.engines.dask import Client, Cluster, DaskEngine
+from ._public import publish
 
 __all__ = ["Pool"]
 
@@ -182,3 +183,6 @@ class Pool(BasePool):
     def scattered(self) -> int:
         """How many inputs (big buffers, big functions) were scattered to the cluster so far."""
         return self._dask.scattered
+
+
+publish(__name__, globals())

@@ -37,8 +37,12 @@ from ._managers.proxy import NamespaceProxy as NamespaceProxy
 from ._managers.proxy import PoolProxy as PoolProxy
 from ._managers.proxy import ValueProxy as ValueProxy
 from ._managers.server import Server as Server
-from .shared_memory import SharedMemoryManager as SharedMemoryManager
-from .shared_memory import SharedMemoryServer as SharedMemoryServer
+from ._managers.shared_memory import SharedMemoryManager as SharedMemoryManager
+from ._managers.shared_memory import SharedMemoryServer as SharedMemoryServer
+from ._public import publish
 
 # The stdlib's __all__; the other names above are public too, as in the stdlib.
 __all__ = ["BaseManager", "BaseProxy", "SharedMemoryManager", "SyncManager", "Token"]
+
+
+publish(__name__, globals())

@@ -13,5 +13,9 @@ from ._pool.results import IMapIterator as IMapIterator
 from ._pool.results import IMapUnorderedIterator as IMapUnorderedIterator
 from ._pool.results import MapResult as MapResult
 from ._pool.tasks import worker_state as worker_state
+from ._public import publish
 
 __all__ = ["Pool", "ThreadPool"]
+
+
+publish(__name__, globals())

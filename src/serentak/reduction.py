@@ -29,6 +29,7 @@ from typing import IO, Any, ClassVar, Final
 from ._ipc.connection import Connection
 from ._ipc.serialize import PROTOCOL, Pickler, fd_received, fd_to_send
 from ._os import posix as _posix
+from ._public import publish
 
 __all__ = [
     "DupFd",
@@ -206,3 +207,6 @@ class AbstractReducer:
 
     def __init__(self, *args: object) -> None:
         pass
+
+
+publish(__name__, globals())

@@ -8,6 +8,7 @@ objects reach a child.
 
 from __future__ import annotations
 
+from ._public import publish
 from ._shared.sharedctypes import Array as Array
 from ._shared.sharedctypes import RawArray as RawArray
 from ._shared.sharedctypes import RawValue as RawValue
@@ -20,3 +21,6 @@ from ._shared.sharedctypes import copy as copy
 from ._shared.sharedctypes import synchronized as synchronized
 
 __all__ = ["Array", "RawArray", "RawValue", "Value", "copy", "synchronized"]
+
+
+publish(__name__, globals())

@@ -628,10 +628,6 @@ def _register_sync_types() -> None:
 
 _register_sync_types()
 
-for _cls in (BaseManager, SyncManager, Namespace, Value):
-    _cls.__module__ = "serentak.managers"
-del _cls
-Array.__module__ = "serentak.managers"
 
 # Proxy classes name ``serentak.managers`` as their module, so that they pickle
 # by reference: make sure it is loaded wherever proxies are made.

@@ -237,8 +237,3 @@ def all_methods(obj: object) -> list[str]:
 def public_methods(obj: object) -> list[str]:
     """The names of ``obj``'s callable attributes that do not start with ``_``."""
     return [name for name in all_methods(obj) if not name.startswith("_")]
-
-
-for _cls in (Token, RemoteError):
-    _cls.__module__ = "serentak.managers"
-del _cls

@@ -685,24 +685,3 @@ class PoolProxy(BasePoolProxy):
 
     def __exit__(self, *exc_info: object) -> None:
         self.terminate()
-
-
-for _cls in (
-    BaseProxy,
-    IteratorProxy,
-    AcquirerProxy,
-    ConditionProxy,
-    EventProxy,
-    BarrierProxy,
-    NamespaceProxy,
-    ValueProxy,
-    BaseListProxy,
-    ListProxy,
-    DictProxy,
-    ArrayProxy,
-    BasePoolProxy,
-    PoolProxy,
-):
-    _cls.__module__ = "serentak.managers"
-del _cls
-MakeProxyType.__module__ = AutoProxy.__module__ = "serentak.managers"

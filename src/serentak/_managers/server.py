@@ -371,6 +371,3 @@ class Server:
                 text = f"<str() failed: {exc!r}>"
             lines.append(f"  {ident}:       refcount={entry.refcount}\n    {text}")
         return "\n".join(lines)
-
-
-Server.__module__ = "serentak.managers"

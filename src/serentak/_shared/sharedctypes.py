@@ -462,10 +462,6 @@ class SynchronizedString(SynchronizedArray):
             self.release()
 
 
-for _cls in (SynchronizedBase, Synchronized, SynchronizedArray, SynchronizedString):
-    _cls.__module__ = "serentak.sharedctypes"
-
-
 def _locked_field(name: str) -> property:
     def get(self: SynchronizedBase) -> Any:
         self.acquire()

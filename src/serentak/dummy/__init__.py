@@ -23,6 +23,7 @@ from threading import Semaphore as Semaphore
 from typing import Any
 
 from serentak._pool.engines.thread import ThreadPool
+from serentak._public import publish
 
 from .connection import Pipe as Pipe
 
@@ -124,3 +125,6 @@ def Pool(
 ) -> ThreadPool:
     """A ThreadPool."""
     return ThreadPool(processes, initializer, tuple(initargs))
+
+
+publish(__name__, globals())
