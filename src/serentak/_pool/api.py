@@ -27,7 +27,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 
 from serentak._ipc.buffers import Packed, pack
 from serentak._ipc.serialize import dumps
@@ -36,6 +36,7 @@ from serentak._process.process import BaseProcess
 
 from .engines.process import AskStats, Close, PoolState, PoolStats, Submit, Supervisor, Terminate
 from .feeder import Chunker, Feeder, MapJob, progress_bar
+from .interfaces import Engine, MapSink, ResultSink
 from .results import (
     ApplyResult,
     CallbackRunner,
@@ -43,10 +44,9 @@ from .results import (
     IMapIterator,
     IMapUnorderedIterator,
     MapResult,
-    MapSink,
     Outcome,
 )
-from .tasks import Function, Kind, ResultSink, Task, WorkerOptions
+from .tasks import Function, Kind, Task, WorkerOptions
 
 _T = TypeVar("_T")
 ProgressOption = bool | Mapping[str, Any] | None
@@ -54,36 +54,6 @@ _P = TypeVar("_P", bound="BasePool")
 # Callables a pool keeps pickled (by identity); a program that makes a new
 # lambda per call does not grow the cache past this.
 FUNCTION_CACHE: Final = 256
-
-
-class Engine(Protocol):
-    """What runs a pool's tasks. Holds no reference to the pool, so that a pool
-    dropped while running can be collected and its finalizer stop the engine."""
-
-    @property
-    def kills_overdue_tasks(self) -> bool:
-        """Whether ``timeout=`` can be enforced (a thread cannot be stopped)."""
-
-    def function(self, func: Callable[..., Any]) -> Function:
-        """``func`` as workers receive it."""
-
-    def encode(self, obj: Any) -> Any:
-        """A task's arguments as workers receive them."""
-
-    def dispatch(self, tasks: Sequence[Task]) -> None:
-        """Run ``tasks``, started in this order (thread-safe; returns at once)."""
-
-    def close(self) -> None:
-        """No more tasks: stop the workers once the queued ones are done."""
-
-    def terminate(self) -> None:
-        """Fail every unfinished task and stop the workers, now; return when stopped."""
-
-    def join(self) -> None:
-        """Wait until the workers have stopped."""
-
-    def stats(self) -> PoolStats:
-        """What the workers did so far."""
 
 
 class FunctionRegistry:

@@ -28,7 +28,8 @@ from typing import Any, Final, Protocol
 from serentak._exceptions import PoolTerminatedError
 from serentak._ipc.buffers import Packed
 
-from .results import MapSink, Outcome
+from .interfaces import MapSink
+from .results import Outcome
 from .tasks import Failure, Function, ItemFailed, Kind, Task
 
 # Work per chunk the adaptive sizing aims at: long enough that a chunk's

@@ -405,16 +405,6 @@ class _Job(Protocol):
     def consumed(self) -> None: ...
 
 
-class MapSink(Protocol):
-    """What a map's chunks are delivered to: it learns the count when feeding ends."""
-
-    def claim(self) -> bool: ...
-
-    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None: ...
-
-    def set_length(self, chunks: int) -> None: ...
-
-
 class IMapIterator:
     """The iterator ``imap`` returns: results in input order, as they become available.
 

@@ -41,7 +41,7 @@ import struct
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from serentak._exceptions import ProcessError, RemoteTraceback
 from serentak._ipc.buffers import Packed, pack, unpack
@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 _HEADER: Final = struct.Struct("<BxxxIIQ")
 HEADER_SIZE: Final = _HEADER.size
 _MAX_BUSY_US: Final = 0xFFFF_FFFF  # 71 minutes: longer tasks report that much
+
+
+if TYPE_CHECKING:
+    from serentak._pool.interfaces import ResultSink
 
 
 class Kind(enum.IntEnum):
@@ -73,16 +77,6 @@ class Kind(enum.IntEnum):
     RETIRE = 11
     MAP_EACH = 12  # a chunk of imap with adaptive chunks: an item that raises fails alone
     STARMAP_EACH = 13
-
-
-class ResultSink(Protocol):
-    """Where a task's outcome goes: a result object, a map job, a future."""
-
-    def claim(self) -> bool:
-        """Called just before the task is handed to a worker; False drops it (cancelled)."""
-
-    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
-        """The task at position ``index`` ended with ``outcome`` after ``busy_us`` of work."""
 
 
 @dataclasses.dataclass(frozen=True)
