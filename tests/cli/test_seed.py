@@ -39,7 +39,7 @@ def test_daemon_stops_with_the_main_process(start_method: str) -> None:
 
 
 def test_demo_robustness_scene(start_method: str, capsys: pytest.CaptureFixture[str]) -> None:
-    # Issue 4's scene: a worker SIGKILLed in the middle of a map; the demo shows the
+    # The robustness scene: a worker SIGKILLed in the middle of a map; the demo shows the
     # error, naming the signal, then the same pool's next result.
     from serentak._cli import main as cli
 

@@ -315,7 +315,7 @@ MICROSECONDS = Unit("us", ",.1f", higher_is_better=False)
 
 @dataclasses.dataclass(frozen=True)
 class Goal:
-    """Issue 6's aim for a workload: a speed ratio to a library (above 1: serentak is
+    """The aim for a workload: a speed ratio to a library (above 1: serentak is
     faster), and a bound on serentak's own figure (a floor, or a ceiling for a unit
     where lower is better); either may be absent."""
 
@@ -466,7 +466,7 @@ def _mib_transfer_speed(queue_kind: QueueUnderTest, count: int) -> float:
 
 def workloads(sizes: Sizes) -> list[Workload]:
     """The workloads of ``serentak bench`` at ``sizes``, in the order they run (with
-    issue 6's goals at the full sizes, which the goals are set for)."""
+    the goals at the full sizes, which the goals are set for)."""
 
     def goal(aim: Goal) -> Goal | None:
         return aim if sizes == FULL else None

@@ -54,7 +54,7 @@ def _demo(start_method: str | None, sections: Sequence[str]) -> int:
             _say(textwrap.indent(run.stderr.rstrip(), "  ! "))
         if not ok:
             failures.append(example.section)
-    from .robustness import demo_scene  # a worker killed mid-map: issue 4's scene
+    from .robustness import demo_scene  # a worker killed mid-map, the pool going on
 
     failures += demo_scene(start_method, sections, _say)
     if not sections or "10" in sections:
