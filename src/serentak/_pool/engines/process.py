@@ -102,13 +102,22 @@ class Terminate:
 
 
 @dataclasses.dataclass(frozen=True)
+class StopWorkers:
+    """SIGTERM (or with ``kill``, SIGKILL) every current worker. Each one fails the
+    task it was running and is replaced, as after any other death: the pool stays
+    usable."""
+
+    kill: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class AskStats:
     """Put a :class:`PoolStats` snapshot into ``reply``."""
 
     reply: queue.SimpleQueue[PoolStats]
 
 
-Command = Submit | Close | Terminate | AskStats
+Command = Submit | Close | Terminate | AskStats | StopWorkers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,6 +444,12 @@ class Supervisor:
                     self._state = PoolState.CLOSE
             elif isinstance(command, AskStats):
                 command.reply.put(self.stats())
+            elif isinstance(command, StopWorkers):
+                for worker in self._workers.values():
+                    if command.kill:
+                        worker.process.kill()
+                    else:
+                        worker.process.terminate()
             else:
                 self._terminate()
 
