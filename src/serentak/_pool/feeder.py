@@ -218,6 +218,7 @@ class MapJob:
         self.timeout = timeout
         self.window = window
         self.lazy = lazy
+        self.abandoned = False
         self.submitted = 0
         self.released = 0
         self.completed = 0
@@ -239,7 +240,9 @@ class MapJob:
 
     @property
     def sink(self) -> MapSink | None:
-        """Where outcomes go; None once the caller dropped its imap iterator."""
+        """Where outcomes go; None once the caller dropped its imap iterator or abandoned it."""
+        if self.abandoned:
+            return None
         if self._weak_sink is not None:
             sink: MapSink | None = self._weak_sink()
             return sink
@@ -256,7 +259,16 @@ class MapJob:
         self.feeder.release(self, index, consumed=True)
 
     def claim(self) -> bool:
-        return True
+        return not self.abandoned
+
+    def abandon(self) -> None:
+        """The caller gave up (an awaiting task was cancelled): no more chunks are
+        sent, queued ones are dropped before they reach a worker, nothing more is
+        delivered. Chunks already running finish unheard."""
+        self.abandoned = True
+        if self.progress is not None:
+            self.progress.close()
+        self.feeder.wake()
 
     def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         items = self.sizes.pop(index, 0)
