@@ -1423,3 +1423,20 @@ def proc_cleanup_on_interrupt(conn: Any, path: str) -> None:
 
 def pool_nbytes(data: bytes) -> int:
     return len(data)
+
+
+def joblib_fail_on(bad: int, x: int) -> int:
+    """``x``; raises ValueError for ``x == bad``."""
+    if x == bad:
+        raise ValueError(f"item {x} is bad")
+    return x
+
+
+def joblib_die_on(bad: int, x: int) -> int:
+    """``x``; the worker SIGKILLs itself for ``x == bad``."""
+    import os
+    import signal
+
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x

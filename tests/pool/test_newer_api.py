@@ -121,6 +121,8 @@ def test_stopping_the_workers_fails_running_calls_and_the_executor_goes_on(
         assert _targets.pool_gate_started(str(gates), "held")
         queued = executor.submit(_targets.pool_square, 2)
         getattr(executor, method)()
+        # Submitted at once: it must not go to a worker being stopped.
+        after = executor.submit(_targets.pool_square, 6)
         error = running.exception(PATIENCE)
         assert isinstance(error, serentak.WorkerLostError)
         assert signal_name in str(error)
@@ -128,6 +130,7 @@ def test_stopping_the_workers_fails_running_calls_and_the_executor_goes_on(
         with pytest.raises(concurrent.futures.CancelledError):
             queued.result(PATIENCE)
         # Fresh workers take what comes next.
+        assert after.result(PATIENCE) == 36
         assert executor.submit(_targets.pool_square, 5).result(PATIENCE) == 25
         assert list(executor.map(_targets.pool_square, range(3))) == [0, 1, 4]
 

@@ -122,7 +122,9 @@ class ProcessEngine:
 
     def stop_workers(self, *, kill: bool) -> None:
         """SIGTERM (SIGKILL with ``kill``) the current workers; they are replaced."""
-        self._supervisor.send(StopWorkers(kill))
+        reply: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._supervisor.send(StopWorkers(kill, reply))
+        reply.get()
 
     def stats(self) -> PoolStats:
         reply: queue.SimpleQueue[PoolStats] = queue.SimpleQueue()

@@ -103,11 +103,13 @@ class Terminate:
 
 @dataclasses.dataclass(frozen=True)
 class StopWorkers:
-    """SIGTERM (or with ``kill``, SIGKILL) every current worker. Each one fails the
-    task it was running and is replaced, as after any other death: the pool stays
-    usable."""
+    """SIGTERM (or with ``kill``, SIGKILL) every current worker, then put None into
+    ``reply``. Each fails the task it was running, as after any other death; they
+    get no more tasks, and fresh workers start at once, so that a task submitted
+    once the reply came never goes to one of them: the pool stays usable."""
 
     kill: bool
+    reply: queue.SimpleQueue[None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,6 +422,8 @@ class Supervisor:
     def _answer_late(self, command: Command) -> None:
         if isinstance(command, AskStats):
             command.reply.put(self.stats())
+        elif isinstance(command, StopWorkers):
+            command.reply.put(None)
         elif isinstance(command, Submit):
             reason = self._broken or PoolTerminatedError("the pool has stopped")
             for task in command.tasks:
@@ -445,13 +449,19 @@ class Supervisor:
             elif isinstance(command, AskStats):
                 command.reply.put(self.stats())
             elif isinstance(command, StopWorkers):
-                for worker in self._workers.values():
-                    if command.kill:
-                        worker.process.kill()
-                    else:
-                        worker.process.terminate()
+                self._stop_workers(kill=command.kill)
+                command.reply.put(None)
             else:
                 self._terminate()
+
+    def _stop_workers(self, *, kill: bool) -> None:
+        for worker in list(self._workers.values()):
+            worker.retiring = True  # its death, when seen, fails only its running task
+            if kill:
+                worker.process.kill()
+            else:
+                worker.process.terminate()
+        self._replace_if_needed()
 
     def _terminate(self) -> None:
         if self._state is PoolState.TERMINATE:
