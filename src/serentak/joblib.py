@@ -76,6 +76,11 @@ def _executor(workers: int, context: Any) -> ProcessPoolExecutor:
         return executor
 
 
+def _call(batch: Any) -> Any:
+    """Run one of joblib's batches (in a worker)."""
+    return batch()
+
+
 class SerentakBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
     """joblib's ``ParallelBackendBase`` on a serentak process pool.
 
@@ -142,7 +147,10 @@ class SerentakBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[m
         """Run one of joblib's batches; ``callback`` gets its future when done."""
         if self._workers is None:
             raise RuntimeError("the serentak joblib backend was not configured")
-        future = self._workers.submit(func)
+        # The batch goes as an argument, not as the callable: arguments travel with
+        # their big buffers (arrays) out of band, through shared memory, and are
+        # not kept in the pool's cache of pickled callables.
+        future = self._workers.submit(_call, func)
         if callback is not None:
             future.add_done_callback(callback)
         return future
