@@ -1403,3 +1403,40 @@ def queue_relay(queue: Any, results: Any, joinable: bool) -> None:
             queue.task_done()
         if item is None:
             return
+
+
+# ---- interrupt() and the newer pool API --------------------------------------------------
+
+
+def proc_cleanup_on_interrupt(conn: Any, path: str) -> None:
+    """Say "ready", wait for a signal; the ``finally`` block writes ``path`` on the way out."""
+    import signal
+
+    try:
+        conn.send("ready")
+        while True:
+            signal.pause()
+    finally:
+        with open(path, "w") as file:
+            file.write("finally ran")
+
+
+def pool_nbytes(data: bytes) -> int:
+    return len(data)
+
+
+def joblib_fail_on(bad: int, x: int) -> int:
+    """``x``; raises ValueError for ``x == bad``."""
+    if x == bad:
+        raise ValueError(f"item {x} is bad")
+    return x
+
+
+def joblib_die_on(bad: int, x: int) -> int:
+    """``x``; the worker SIGKILLs itself for ``x == bad``."""
+    import os
+    import signal
+
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x

@@ -35,6 +35,7 @@ EXTRAS = {
     "serentak": {
         "LockOwnerDiedWarning",
         "PoolTerminatedError",
+        "AsyncPool",
         "ProcessPoolExecutor",
         "WorkerLostError",
         "worker_state",

@@ -44,6 +44,7 @@ from ._logging import SUBWARNING as SUBWARNING
 from ._public import publish as _publish
 
 if TYPE_CHECKING:
+    from ._pool.aio import AsyncPool as AsyncPool
     from ._pool.executor import ProcessPoolExecutor as ProcessPoolExecutor
     from ._pool.tasks import worker_state as worker_state
 
@@ -83,6 +84,7 @@ set_start_method = _default.set_start_method
 
 __all__ = [
     "Array",
+    "AsyncPool",
     "AuthenticationError",
     "Barrier",
     "BoundedSemaphore",
@@ -130,6 +132,7 @@ __all__ = [
 # Loaded on first use: ``import serentak``, which every spawned child pays for, stays
 # light. Name -> (module, attribute).
 _LAZY: dict[str, tuple[str, str]] = {
+    "AsyncPool": ("serentak._pool.aio", "AsyncPool"),
     "ProcessPoolExecutor": ("serentak._pool.executor", "ProcessPoolExecutor"),
     "worker_state": ("serentak._pool.tasks", "worker_state"),
 }

@@ -263,6 +263,21 @@ def test_terminate_and_kill(ctx: Any, children: Children, method: str, signum: i
     assert process.exitcode == -signum
 
 
+def test_interrupt_raises_keyboard_interrupt_so_finally_blocks_run(
+    ctx: Any, children: Children, tmp_path: Path
+) -> None:
+    path = tmp_path / "cleanup"
+    here, there = ctx.Pipe()
+    with here, there:
+        process = ctx.Process(target=_targets.proc_cleanup_on_interrupt, args=(there, str(path)))
+        children.start(process)
+        wait_ready(here)
+        process.interrupt()
+        process.join(PATIENCE)
+    assert process.exitcode == 1  # as for any uncaught exception, as CPython's
+    assert path.read_text() == "finally ran"
+
+
 # ---- exit codes ---------------------------------------------------------------------------
 
 

@@ -34,7 +34,16 @@ from serentak._ipc.serialize import dumps
 from serentak._os import waiting as _waiting
 from serentak._process.process import BaseProcess
 
-from .engines.process import AskStats, Close, PoolState, PoolStats, Submit, Supervisor, Terminate
+from .engines.process import (
+    AskStats,
+    Close,
+    PoolState,
+    PoolStats,
+    StopWorkers,
+    Submit,
+    Supervisor,
+    Terminate,
+)
 from .feeder import Chunker, Feeder, MapJob, progress_bar
 from .interfaces import Engine, MapSink, ResultSink
 from .results import (
@@ -110,6 +119,12 @@ class ProcessEngine:
 
     def join(self) -> None:
         _waiting.join(self._supervisor)
+
+    def stop_workers(self, *, kill: bool) -> None:
+        """SIGTERM (SIGKILL with ``kill``) the current workers; they are replaced."""
+        reply: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._supervisor.send(StopWorkers(kill, reply))
+        reply.get()
 
     def stats(self) -> PoolStats:
         reply: queue.SimpleQueue[PoolStats] = queue.SimpleQueue()
@@ -341,9 +356,36 @@ class BasePool:
         *,
         timeout: float | None = None,
         progress: ProgressOption = None,
+        buffersize: int | None = None,
+        buffer_bytes: int | None = None,
     ) -> IMapIterator:
-        """A lazy map(): results in order as they come, the input read with bounded look-ahead."""
-        return self._imap(IMapIterator, Kind.MAP, func, iterable, chunksize, timeout, progress)
+        """A lazy map(): results in order as they come, the input read with bounded look-ahead.
+
+        Args:
+            func: the callable, given each item.
+            iterable: the items; read only as far as the look-ahead allows.
+            chunksize: items per task (with ``buffersize`` and no chunksize, 1).
+            timeout: seconds one task may run.
+            progress: True, or a dict of tqdm options, for a progress bar.
+            buffersize: at most this many tasks submitted and not yet read
+                (Python 3.15's ``buffersize``); by default a few per worker.
+            buffer_bytes: at most about this many pickled input bytes
+                submitted and not yet read (one task always goes, however big).
+
+        Raises:
+            ValueError: ``buffersize`` or ``buffer_bytes`` is not positive.
+        """
+        return self._imap(
+            IMapIterator,
+            Kind.MAP,
+            func,
+            iterable,
+            chunksize,
+            timeout,
+            progress,
+            buffersize,
+            buffer_bytes,
+        )
 
     def imap_unordered(
         self,
@@ -353,10 +395,20 @@ class BasePool:
         *,
         timeout: float | None = None,
         progress: ProgressOption = None,
+        buffersize: int | None = None,
+        buffer_bytes: int | None = None,
     ) -> IMapIterator:
         """Like imap(), results in the order they complete."""
         return self._imap(
-            IMapUnorderedIterator, Kind.MAP, func, iterable, chunksize, timeout, progress
+            IMapUnorderedIterator,
+            Kind.MAP,
+            func,
+            iterable,
+            chunksize,
+            timeout,
+            progress,
+            buffersize,
+            buffer_bytes,
         )
 
     def _map_async(
@@ -389,9 +441,14 @@ class BasePool:
         chunksize: int | None,
         timeout: float | None,
         progress: ProgressOption,
+        buffersize: int | None = None,
+        buffer_bytes: int | None = None,
     ) -> IMapIterator:
         self._check_running(timeout)
+        check_buffer_bounds(buffersize, buffer_bytes)
         function = self._register(func)
+        if chunksize is None and buffersize is not None:
+            chunksize = 1  # the bound counts tasks: as the stdlib's imap, one item each
         if chunksize is None:
             # The stdlib's imap sends each item alone: one that raises costs itself
             # only. With adaptive chunks the worker keeps going past it instead.
@@ -400,7 +457,17 @@ class BasePool:
         result.cancel_hook = self._cancel_hook
         length = len(iterable) if isinstance(iterable, Sized) else None
         result._job = self._add_job(
-            kind, function, iterable, length, chunksize, result, timeout, progress, True
+            kind,
+            function,
+            iterable,
+            length,
+            chunksize,
+            result,
+            timeout,
+            progress,
+            True,
+            buffersize,
+            buffer_bytes,
         )
         return result
 
@@ -420,6 +487,8 @@ class BasePool:
         timeout: float | None,
         progress: ProgressOption,
         lazy: bool,
+        buffersize: int | None = None,
+        buffer_bytes: int | None = None,
     ) -> MapJob:
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
@@ -438,6 +507,8 @@ class BasePool:
             window,
             lazy=lazy,
             progress=progress_bar(progress, length),
+            buffersize=buffersize,
+            buffer_bytes=buffer_bytes,
         )
         self._feeder.add(job)
         return job
@@ -504,8 +575,15 @@ class Pool(BasePool):
             make_process, processes, initializer, initargs, maxtasksperchild, options
         )
         supervisor.start()
-        super().__init__(ProcessEngine(supervisor), processes)
+        self._process_engine = ProcessEngine(supervisor)
+        super().__init__(self._process_engine, processes)
         self._supervisor = supervisor
+
+    def _stop_workers(self, *, kill: bool) -> None:
+        """SIGTERM (SIGKILL with ``kill``) every worker: each fails the task it runs
+        and is replaced. For the executor's terminate_workers() / kill_workers()."""
+        self._check_running()
+        self._process_engine.stop_workers(kill=kill)
 
 
 # Thread pools of numerical libraries: each worker gets cores // workers threads
@@ -526,6 +604,22 @@ def thread_limits(cores: int, workers: int) -> dict[str, str]:
     it was set would not pass it on."""
     threads = str(max(1, cores // workers))
     return {name: os.environ.get(name, threads) for name in THREAD_LIMIT_VARIABLES}
+
+
+def check_buffer_bounds(buffersize: int | None, buffer_bytes: int | None) -> None:
+    """Validate imap's look-ahead bounds, as Python 3.14's Executor.map checks buffersize.
+
+    Raises:
+        TypeError: a bound is not an int.
+        ValueError: a bound is not positive.
+    """
+    for name, value in (("buffersize", buffersize), ("buffer_bytes", buffer_bytes)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer or None, not {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be None or > 0, got {value!r}")
 
 
 def check_pool_arguments(

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from serentak._exceptions import TimeoutError
 from serentak._os.waiting import in_main_thread, spans
 
-from .api import Pool
+from .api import Pool, check_buffer_bounds
 from .results import CallbackRunner, IMapIterator, Outcome
 from .tasks import Kind
 
@@ -129,16 +129,21 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
         progress: bool | Mapping[str, Any] | None = None,
     ) -> Iterator[_T]:
         """Like ``map(fn, *iterables)``, computed by the workers, results in order.
 
-        ``progress=True`` (or a dict of tqdm options) shows a progress bar.
+        The inputs are read lazily: at most ``buffersize`` chunks (Python 3.14's
+        argument) are submitted ahead of the results read, by default a few per
+        worker. ``progress=True`` (or a dict of tqdm options) shows a progress bar.
 
         Raises:
             TimeoutError: (on iteration) a result is not ready ``timeout``
                 seconds after this call.
+            ValueError: ``buffersize`` is not positive.
         """
+        check_buffer_bounds(buffersize, None)
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         end = None if timeout is None else time.monotonic() + timeout
@@ -148,7 +153,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             # The progress bar's total: zip() hides the inputs' lengths.
             arguments = _SizedZip(arguments, min(map(len, sized)))
         results = self._pool._imap(
-            IMapIterator, Kind.STARMAP, fn, arguments, chunksize, None, progress
+            IMapIterator, Kind.STARMAP, fn, arguments, chunksize, None, progress, buffersize
         )
         return _until(results, end)
 
@@ -167,6 +172,31 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         self._pool.close()
         if wait:
             self._pool.join()
+
+    def terminate_workers(self) -> None:
+        """SIGTERM every worker now (Python 3.14's API, with a difference).
+
+        The calls running fail with :class:`serentak.WorkerLostError` naming the
+        signal; the calls not yet started are cancelled. Unlike CPython's, which
+        shuts the executor down, this executor stays usable: fresh workers take
+        the calls submitted afterwards.
+
+        Raises:
+            RuntimeError: after shutdown().
+        """
+        self._stop_workers(kill=False)
+
+    def kill_workers(self) -> None:
+        """Like terminate_workers(), with SIGKILL (which a worker cannot catch)."""
+        self._stop_workers(kill=True)
+
+    def _stop_workers(self, *, kill: bool) -> None:
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot stop the workers after shutdown")
+            for future in list(self._unfinished):
+                future.cancel()  # succeeds only for the calls no worker has taken
+            self._pool._stop_workers(kill=kill)
 
 
 class _SizedZip:

@@ -205,6 +205,8 @@ class MapJob:
         *,
         lazy: bool,
         progress: Progress | None = None,
+        buffersize: int | None = None,
+        buffer_bytes: int | None = None,
     ) -> None:
         self.feeder = feeder
         self.kind = kind
@@ -216,9 +218,19 @@ class MapJob:
         self.timeout = timeout
         self.window = window
         self.lazy = lazy
+        self.abandoned = False
         self.submitted = 0
         self.released = 0
         self.completed = 0
+        # The caller's bounds on look-ahead: chunks (buffersize=), pickled bytes
+        # (buffer_bytes=). Bytes are counted per chunk (e.g. {7: 8388850}) from
+        # submission until the chunk is released, as chunks are.
+        self.buffersize = buffersize
+        self.buffer_bytes = buffer_bytes
+        self.chunk_bytes: dict[int, int] = {}
+        self.bytes_submitted = 0
+        self.bytes_completed = 0
+        self.bytes_consumed = 0
         self._strong_sink: MapSink | None = None
         self._weak_sink: weakref.ref[Any] | None = None
         if lazy:
@@ -228,18 +240,35 @@ class MapJob:
 
     @property
     def sink(self) -> MapSink | None:
-        """Where outcomes go; None once the caller dropped its imap iterator."""
+        """Where outcomes go; None once the caller dropped its imap iterator or abandoned it."""
+        if self.abandoned:
+            return None
         if self._weak_sink is not None:
             sink: MapSink | None = self._weak_sink()
             return sink
         return self._strong_sink
 
-    def consumed(self) -> None:
-        """The caller consumed a chunk's result (imap)."""
-        self.feeder.release(self, consumed=True)
+    def ahead(self) -> int:
+        """Chunks that may be out at once (submitted, not yet released)."""
+        if self.buffersize is not None:
+            return self.buffersize
+        return self.chunker.window(self.window)
+
+    def consumed(self, index: int) -> None:
+        """The caller consumed the result of chunk ``index`` (imap)."""
+        self.feeder.release(self, index, consumed=True)
 
     def claim(self) -> bool:
-        return True
+        return not self.abandoned
+
+    def abandon(self) -> None:
+        """The caller gave up (an awaiting task was cancelled): no more chunks are
+        sent, queued ones are dropped before they reach a worker, nothing more is
+        delivered. Chunks already running finish unheard."""
+        self.abandoned = True
+        if self.progress is not None:
+            self.progress.close()
+        self.feeder.wake()
 
     def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         items = self.sizes.pop(index, 0)
@@ -251,7 +280,7 @@ class MapJob:
         # the chunk: once map() returns, its bar shows 100% and prints no more.
         if self.progress is not None:
             self.progress.update(items)
-        self.feeder.release(self, consumed=False)
+        self.feeder.release(self, index, consumed=False)
         sink = self.sink
         if sink is not None:
             sink.complete_chunk(index, outcome)
@@ -306,18 +335,26 @@ class Feeder:
             self._jobs.append(job)
             self._condition.notify()
 
-    def release(self, job: MapJob, *, consumed: bool) -> None:
-        """A chunk of ``job`` completed (consumed=False) or was consumed (True)."""
+    def release(self, job: MapJob, index: int, *, consumed: bool) -> None:
+        """Chunk ``index`` of ``job`` completed (consumed=False) or was consumed (True)."""
         with self._condition:
             if consumed:
                 job.released += 1
+                job.bytes_consumed += job.chunk_bytes.pop(index, 0)
             else:
                 job.completed += 1
+                if job.lazy:
+                    job.bytes_completed += job.chunk_bytes.get(index, 0)
+                else:
+                    job.bytes_completed += job.chunk_bytes.pop(index, 0)
             # The feeder wakes once a quarter of the window is free, not per
             # chunk: it then sends chunks in batches, and short tasks cost fewer
             # thread switches.
-            window = job.chunker.window(job.window)
-            if job.submitted - self._released(job) <= window - max(1, window // 4):
+            window = job.ahead()
+            if (
+                job.submitted - self._released(job) <= window - max(1, window // 4)
+                or job.buffer_bytes is not None
+            ):
                 self._condition.notify()
             done = job.fed_all and job.completed >= job.submitted
         if done and job.progress is not None:
@@ -344,13 +381,27 @@ class Feeder:
             self._thread.join()
 
     def _released(self, job: MapJob) -> int:
-        """Chunks of ``job`` out of its window (holding the condition)."""
+        """Chunks of ``job`` out of its window (holding the condition). Once the pool
+        is closed, an imap's chunks are released as they complete: a consumer that
+        stopped reading must not keep join() waiting (CPython's first
+        ``imap(buffersize=)`` deadlocked there, python/cpython#155477), and one that
+        reads on still gets every result."""
         return job.released if job.lazy and not self._closing else job.completed
+
+    def _bytes_out(self, job: MapJob) -> int:
+        """Pickled bytes of ``job``'s chunks out of its window (holding the condition)."""
+        if job.lazy and not self._closing:
+            return job.bytes_submitted - job.bytes_consumed
+        return job.bytes_submitted - job.bytes_completed
 
     def _may_feed(self, job: MapJob) -> bool:
         if job.sink is None:
             return True  # the caller dropped its imap iterator: feeding ends the job
-        return job.submitted - self._released(job) < job.chunker.window(job.window)
+        out = job.submitted - self._released(job)
+        if out >= job.ahead():
+            return False
+        # One chunk always goes, however big: a chunk over the limit must not stall.
+        return job.buffer_bytes is None or out == 0 or self._bytes_out(job) < job.buffer_bytes
 
     def _next_job(self) -> MapJob | None:
         """The next job allowed to feed a chunk; None when the feeder should exit."""
@@ -432,7 +483,12 @@ class Feeder:
             job.complete_chunk(index, Outcome.of_exception(exc))
             return None
         if isinstance(payload, Packed):
-            job.chunker.weigh(len(chunk), len(payload.payload) + payload.buffered)
+            nbytes = len(payload.payload) + payload.buffered
+            job.chunker.weigh(len(chunk), nbytes)
+            if job.buffer_bytes is not None:
+                with self._condition:
+                    job.chunk_bytes[index] = nbytes
+                    job.bytes_submitted += nbytes
         task_id = self._next_task_id()
         expected = job.chunker.expected(len(chunk))
         return Task.encoded(

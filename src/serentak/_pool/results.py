@@ -402,7 +402,7 @@ class _Concatenated(Outcome):
 class _Job(Protocol):
     """The feeder's side of a lazily consumed map: told when a chunk is consumed."""
 
-    def consumed(self) -> None: ...
+    def consumed(self, index: int) -> None: ...
 
 
 class IMapIterator:
@@ -440,24 +440,24 @@ class IMapIterator:
         if self._items:
             return self._pop()
         try:
-            outcome = self._wait_for_chunk(timeout)
+            index, outcome = self._wait_for_chunk(timeout)
         except KeyboardInterrupt:
             _interrupted(self, self.cancel_hook)
             raise
         if self._job is not None:
-            self._job.consumed()
+            self._job.consumed(index)
         self._items.extend(outcome.value())
         if self._items:
             return self._pop()
         return self.next(timeout)  # an empty chunk cannot happen, but must not end iteration
 
-    def _wait_for_chunk(self, timeout: float | None) -> Outcome:
+    def _wait_for_chunk(self, timeout: float | None) -> tuple[int, Outcome]:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
             while True:
-                outcome = self._take()
-                if outcome is not None:
-                    return outcome
+                taken = self._take()
+                if taken is not None:
+                    return taken
                 if self._length is not None and self._next_chunk >= self._length:
                     raise StopIteration
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -471,12 +471,14 @@ class IMapIterator:
             raise item.failure.to_exception()
         return item
 
-    def _take(self) -> Outcome | None:
-        """The next chunk's outcome, if it has arrived (holding the condition)."""
-        outcome = self._outcomes.pop(self._next_chunk, None)
-        if outcome is not None:
-            self._next_chunk += 1
-        return outcome
+    def _take(self) -> tuple[int, Outcome] | None:
+        """The next chunk's index and outcome, if it has arrived (holding the condition)."""
+        index = self._next_chunk
+        outcome = self._outcomes.pop(index, None)
+        if outcome is None:
+            return None
+        self._next_chunk += 1
+        return index, outcome
 
     def claim(self) -> bool:
         return True
@@ -497,9 +499,9 @@ class IMapUnorderedIterator(IMapIterator):
 
     def __init__(self, runner: CallbackRunner) -> None:
         super().__init__(runner)
-        self._arrived: collections.deque[Outcome] = collections.deque()
+        self._arrived: collections.deque[tuple[int, Outcome]] = collections.deque()
 
-    def _take(self) -> Outcome | None:
+    def _take(self) -> tuple[int, Outcome] | None:
         if not self._arrived:
             return None
         self._next_chunk += 1
@@ -507,5 +509,5 @@ class IMapUnorderedIterator(IMapIterator):
 
     def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         with self._condition:
-            self._arrived.append(outcome)
+            self._arrived.append((index, outcome))
             self._condition.notify()

@@ -174,6 +174,13 @@ class BaseProcess:
         if self._popen is not None:
             self._popen.send_signal(signal.SIGTERM)
 
+    def interrupt(self) -> None:
+        """Send SIGINT to the process: Python raises KeyboardInterrupt there, so its
+        ``finally`` blocks and ``atexit`` handlers run (new in Python 3.14's API)."""
+        self._check_closed()
+        if self._popen is not None:
+            self._popen.send_signal(signal.SIGINT)
+
     def kill(self) -> None:
         """Send SIGKILL to the process."""
         self._check_closed()

@@ -102,13 +102,24 @@ class Terminate:
 
 
 @dataclasses.dataclass(frozen=True)
+class StopWorkers:
+    """SIGTERM (or with ``kill``, SIGKILL) every current worker, then put None into
+    ``reply``. Each fails the task it was running, as after any other death; they
+    get no more tasks, and fresh workers start at once, so that a task submitted
+    once the reply came never goes to one of them: the pool stays usable."""
+
+    kill: bool
+    reply: queue.SimpleQueue[None]
+
+
+@dataclasses.dataclass(frozen=True)
 class AskStats:
     """Put a :class:`PoolStats` snapshot into ``reply``."""
 
     reply: queue.SimpleQueue[PoolStats]
 
 
-Command = Submit | Close | Terminate | AskStats
+Command = Submit | Close | Terminate | AskStats | StopWorkers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,6 +422,8 @@ class Supervisor:
     def _answer_late(self, command: Command) -> None:
         if isinstance(command, AskStats):
             command.reply.put(self.stats())
+        elif isinstance(command, StopWorkers):
+            command.reply.put(None)
         elif isinstance(command, Submit):
             reason = self._broken or PoolTerminatedError("the pool has stopped")
             for task in command.tasks:
@@ -435,8 +448,20 @@ class Supervisor:
                     self._state = PoolState.CLOSE
             elif isinstance(command, AskStats):
                 command.reply.put(self.stats())
+            elif isinstance(command, StopWorkers):
+                self._stop_workers(kill=command.kill)
+                command.reply.put(None)
             else:
                 self._terminate()
+
+    def _stop_workers(self, *, kill: bool) -> None:
+        for worker in list(self._workers.values()):
+            worker.retiring = True  # its death, when seen, fails only its running task
+            if kill:
+                worker.process.kill()
+            else:
+                worker.process.terminate()
+        self._replace_if_needed()
 
     def _terminate(self) -> None:
         if self._state is PoolState.TERMINATE:
