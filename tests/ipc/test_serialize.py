@@ -97,3 +97,99 @@ def test_received_fds_are_closed_after_unpickling() -> None:
             os.fstat(fd)
     with pytest.raises(RuntimeError, match="outside of serentak's transport"):
         _serialize.fd_received(0)
+
+
+# ---- functions of __main__: one namespace in the receiver ------------------------------
+
+
+def _main_module(source: str) -> types.ModuleType:
+    main = types.ModuleType("__main__")
+    exec(source, main.__dict__)
+    return main
+
+
+MAIN_SOURCE = """
+state = None
+limit = 3
+
+def read():
+    return (state, limit)
+
+def helper():
+    return "helper"
+
+def call_helper():
+    return helper()
+"""
+
+
+def test_functions_of_main_join_the_receivers_main(monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = _main_module(MAIN_SOURCE)
+    monkeypatch.setitem(sys.modules, "__main__", sender)
+    payload = _serialize.dumps(sender.read)
+    receiver = types.ModuleType("__main__")
+    vars(receiver)["state"] = 41  # set there by an initializer, say
+    monkeypatch.setitem(sys.modules, "__main__", receiver)
+    read = _serialize.loads(payload)
+    assert read.__globals__ is vars(receiver)
+    assert read() == (41, 3)  # the receiver's value kept, the missing name added
+    assert vars(receiver)["limit"] == 3
+
+
+def test_main_namespace_given_for_a_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serentak._ipc import byvalue
+
+    sender = _main_module(MAIN_SOURCE)
+    monkeypatch.setitem(sys.modules, "__main__", sender)
+    payload = _serialize.dumps(sender.read)
+    namespace = byvalue.new_main_namespace()
+    with byvalue.main_namespace(namespace):
+        read = _serialize.loads(payload)
+    assert read.__globals__ is namespace
+    assert read() == (None, 3)
+    assert _serialize.loads(payload).__globals__ is vars(sender)  # outside the block
+
+
+def test_only_a_child_follows_the_senders_redefinitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = _main_module(MAIN_SOURCE)
+    monkeypatch.setitem(sys.modules, "__main__", sender)
+    first = _serialize.dumps(sender.call_helper)
+    exec("def helper():\n    return 'redefined'\n", sender.__dict__)
+    second = _serialize.dumps(sender.call_helper)
+
+    receiver = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", receiver)
+    assert _serialize.loads(first)() == "helper"
+    assert _serialize.loads(second)() == "helper"  # not a child: its definitions stay
+
+    receiver = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", receiver)
+    monkeypatch.setattr(_serialize, "_follow_sender", True)
+    assert _serialize.loads(first)() == "helper"
+    kept = vars(receiver)["helper"]
+    assert _serialize.loads(first)() == "helper"
+    assert vars(receiver)["helper"] is kept  # the same code: kept as it is
+    assert _serialize.loads(second)() == "redefined"
+    vars(receiver)["helper"] = lambda: "bound here"
+    assert _serialize.loads(first)() == "bound here"  # the child's own binding stays
+
+
+def test_code_keeps_its_file_and_brings_source_only_the_sender_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import linecache
+
+    cell = "x = 1\n\ndef in_cell():\n    return 1 / 0\n"
+    linecache.cache["<cell-3>"] = (len(cell), None, cell.splitlines(True), "<cell-3>")
+    try:
+        main = types.ModuleType("__main__")
+        exec(compile(cell, "<cell-3>", "exec"), main.__dict__)
+        monkeypatch.setitem(sys.modules, "__main__", main)
+        payload = _serialize.dumps(main.in_cell)
+        del linecache.cache["<cell-3>"]
+        function = _serialize.loads(payload)
+        assert function.__code__.co_filename == "<cell-3>"
+        assert linecache.getline("<cell-3>", 4) == "    return 1 / 0\n"
+        assert linecache.getline("<cell-3>", 1) == ""  # only the function's own lines travel
+    finally:
+        linecache.cache.pop("<cell-3>", None)

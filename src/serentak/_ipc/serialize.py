@@ -6,9 +6,11 @@ By reference or by value
     Functions and classes it cannot import (defined in ``__main__``, in a REPL
     or notebook cell, lambdas, closures, classes defined in a function, and
     modules registered with ``cloudpickle.register_pickle_by_value``) are
-    pickled by value with cloudpickle. A child never re-runs the parent's main
-    module, so this is what makes a script without an ``if __name__ ==
-    "__main__":`` guard work under spawn and forkserver.
+    pickled by value with cloudpickle (``byvalue``: functions of ``__main__``
+    share the receiver's one ``__main__`` namespace, code keeps its file and
+    lines). A child never re-runs the parent's main module, so this is what
+    makes a script without an ``if __name__ == "__main__":`` guard work under
+    spawn and forkserver.
 
     The pickler is the C ``pickle.Pickler``; its ``reducer_override`` is not
     called for builtin containers and scalars, so plain data pays nothing for
@@ -78,6 +80,22 @@ def _registered(module_name: str) -> bool:
     return any(module_name == m or module_name.startswith(m + ".") for m in registry())
 
 
+_follow_sender = False
+
+
+def follow_sender_definitions() -> None:
+    """Called in a serentak child before it unpickles anything of its parent: the
+    parent's redefinitions of its ``__main__`` functions and classes replace this
+    process's (``byvalue`` says when)."""
+    global _follow_sender
+    _follow_sender = True
+
+
+def follows_sender_definitions() -> bool:
+    """True in a serentak child (see :func:`follow_sender_definitions`)."""
+    return _follow_sender
+
+
 _tracked_classes: Final[weakref.WeakSet[type]] = weakref.WeakSet()
 
 
@@ -100,11 +118,11 @@ def track_main_classes() -> None:
     ]
     if not classes:
         return
-    import cloudpickle
+    from serentak._ipc import byvalue
 
     for cls in classes:
         try:
-            cloudpickle.dumps(cls, protocol=PROTOCOL)
+            byvalue.dumps(cls, PROTOCOL)
         except Exception:
             continue  # a class that cannot be pickled cannot travel anyway
         _tracked_classes.add(cls)
@@ -123,11 +141,12 @@ class Pickler(pickle.Pickler):
         if kind is bytearray or kind is memoryview:
             return _reduce_buffer(obj)
         if isinstance(obj, _BY_VALUE_TYPES) and not _importable(obj):
-            import cloudpickle
+            from serentak._ipc import byvalue
 
             # A nested pickle: cloudpickle keeps class identity across separate
-            # pickles by its own tracking ids, so nothing is lost by nesting.
-            return pickle.loads, (cloudpickle.dumps(obj, protocol=PROTOCOL),)
+            # pickles by its own tracking ids, and functions of __main__ all join
+            # the receiver's one __main__ namespace, so nothing is lost by nesting.
+            return pickle.loads, (byvalue.dumps(obj, PROTOCOL),)
         return NotImplemented
 
 

@@ -37,7 +37,14 @@ from collections.abc import Mapping
 from typing import Final, Protocol
 
 from serentak._ipc.connection import Connection
-from serentak._ipc.serialize import dumps, loads, receiving_fds, sending_fds, track_main_classes
+from serentak._ipc.serialize import (
+    dumps,
+    follow_sender_definitions,
+    loads,
+    receiving_fds,
+    sending_fds,
+    track_main_classes,
+)
 from serentak._os import posix as _posix
 
 from .child import (
@@ -311,6 +318,7 @@ def _fork(process: Bootstrappable) -> ChildHandle:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             _posix.close_quietly(liveness_r)
             guard_parent(parent_pid, watch=watch)
+            follow_sender_definitions()
             set_environ(process._environ.items())
             code = process._bootstrap()
         except BaseException:
@@ -398,6 +406,7 @@ def run_from_socket(fd: int, *, guard: bool, restore_sigint: bool = False) -> in
     so before it is unblocked; others get Python's handler back
     (``restore_sigint``) and a Ctrl-C sent meanwhile arrives now.
     """
+    follow_sender_definitions()
     channel = Connection(fd)
     payload, fds = channel.recv_frame()
     if _posix.HAS_PIDFD:

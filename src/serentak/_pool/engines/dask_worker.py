@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from serentak._exceptions import TimeoutError
+from serentak._ipc.byvalue import main_namespace, new_main_namespace
 from serentak._ipc.serialize import dumps, loads
 from serentak._pool.tasks import Failure, Kind, encode_failure, run_task
 
@@ -104,8 +105,8 @@ class Reply:
 
 
 class _Cache:
-    """A worker process's callables and initializer outcomes, per pool: shared by the
-    worker's threads, so under a lock."""
+    """A worker process's callables, initializer outcomes and ``__main__`` namespaces,
+    per pool: shared by the worker's threads, so under a lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -115,6 +116,21 @@ class _Cache:
         # pool token -> None once its initializer ran, or the Failure it raised.
         self._initialized: collections.OrderedDict[str, Failure | None] = collections.OrderedDict()
         self._initializing = threading.Lock()
+        # pool token -> the namespace its functions of __main__ share on this worker:
+        # the worker serves many pools, which must not see each other's globals.
+        self._namespaces: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+
+    def _loads(self, pool: str, payload: bytes) -> Any:
+        with self._lock:
+            namespace = self._namespaces.get(pool)
+            if namespace is None:
+                namespace = self._namespaces[pool] = new_main_namespace()
+                if len(self._namespaces) > WORKER_CACHE:
+                    self._namespaces.popitem(last=False)
+            else:
+                self._namespaces.move_to_end(pool)
+        with main_namespace(namespace):
+            return loads(payload)
 
     def function(self, pool: str, func_id: int, payload: bytes) -> Callable[..., Any]:
         key = (pool, func_id)
@@ -123,7 +139,7 @@ class _Cache:
             if cached is not None:
                 self._functions.move_to_end(key)
                 return cached
-        func: Callable[..., Any] = loads(payload)  # outside the lock: may import, slowly
+        func: Callable[..., Any] = self._loads(pool, payload)  # may import, slowly
         with self._lock:
             self._functions[key] = func
             if len(self._functions) > WORKER_CACHE:
@@ -139,7 +155,7 @@ class _Cache:
                     return self._initialized[pool]
             failure: Failure | None = None
             try:
-                initializer, initargs = loads(payload)
+                initializer, initargs = self._loads(pool, payload)
                 initializer(*initargs)
             except BaseException as exc:
                 failure = Failure.of(exc, note="the pool's initializer raised on this worker")
