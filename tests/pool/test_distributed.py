@@ -360,6 +360,34 @@ def test_initializer_runs_on_each_worker_before_its_first_task(
     assert ran_on <= set(initialized)
 
 
+MAIN_CODE = """
+state = None
+
+def init(value):
+    global state
+    state = value
+
+def read(_):
+    return state
+"""
+
+
+def test_functions_of_main_share_a_namespace_per_pool(cluster: Cluster) -> None:
+    """An initializer's global reaches its pool's tasks, and only them: a worker serves
+    many pools."""
+    main: dict[str, Any] = {"__name__": "__main__"}  # what a script's functions have
+    exec(MAIN_CODE, main)
+    with (
+        Pool(cluster.address, None, main["init"], ("first",)) as first,
+        Pool(cluster.address, None, main["init"], ("second",)) as second,
+        Pool(cluster.address) as third,
+    ):
+        assert first.map(main["read"], range(8), chunksize=1) == ["first"] * 8
+        assert second.map(main["read"], range(8), chunksize=1) == ["second"] * 8
+        assert first.map(main["read"], range(8), chunksize=1) == ["first"] * 8
+        assert third.map(main["read"], range(8), chunksize=1) == [None] * 8
+
+
 def test_an_initializer_that_raises_fails_every_task(cluster: Cluster) -> None:
     with Pool(cluster.address, None, _targets.pool_init_fails, ("no setup",)) as pool:
         with pytest.raises(RuntimeError, match="no setup") as caught:
