@@ -425,7 +425,13 @@ class ParentProcess(BaseProcess):
     def sentinel(self) -> int:
         """A file descriptor that becomes readable when the parent ends."""
         if self._pidfd is None:
-            self._pidfd = _posix.pidfd_open(self._pid)
+            try:
+                self._pidfd = _posix.pidfd_open(self._pid)
+            except ProcessLookupError:
+                # Gone and reaped already: a pipe whose writer is closed polls
+                # readable, as an ended process's sentinel must.
+                self._pidfd, writer = os.pipe()
+                os.close(writer)
             if self._pidfd is None:
                 raise OSError("no pidfd on this system: the parent has no sentinel")
             weakref.finalize(self, _posix.close_quietly, self._pidfd)
