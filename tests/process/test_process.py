@@ -841,7 +841,8 @@ def test_a_plain_child_outlives_its_killed_parent(
         process.wait()
         # The child holds the script's stdout: it writes once it has seen the parent end.
         assert read_line(process) == "outlived the parent"
-        assert running(child) and running(grandchild)
+        assert running(child)
+        assert running(grandchild)
         os.kill(child, signal.SIGKILL)
     alive = still_running_after(family, 2.0)
     assert alive == set(), "still running after the child died:\n" + "\n".join(
