@@ -225,7 +225,16 @@ class _ServedChild(_HandleBase):
             finally:
                 status.detach()
         if len(data) < EXIT_STATUS.size:
-            return UNKNOWN_EXIT_CODE  # the server died before it could tell
+            # The server died before it could tell. A plain child outlives it
+            # (only daemonic ones die with it), but nobody could wait for it any
+            # more: end it, so that join() returning means the child is gone.
+            if self._pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                _posix.fd_readable(self._pidfd, None)
+            return UNKNOWN_EXIT_CODE
         code: int = EXIT_STATUS.unpack(data)[0]
         return code
 
