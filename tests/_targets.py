@@ -1440,3 +1440,99 @@ def joblib_die_on(bad: int, x: int) -> int:
     if x == bad:
         os.kill(os.getpid(), signal.SIGKILL)
     return x
+
+
+# ---- test_child_state ----------------------------------------------------------------
+
+
+def child_watch_parent(conn: Any) -> None:
+    """Report whether the parent lives, wait for it to end, report again."""
+    import serentak
+
+    parent = serentak.parent_process()
+    conn.send(parent is not None and parent.is_alive())
+    if parent is not None:
+        parent.join(30)
+    conn.send(parent is not None and parent.is_alive())
+    conn.close()
+
+
+def child_start_watcher_then_wait(conn: Any, method: str) -> None:
+    """Start a grandchild that watches this process, then block until terminated."""
+    import signal
+
+    import serentak
+
+    watcher = serentak.get_context(method).Process(target=child_watch_parent, args=(conn,))
+    watcher.start()
+    conn.close()
+    while True:
+        signal.pause()
+
+
+def child_report_state(conn: Any) -> None:
+    """Send what this child knows of itself: start method, main thread id, logger level."""
+    import threading
+
+    import serentak
+
+    conn.send(
+        {
+            "start_method": serentak.get_start_method(),
+            "main_native_id": threading.main_thread().native_id,
+            "log_level": serentak.get_logger().getEffectiveLevel(),
+        }
+    )
+    conn.close()
+
+
+def child_register_atexit(path: str) -> None:
+    """Register an atexit handler that writes ``path``, then return normally."""
+    import atexit
+    import os
+
+    def write() -> None:
+        with open(path, "a") as out:
+            out.write(f"{os.getpid()}\n")
+
+    atexit.register(write)
+
+
+def child_echo_after_go(conn: Any) -> None:
+    """Wait for a message, send it back, through a Pipe (timing is the parent's)."""
+    conn.send(conn.recv())
+    conn.close()
+
+
+def child_queue_put(queue: Any, item: Any) -> None:
+    """Put ``item`` on ``queue`` and return (the queue's buffer must be flushed at exit)."""
+    queue.put(item)
+
+
+def child_send_on(conn: Any, message: Any) -> None:
+    """Send ``message`` on ``conn``."""
+    conn.send(message)
+    conn.close()
+
+
+def child_pass_handles(control: Any) -> None:
+    """Receive a socket over ``control`` and write on it; then send back a socket and a
+    Connection made here, closing ours right after sending them."""
+    import socket
+
+    import serentak
+
+    sock = control.recv()
+    sock.sendall(b"written by the child")
+    sock.close()
+    mine, theirs = socket.socketpair()
+    control.send(theirs)
+    theirs.close()
+    mine.sendall(b"through a socket made by the child")
+    mine.close()
+    here, there = serentak.Pipe()
+    control.send(there)
+    there.close()
+    here.send("through a Connection made by the child")
+    here.close()
+    control.close()

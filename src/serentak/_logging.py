@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     import logging
@@ -98,6 +99,48 @@ def log_to_stderr(level: int | str | None = None) -> logging.Logger:
     if level:
         logger.setLevel(level)
     return logger
+
+
+def settings_for_child() -> tuple[int | None, bool]:
+    """What a spawned child needs to log as this process does: the logger's effective
+    level (None if the logger was never made) and whether it writes to stderr."""
+    logger = _logger
+    if logger is None:
+        return None, False
+    return logger.getEffectiveLevel(), _stderr_handler is not None
+
+
+def apply_parent_settings(level: int | None, to_stderr: bool) -> None:
+    """In a spawned child: take the parent's level and stderr handler (see above)."""
+    if to_stderr:
+        log_to_stderr()
+    if level is not None:
+        get_logger().setLevel(level)
+
+
+def label_records(current_name: Callable[[], str]) -> None:
+    """In a child: make ``LogRecord.processName`` the child's name.
+
+    ``logging`` names the process by asking the stdlib's ``multiprocessing``
+    (when it is imported), which knows nothing of serentak's processes and
+    answers ``"MainProcess"``. A record factory (``logging``'s documented hook)
+    corrects that answer; a name some other machinery set is left alone.
+    Installed once per process, wrapping whatever factory is in place.
+    """
+    import logging
+
+    current = logging.getLogRecordFactory()
+    if getattr(current, "_serentak_names", False):
+        return  # inherited through a fork from a parent that installed it
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        if record.processName == "MainProcess":
+            record.processName = current_name()
+        return record
+
+    factory._serentak_names = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def _log(level: int, message: str, *args: object) -> None:

@@ -179,18 +179,7 @@ def recvfds(sock: socket.socket, size: int) -> list[int]:
     return list(fds)
 
 
-# ---- sockets --------------------------------------------------------------------------------
-
-
-def _reduce_socket(sock: socket.socket) -> tuple[Any, ...]:
-    return _rebuild_socket, (DupFd(sock.fileno()), sock.family, sock.type, sock.proto)
-
-
-def _rebuild_socket(dup_fd: DupFd, family: int, kind: int, proto: int) -> socket.socket:
-    return socket.socket(family, kind, proto, fileno=dup_fd.detach())
-
-
-register(socket.socket, _reduce_socket)
+# Sockets need no registration here: serentak's pickler sends them as their fds.
 
 
 class AbstractReducer:

@@ -735,25 +735,36 @@ import time
 import serentak
 
 
-def grandchild(conn):
+def pause_forever():
     while True:
-        conn.send(conn.recv())
+        signal.pause()
+
+
+def grandchild(conn):
+    conn.send(conn.recv())
+    pause_forever()
 
 
 def child(conn, method):
     ctx = serentak.get_context(method)
+    if serentak.current_process().daemon:  # a daemon has no children
+        conn.send((os.getpid(), 0))
+        conn.send(conn.recv())
+        pause_forever()
     here, there = ctx.Pipe()
-    process = ctx.Process(target=grandchild, args=(there,))
+    process = ctx.Process(target=grandchild, args=(there,), daemon=True)
     process.start()
     there.close()
     conn.send((os.getpid(), process.pid))
-    while True:
-        here.send(conn.recv())
-        conn.send(here.recv())
+    here.send(conn.recv())
+    conn.send(here.recv())
+    serentak.parent_process().join()
+    print("outlived the parent", flush=True)
+    pause_forever()
 
 
 def main():
-    method, where = sys.argv[1:]
+    method, where, kind = sys.argv[1:]
     ctx = serentak.get_context(method)
     here, there = ctx.Pipe()
     processes = []
@@ -761,7 +772,7 @@ def main():
 
     def start():
         thread_ids.append(threading.get_native_id())
-        process = ctx.Process(target=child, args=(there, method))
+        process = ctx.Process(target=child, args=(there, method), daemon=kind == "daemon")
         process.start()
         processes.append(process)
 
@@ -779,11 +790,10 @@ def main():
         start()
     child_pid, grandchild_pid = here.recv()
     assert child_pid == processes[0].pid
-    here.send("ping")  # through the child to the grandchild and back: both run
+    here.send("ping")  # through the child (and the grandchild) and back: all run
     assert here.recv() == "ping"
     print(child_pid, grandchild_pid, flush=True)
-    while True:
-        signal.pause()
+    pause_forever()
 
 
 main()
@@ -791,22 +801,51 @@ main()
 
 
 @pytest.mark.parametrize("where", ["main", "thread"])
-def test_children_die_with_their_parent(start_method: str, where: str, tmp_path: Path) -> None:
-    """SIGKILL the parent: its child and grandchild go too (started from its main thread or not)."""
+def test_daemonic_children_die_with_their_parent(
+    start_method: str, where: str, tmp_path: Path
+) -> None:
+    """SIGKILL the parent: its daemonic child goes too (started from its main thread or not),
+    and so do the fork servers."""
     script = tmp_path / "parent_death.py"
     script.write_text(PARENT_DEATH_SCRIPT)
-    with running_script(script, start_method, where) as process:
-        child, grandchild = map(int, read_line(process).split())
+    with running_script(script, start_method, where, "daemon") as process:
+        child, _ = map(int, read_line(process).split())
         family = descendants_of(process.pid)
-        # The child, the grandchild, and under forkserver the fork servers.
-        assert {child, grandchild} <= family
-        assert len(family) >= (4 if start_method == "forkserver" else 2)
+        assert child in family
+        assert len(family) >= (2 if start_method == "forkserver" else 1)
         assert all(running(pid) for pid in family)
 
         process.kill()
         process.wait()
     alive = still_running_after(family, 2.0)
     assert alive == set(), "still running after the parent died:\n" + "\n".join(
+        describe(pid) for pid in alive
+    )
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_a_plain_child_outlives_its_killed_parent(
+    start_method: str, where: str, tmp_path: Path
+) -> None:
+    """As the stdlib's: SIGKILL the parent and its non-daemonic child runs on (it sees the
+    parent end); the child's own daemonic child and fork server go when the child does."""
+    script = tmp_path / "parent_death.py"
+    script.write_text(PARENT_DEATH_SCRIPT)
+    with running_script(script, start_method, where, "plain") as process:
+        child, grandchild = map(int, read_line(process).split())
+        family = descendants_of(process.pid)
+        assert {child, grandchild} <= family
+        assert all(running(pid) for pid in family)
+
+        process.kill()
+        process.wait()
+        # The child holds the script's stdout: it writes once it has seen the parent end.
+        assert read_line(process) == "outlived the parent"
+        assert running(child)
+        assert running(grandchild)
+        os.kill(child, signal.SIGKILL)
+    alive = still_running_after(family, 2.0)
+    assert alive == set(), "still running after the child died:\n" + "\n".join(
         describe(pid) for pid in alive
     )
 

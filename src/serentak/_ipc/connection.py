@@ -116,7 +116,7 @@ class Connection:
         self._writable = writable
         self._socket: socket.socket | None = None
         try:
-            self._socket = socket.socket(fileno=handle)
+            self._socket = _posix.adopt_socket(handle)
         except OSError:
             self._socket = None  # a pipe end: plain read/write, no fds
         self._buffer = bytearray(_BUFFER_SIZE)
@@ -460,7 +460,7 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
     Returns:
         ``(conn1, conn2)``.
     """
-    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    left, right = _posix.socketpair()
     left_fd, right_fd = left.detach(), right.detach()
     if duplex:
         return Connection(left_fd), Connection(right_fd)

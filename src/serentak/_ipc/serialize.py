@@ -39,6 +39,7 @@ import contextlib
 import io
 import os
 import pickle
+import socket
 import sys
 import threading
 import types
@@ -147,7 +148,58 @@ class Pickler(pickle.Pickler):
             # pickles by its own tracking ids, and functions of __main__ all join
             # the receiver's one __main__ namespace, so nothing is lost by nesting.
             return pickle.loads, (byvalue.dumps(obj, PROTOCOL),)
+        if isinstance(obj, socket.socket):
+            return _reduce_socket(obj)
+        if kind.__module__.startswith("multiprocessing."):
+            return _reduce_stdlib_object(obj)
         return NotImplemented
+
+
+def _reduce_socket(sock: socket.socket) -> Any:
+    """A socket travels as its fd (a duplicate in the receiver), as the stdlib's does."""
+    index = fd_to_send(sock.fileno(), type(sock).__name__, inheritance_only=False)
+    return _rebuild_socket, (index, int(sock.family), int(sock.type), sock.proto)
+
+
+def _rebuild_socket(index: int, family: int, kind: int, proto: int) -> socket.socket:
+    return socket.socket(family, kind, proto, fileno=os.dup(fd_received(index)))
+
+
+# Modules of the stdlib's multiprocessing whose objects pickle only while the
+# stdlib itself starts a child (they check its private "spawning" state).
+_INHERITED_ONLY: Final = frozenset(
+    {"multiprocessing.queues", "multiprocessing.synchronize", "multiprocessing.sharedctypes"}
+)
+
+
+def _reduce_stdlib_object(obj: Any) -> Any:
+    """Objects of the stdlib's ``multiprocessing`` handed to serentak (it never imports it).
+
+    A stdlib Connection travels as its fd, rebuilt as a stdlib Connection (its
+    class pickled by reference: the receiver imports the stdlib, not
+    serentak). Queues, locks and shared ctypes of the stdlib cannot be given
+    to a child serentak starts, except by fork inheritance: a clear TypeError
+    says what to use instead of the stdlib's misleading one.
+    """
+    kind = type(obj)
+    module = kind.__module__
+    connection = sys.modules.get("multiprocessing.connection")
+    if connection is not None and isinstance(obj, connection.Connection):
+        index = fd_to_send(obj.fileno(), kind.__name__, inheritance_only=False)
+        return _call_with_fd, (kind, index, obj.readable, obj.writable)
+    if module in _INHERITED_ONLY:
+        raise TypeError(
+            f"a {module}.{kind.__qualname__} of the stdlib's multiprocessing cannot be "
+            f"pickled for a serentak process (it travels only to children the stdlib "
+            f"starts): use serentak's {kind.__name__} instead (serentak.{kind.__name__}() "
+            f"or a serentak context's), or pass it to a child started with fork"
+        )
+    return NotImplemented
+
+
+def _call_with_fd(cls: Callable[..., Any], index: int, *args: Any) -> Any:
+    """``cls(fd, *args)`` with a duplicate of the fd that travelled at ``index``."""
+    return cls(os.dup(fd_received(index)), *args)
 
 
 def _reduce_buffer(obj: bytearray | memoryview) -> Any:

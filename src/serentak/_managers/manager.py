@@ -331,6 +331,7 @@ class BaseManager:
             ),
         )
         process.name = f"{type(self).__name__}-{':'.join(str(i) for i in process._identity)}"
+        process._machinery = True  # the server must not outlive its owner
         try:
             process.start()
         finally:

@@ -11,6 +11,7 @@ import math
 import os
 import select
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Final
@@ -136,6 +137,33 @@ def _quotas_v1(controllers: str, path: str) -> list[float]:
             continue
         return [quota / period] if quota > 0 and period > 0 else []
     return []
+
+
+def socketpair(kind: int = socket.SOCK_STREAM) -> tuple[socket.socket, socket.socket]:
+    """A connected AF_UNIX socket pair in blocking mode, whatever ``socket.setdefaulttimeout``
+    the program set: serentak's own sockets must not inherit a user's timeout (it
+    would make their descriptors non-blocking, and every plain read on them fail)."""
+    left, right = socket.socketpair(socket.AF_UNIX, kind)
+    left.settimeout(None)
+    right.settimeout(None)
+    return left, right
+
+
+def adopt_socket(fd: int) -> socket.socket:
+    """A socket object for ``fd`` that leaves the
+    descriptor's blocking mode alone and has no timeout.
+
+    ``socket.socket(fileno=fd)`` makes ``fd`` non-blocking when the program set
+    a default timeout; the descriptor may be shared with code that reads it
+    directly, so its mode is put back.
+    """
+    blocking = os.get_blocking(fd)
+    sock = socket.socket(fileno=fd)
+    if socket.getdefaulttimeout() is not None:
+        sock.settimeout(None)
+        if not blocking:
+            os.set_blocking(fd, False)
+    return sock
 
 
 def close_quietly(fd: int | None) -> None:

@@ -43,6 +43,9 @@ class Bootstrappable(Protocol):
     _environ: Mapping[str, str]
     _ignores_sigint: bool
 
+    @property
+    def _dies_with_parent(self) -> bool: ...
+
     def _bootstrap(self) -> int: ...
 
 
@@ -64,6 +67,12 @@ class Preparation:
         environ: variables to set in the child's environment (unless already set).
         ignore_sigint: the child ignores SIGINT from its first instruction (a pool
             worker: a Ctrl-C reaching the process group is the parent's to handle).
+        die_with_parent: the child exits when its parent dies (daemonic processes,
+            pool workers, a manager's server); a plain process outlives it, as the
+            stdlib's does.
+        log_level: the ``multiprocessing`` logger's effective level, if the parent
+            made the logger, so the child logs what the parent would.
+        log_to_stderr: the parent called ``log_to_stderr()``: the child does too.
     """
 
     sys_path: tuple[str, ...]
@@ -75,6 +84,9 @@ class Preparation:
     forkserver_preload: tuple[str, ...]
     environ: tuple[tuple[str, str], ...] = ()
     ignore_sigint: bool = False
+    die_with_parent: bool = True
+    log_level: int | None = None
+    log_to_stderr: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,8 +30,14 @@ import traceback
 from serentak._ipc.connection import Connection
 from serentak._os import posix as _posix
 
-from .child import Preparation, flush_standard_streams, guard_parent
-from .launch import EXIT_STATUS, apply_preparation, run_from_socket
+from .child import Preparation, flush_standard_streams
+from .launch import (
+    EXIT_STATUS,
+    apply_preparation,
+    run_exit_handlers,
+    run_from_socket,
+    start_exit_handlers,
+)
 
 
 class _Server:
@@ -113,11 +119,12 @@ class _Server:
                 os.close(fd)
             self.children.clear()
             self.control.close()
-            guard_parent(server_pid, watch=False)
-            code = run_from_socket(boot_fd, guard=False, restore_sigint=True)
+            start_exit_handlers()
+            code = run_from_socket(boot_fd, server_pid=server_pid, restore_sigint=True)
         except BaseException:
             traceback.print_exc()
         finally:
+            run_exit_handlers()
             flush_standard_streams()
             os._exit(code)
 

@@ -24,6 +24,7 @@ child forgets its parent's server and starts its own when it needs one.
 
 from __future__ import annotations
 
+import atexit
 import enum
 import os
 import signal
@@ -36,6 +37,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Final, Protocol
 
+from serentak import _logging
 from serentak._ipc.connection import Connection
 from serentak._ipc.serialize import (
     dumps,
@@ -55,6 +57,7 @@ from .child import (
     guard_parent,
     set_environ,
 )
+from .stdlib import after_fork_in_child
 
 EXIT_STATUS: Final = struct.Struct("<i")
 # What a child's exit code reads as when nobody could observe it (the fork
@@ -223,13 +226,22 @@ class _ServedChild(_HandleBase):
     def _collect(self, block: bool) -> int | None:
         if not block and not _posix.fd_readable(self.sentinel, 0):
             return None
-        with socket.socket(fileno=self.sentinel) as status:
+        with _posix.adopt_socket(self.sentinel) as status:
             try:
                 data = status.recv(EXIT_STATUS.size, socket.MSG_PEEK | socket.MSG_WAITALL)
             finally:
                 status.detach()
         if len(data) < EXIT_STATUS.size:
-            return UNKNOWN_EXIT_CODE  # the server died before it could tell
+            # The server died before it could tell. A plain child outlives it
+            # (only daemonic ones die with it), but nobody could wait for it any
+            # more: end it, so that join() returning means the child is gone.
+            if self._pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                _posix.fd_readable(self._pidfd, None)
+            return UNKNOWN_EXIT_CODE
         code: int = EXIT_STATUS.unpack(data)[0]
         return code
 
@@ -266,10 +278,14 @@ def _launched_from_main_thread() -> bool:
 
 
 def preparation(
-    environ: Mapping[str, str] | None = None, *, ignore_sigint: bool = False
+    environ: Mapping[str, str] | None = None,
+    *,
+    ignore_sigint: bool = False,
+    die_with_parent: bool = True,
 ) -> Preparation:
     """What a spawned or fork-server child needs to know of this process."""
     method = settings.start_method
+    log_level, log_to_stderr = _logging.settings_for_child()
     return Preparation(
         sys_path=tuple(sys.path),
         cwd=os.getcwd(),
@@ -280,6 +296,9 @@ def preparation(
         forkserver_preload=settings.forkserver_preload,
         environ=tuple((environ or {}).items()),
         ignore_sigint=ignore_sigint,
+        die_with_parent=die_with_parent,
+        log_level=log_level,
+        log_to_stderr=log_to_stderr,
     )
 
 
@@ -300,7 +319,11 @@ def apply_preparation(prep: Preparation) -> None:
 def _start_payload(process: Bootstrappable) -> tuple[bytes, list[int]]:
     with sending_fds(spawning=True) as fds:
         inner = dumps(process)
-    prep = preparation(process._environ, ignore_sigint=process._ignores_sigint)
+    prep = preparation(
+        process._environ,
+        ignore_sigint=process._ignores_sigint,
+        die_with_parent=process._dies_with_parent,
+    )
     return dumps(ChildStart(prep, inner)), fds
 
 
@@ -317,18 +340,38 @@ def _fork(process: Bootstrappable) -> ChildHandle:
             if process._ignores_sigint:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             _posix.close_quietly(liveness_r)
-            guard_parent(parent_pid, watch=watch)
+            if process._dies_with_parent:
+                guard_parent(parent_pid, watch=watch)
             follow_sender_definitions()
             set_environ(process._environ.items())
+            start_exit_handlers()
+            after_fork_in_child()
             code = process._bootstrap()
         except BaseException:
             traceback.print_exc()
         finally:
+            run_exit_handlers()
             flush_standard_streams()
             os._exit(code)
     _posix.close_quietly(liveness_w)
     pidfd = _posix.pidfd_open(pid)
     return _DirectChild(pid, liveness_r if pidfd is None else pidfd, pidfd)
+
+
+def start_exit_handlers() -> None:
+    """In a forked child: drop the parent's ``atexit`` handlers (they are the parent's
+    business), so that the child's own run at its exit (:func:`run_exit_handlers`),
+    as in the stdlib's fork and forkserver children since Python 3.13 and as a
+    spawned child's do through its normal interpreter exit."""
+    atexit._clear()
+
+
+def run_exit_handlers() -> None:
+    """In a forked child about to ``os._exit``: run the ``atexit`` handlers it registered."""
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:
+        traceback.print_exc()
 
 
 def _interpreter_flags() -> list[str]:
@@ -360,7 +403,7 @@ def spawn_interpreter(code: str, *, block_sigint: bool = False) -> tuple[int, Co
     Ctrl-C during its start-up waits until it knows what to do with one
     (``run_from_socket`` decides, then unblocks it).
     """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = _posix.socketpair()
     with ours, theirs:
         fd = theirs.fileno()
         args = [settings.executable, *_interpreter_flags(), "-c", code.format(fd=fd)]
@@ -398,8 +441,12 @@ def _send_start(channel: Connection, payload: bytes, fds: list[int]) -> None:
         pass  # the child died before reading: its exit code says so
 
 
-def run_from_socket(fd: int, *, guard: bool, restore_sigint: bool = False) -> int:
+def run_from_socket(fd: int, *, server_pid: int | None = None, restore_sigint: bool = False) -> int:
     """In a new child: receive the ChildStart on ``fd``, prepare, run; return the exit code.
+
+    A child that must die with its parent is guarded against the death of the
+    parent (spawn), or of the fork server that forked it (``server_pid``): the
+    server exits when its owner does.
 
     SIGINT is blocked or ignored until here (a spawned interpreter starts with
     it blocked, the fork server ignores it): a child that must ignore it does
@@ -423,9 +470,13 @@ def run_from_socket(fd: int, *, guard: bool, restore_sigint: bool = False) -> in
     elif restore_sigint:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    if guard:
-        guard_parent(prep.parent_pid, watch=prep.watch_parent)
+    if prep.die_with_parent:
+        if server_pid is None:
+            guard_parent(prep.parent_pid, watch=prep.watch_parent)
+        else:
+            guard_parent(server_pid, watch=False)
     apply_preparation(prep)
+    _logging.apply_parent_settings(prep.log_level, prep.log_to_stderr)
     with receiving_fds(fds):
         process: Bootstrappable = loads(start.process)
     return process._bootstrap()
@@ -437,7 +488,7 @@ _keep_alive: list[Connection] = []
 def spawn_main(fd: int) -> None:
     """Entry point of a spawned interpreter: run, then exit through the normal interpreter exit."""
     try:
-        code = run_from_socket(fd, guard=True)
+        code = run_from_socket(fd)
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -456,8 +507,8 @@ class _ForkServerClient:
         self._handle: _DirectChild | None = None
 
     def launch(self, payload: bytes, fds: list[int]) -> ChildHandle:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = _posix.socketpair()
+        status_ours, status_theirs = _posix.socketpair()
         with ours, theirs, status_ours, status_theirs:
             with self._lock:
                 control = self._ensure_running()

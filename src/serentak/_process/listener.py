@@ -153,6 +153,7 @@ def _is_abstract(address: Address) -> bool:
 
 def _new_socket(family: str) -> socket.socket:
     sock = socket.socket(getattr(socket, family), socket.SOCK_STREAM)
+    sock.settimeout(None)  # a default timeout the program set is for its own sockets
     if family == "AF_INET":
         # Frames are written whole: Nagle's delay only slows request-reply traffic.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -30,9 +30,11 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final
 
+from serentak import _logging
 from serentak._ipc.serialize import is_spawning
 from serentak._os import posix as _posix
 
+from . import stdlib as _stdlib
 from .child import flush_standard_streams, replace_stdin
 from .launch import DEFAULT_START_METHOD, ChildHandle, StartMethod, launch, settings
 
@@ -70,6 +72,9 @@ class BaseProcess:
     # Set in the child's environment at start-up (the pool's thread limits).
     _environ: Mapping[str, str] = {}
     _ignores_sigint: bool = False  # a pool worker: Ctrl-C is the parent's to handle
+    # Part of serentak's machinery (a manager's server): it must not outlive its
+    # parent even though it is not daemonic.
+    _machinery: bool = False
 
     def __init__(
         self,
@@ -242,6 +247,18 @@ class BaseProcess:
         self._config["daemon"] = daemonic
 
     @property
+    def _dies_with_parent(self) -> bool:
+        """Whether the child exits when its parent dies.
+
+        Daemonic processes (pool and executor workers among them) and
+        serentak's own servers do: nothing of theirs is wanted once the parent
+        is gone. A plain process outlives its parent, as the stdlib's does: it
+        may be a grandchild watching ``parent_process()``, or work that must
+        finish. A parent that exits normally still joins it first.
+        """
+        return self.daemon or self._machinery
+
+    @property
     def authkey(self) -> bytes:
         """The authentication key (inherited from the parent; random in the main process)."""
         key: bytes = self._config["authkey"]
@@ -317,16 +334,27 @@ class BaseProcess:
         """Run in the new child: become the current process, run, return the exit code."""
         global _current_process, _parent_process
         try:
+            method = self._start_method
+            if method is not None:
+                # The child's default context is the one it was started with, as
+                # in the stdlib: get_start_method() there names it.
+                settings.start_method = method
             _state.reset()
+            # After a fork the main thread object still carries the parent's
+            # thread id; threading has no public way to refresh it.
+            threading.main_thread()._set_native_id()  # type: ignore[attr-defined]
             replace_stdin()
             _parent_process = ParentProcess(self._parent_name, self._parent_pid or os.getppid())
             _current_process = self
+            _logging.label_records(_current_name)
             _run_after_start_hooks()
             try:
+                _logging.info("child process calling self.run()")
                 self.run()
                 exitcode = 0
             finally:
                 _exit_children()
+                _stdlib.run_exit_finalizers()
         except SystemExit as exc:
             exitcode = _exit_code_of(exc)
         except BaseException:
@@ -335,8 +363,13 @@ class BaseProcess:
             traceback.print_exc()
         finally:
             _join_threads()
+            _logging.info("process exiting with exitcode %d", exitcode)
             flush_standard_streams()
         return exitcode
+
+
+def _current_name() -> str:
+    return _current_process.name
 
 
 def _exit_code_of(exc: SystemExit) -> int:
@@ -392,7 +425,13 @@ class ParentProcess(BaseProcess):
     def sentinel(self) -> int:
         """A file descriptor that becomes readable when the parent ends."""
         if self._pidfd is None:
-            self._pidfd = _posix.pidfd_open(self._pid)
+            try:
+                self._pidfd = _posix.pidfd_open(self._pid)
+            except ProcessLookupError:
+                # Gone and reaped already: a pipe whose writer is closed polls
+                # readable, as an ended process's sentinel must.
+                self._pidfd, writer = os.pipe()
+                os.close(writer)
             if self._pidfd is None:
                 raise OSError("no pidfd on this system: the parent has no sentinel")
             weakref.finalize(self, _posix.close_quietly, self._pidfd)
@@ -481,6 +520,8 @@ def register_before_exit(hook: Callable[[], None]) -> None:
 
 def _exit_children() -> None:
     """At exit: run the before-exit hooks, terminate daemonic children, wait for all children."""
+    _logging.info("process shutting down")
+    _logging.debug('running all "atexit" finalizers with priority >= 0')
     while _before_exit_hooks:
         hook = _before_exit_hooks.pop()
         try:
@@ -489,9 +530,12 @@ def _exit_children() -> None:
             traceback.print_exc()
     for process in active_children():
         if process.daemon:
+            _logging.info("calling terminate() for daemon %s", process.name)
             process.terminate()
     for process in active_children():
+        _logging.info("calling join() for process %s", process.name)
         process.join()
+    _logging.debug('running the remaining "atexit" finalizers')
 
 
 def _at_exit() -> None:

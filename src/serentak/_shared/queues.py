@@ -424,7 +424,7 @@ class _Channel:
     """
 
     def __init__(self, maxsize: int, *, buffering: bool) -> None:
-        writer, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        writer, reader = _posix.socketpair(socket.SOCK_SEQPACKET)
         try:
             memfd = _posix.memfd("serentak-queue", _native.RING_HEADER + _RING_BYTES)
         except BaseException:
@@ -780,8 +780,8 @@ def _attach_channel(
     maxsize: int, buffering: bool, memfd: int, writer: int, reader: int
 ) -> _Channel:
     channel = _Channel.__new__(_Channel)
-    writer_socket = socket.socket(fileno=os.dup(fd_received(writer)))
-    reader_socket = socket.socket(fileno=os.dup(fd_received(reader)))
+    writer_socket = _posix.adopt_socket(os.dup(fd_received(writer)))
+    reader_socket = _posix.adopt_socket(os.dup(fd_received(reader)))
     channel._attach(maxsize, buffering, os.dup(fd_received(memfd)), writer_socket, reader_socket)
     return channel
 
