@@ -864,6 +864,21 @@ def queue_joinable_worker(queue: Any, results: Any) -> None:
             queue.task_done()
 
 
+def queue_sizes_after_close(queue: Any, conn: Any) -> None:
+    """Put, close and join the feeder; send what empty(), full() and qsize() give then
+    (a value, or the exception's type name and message)."""
+    queue.put("item")
+    queue.close()
+    queue.join_thread()
+    answers = {}
+    for name in ("empty", "full", "qsize"):
+        try:
+            answers[name] = getattr(queue, name)()
+        except Exception as exc:
+            answers[name] = (type(exc).__name__, str(exc))
+    conn.send(answers)
+
+
 def queue_block_in_get(queue: Any, ready: Any) -> None:
     """Say so, then wait in get() to be killed."""
     ready.set()
