@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import pickle
 import re
 import signal
 import threading
@@ -361,6 +362,37 @@ def test_what_cannot_travel_back_fails_only_its_task(
         check_pool_goes_on(pool, workers, before, died=False)
 
 
+def test_a_result_that_cannot_be_pickled_raises_maybe_encoding_error(ctx: Any) -> None:
+    """The stdlib's exception, attributes and message; the error callback gets it too."""
+    errors: list[BaseException] = []
+    with ctx.Pool(2) as pool:
+        result = pool.apply_async(
+            _targets.pool_fault, (("unpicklable_result", 1),), error_callback=errors.append
+        )
+        with pytest.raises(serentak.pool.MaybeEncodingError) as caught:
+            result.get(PATIENCE)
+        error = caught.value
+        assert error.exc == "TypeError(\"cannot pickle '_thread.lock' object\")"
+        assert error.value.startswith("<unlocked _thread.lock object at ")
+        assert str(error) == f"Error sending result: '{error.value}'. Reason: '{error.exc}'"
+        assert repr(error) == f"<MaybeEncodingError: {error}>"
+        assert isinstance(error.__cause__, serentak.pool.RemoteTraceback)
+        assert "cannot pickle" in str(error.__cause__)
+        pool.close()
+        pool.join()
+    assert len(errors) == 1
+    assert isinstance(errors[0], serentak.pool.MaybeEncodingError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.exc, copy.value, str(copy)) == (error.exc, error.value, str(error))
+
+
+def test_a_map_whose_chunk_cannot_be_pickled_raises_maybe_encoding_error(ctx: Any) -> None:
+    with ctx.Pool(2) as pool:
+        with pytest.raises(serentak.pool.MaybeEncodingError, match="Error sending result"):
+            pool.map(_targets.pool_fault, [("ok", 0), ("unpicklable_result", 1)], chunksize=2)
+        assert pool.map(_targets.pool_square, range(3)) == [0, 1, 4]
+
+
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [("system_exit", SystemExit), ("keyboard_interrupt", KeyboardInterrupt)],
@@ -401,7 +433,10 @@ def test_faults_while_a_task_travels(ctx: Any, workers: Workers, how: str, phase
         others = [pool.apply_async(_targets.pool_square, (x,)) for x in range(4)]
         result.wait(PATIENCE)
         assert result.ready()
-        if how == "raise":
+        if how == "raise" and phase == "pickling the result":
+            with pytest.raises(serentak.pool.MaybeEncodingError, match="raised while"):
+                result.get(0)
+        elif how == "raise":
             with pytest.raises(ValueError, match="raised while"):
                 result.get(0)
         else:
