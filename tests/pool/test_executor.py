@@ -281,6 +281,35 @@ def test_initializer_and_max_tasks_per_child(ctx: Any, tmp_path: Path) -> None:
     assert set(pids) <= {int(pid) for pid in lines(workers)}
 
 
+# ---- processes of its own ----------------------------------------------------------------------
+
+
+def test_a_call_can_start_a_pool(ctx: Any) -> None:
+    """The workers are not daemonic (as the stdlib executor's since 3.9)."""
+    with executor_of(ctx) as executor:
+        future = executor.submit(_targets.pool_nested_map, ctx.get_start_method())
+        daemonic, squares = future.result(PATIENCE)
+    assert daemonic is False
+    assert squares == [0, 1, 4, 9]
+
+
+def test_a_process_that_leaves_its_executor_running_still_exits(ctx: Any, tmp_path: Path) -> None:
+    """Its exit joins its non-daemonic children: the executor is stopped first."""
+    ran = tmp_path / "ran"
+    process = ctx.Process(
+        target=_targets.exec_submit_and_leave, args=(ctx.get_start_method(), str(ran))
+    )
+    process.start()
+    try:
+        process.join(PATIENCE)
+        assert process.exitcode == 0
+        assert len(lines(ran)) == 1
+    finally:
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+
+
 @pytest.mark.parametrize("wait", ["result", "exception", "shutdown"])
 def test_a_signal_taken_by_another_thread_interrupts_a_wait(
     ctx: Any, gates: Path, wait: str

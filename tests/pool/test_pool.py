@@ -168,6 +168,25 @@ def test_tasks_submitted_before_close_run_when_workers_retire_after_it(
     assert executions == list(range(6)), "lost or repeated"
 
 
+def test_a_pool_cannot_start_in_a_pool_worker_or_a_daemonic_process(ctx: Any) -> None:
+    """As in the stdlib: daemonic processes (pool workers are) may not have children.
+    The task fails with the stdlib's AssertionError; the outer pool goes on."""
+    method = ctx.get_start_method()
+    message = "daemonic processes are not allowed to have children"
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_targets.pool_try_nested_pool, (method,)) == message
+        assert pool.apply(_targets.pool_square, (3,)) == 9
+    ours, theirs = ctx.Pipe()
+    process = ctx.Process(target=_targets.pool_nested_pool_reports, args=(theirs, method))
+    process.daemon = True
+    process.start()
+    theirs.close()
+    assert ours.recv() == message
+    ours.close()
+    process.join(PATIENCE)
+    assert process.exitcode == 0
+
+
 # ---- apply and AsyncResult -------------------------------------------------------------------
 
 

@@ -756,6 +756,63 @@ def test_workers_exit_when_the_parent_is_killed(
     assert still_running_after(family, PATIENCE) == set(), "orphans left behind"
 
 
+EXECUTOR_PARENT_DEATH_SCRIPT = """
+import os
+import signal
+import sys
+
+import serentak
+
+
+def note(path):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b"%d\\n" % os.getpid())
+    os.close(fd)
+
+
+def block(path):
+    note(path)
+    while True:
+        signal.pause()
+
+
+def nested(method, path):
+    note(path)
+    with serentak.get_context(method).Pool(2) as pool:
+        pool.map(block, [path] * 2, chunksize=1)
+
+
+if __name__ == "__main__":
+    method, path = sys.argv[1:]
+    executor = serentak.ProcessPoolExecutor(2, mp_context=serentak.get_context(method))
+    executor.submit(nested, method, path)
+    print(*[child.pid for child in serentak.active_children()], flush=True)
+    while True:
+        signal.pause()
+"""
+
+
+def test_executor_workers_and_their_pools_exit_when_the_parent_is_killed(
+    start_method: str, tmp_path: Path
+) -> None:
+    """The executor's workers are not daemonic, yet die with its process; the pool
+    one of them started dies with that worker."""
+    script = tmp_path / "executor_parent_death.py"
+    script.write_text(EXECUTOR_PARENT_DEATH_SCRIPT)
+    busy = tmp_path / "busy"
+    with running_script(script, start_method, str(busy)) as process:
+        worker_pids = {int(pid) for pid in read_line(process).split()}
+        assert len(worker_pids) == 2
+        # The executor's worker, then the two workers of its pool.
+        assert until(lambda: len(lines(busy)) >= 3)
+        family = descendants_of(process.pid)
+        assert {int(pid) for pid in lines(busy)} <= family
+        process.kill()
+        process.wait()
+        alive = still_running_after(family, 1.0)
+        assert alive == set(), f"still running after their parent was killed: {alive}"
+
+
 # ---- a signal taken by another thread ----------------------------------------------------
 
 

@@ -70,6 +70,9 @@ class BaseProcess:
     # Set in the child's environment at start-up (the pool's thread limits).
     _environ: Mapping[str, str] = {}
     _ignores_sigint: bool = False  # a pool worker: Ctrl-C is the parent's to handle
+    # Part of serentak's machinery (a manager's server): it must not outlive its
+    # parent even though it is not daemonic.
+    _machinery: bool = False
 
     def __init__(
         self,
