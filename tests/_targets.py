@@ -769,6 +769,46 @@ class PoolFailWhenPickled:
         raise ValueError("raised while pickled")
 
 
+def pool_nested_map(method: str) -> tuple[bool, list[int]]:
+    """Start a Pool of two here and map with it: (this process is daemonic, the results)."""
+    import serentak
+
+    daemonic = serentak.current_process().daemon
+    with serentak.get_context(method).Pool(2) as pool:
+        return daemonic, pool.map(pool_square, range(4))
+
+
+def pool_try_nested_pool(method: str) -> str:
+    """Try to start a Pool here: "started", or the AssertionError's message."""
+    import serentak
+
+    try:
+        pool = serentak.get_context(method).Pool(1)
+    except AssertionError as exc:
+        return str(exc)
+    pool.terminate()
+    return "started"
+
+
+def pool_nested_pool_reports(conn: Any, method: str) -> None:
+    """Send what pool_try_nested_pool gives in this process."""
+    conn.send(pool_try_nested_pool(method))
+    conn.close()
+
+
+EXECUTORS_KEPT: list[Any] = []
+
+
+def exec_submit_and_leave(method: str, path: str) -> None:
+    """Start an executor, wait for one call, return without shutting it down (it
+    stays referenced: nothing collects it before the process exits)."""
+    import serentak
+
+    executor = serentak.ProcessPoolExecutor(2, mp_context=serentak.get_context(method))
+    EXECUTORS_KEPT.append(executor)
+    executor.submit(pool_note_pid, path).result(30)
+
+
 def pool_os_exit(code: int) -> None:
     import os
 
@@ -862,6 +902,21 @@ def queue_joinable_worker(queue: Any, results: Any) -> None:
             results.put(item * item)
         finally:
             queue.task_done()
+
+
+def queue_sizes_after_close(queue: Any, conn: Any) -> None:
+    """Put, close and join the feeder; send what empty(), full() and qsize() give then
+    (a value, or the exception's type name and message)."""
+    queue.put("item")
+    queue.close()
+    queue.join_thread()
+    answers = {}
+    for name in ("empty", "full", "qsize"):
+        try:
+            answers[name] = getattr(queue, name)()
+        except Exception as exc:
+            answers[name] = (type(exc).__name__, str(exc))
+    conn.send(answers)
 
 
 def queue_block_in_get(queue: Any, ready: Any) -> None:

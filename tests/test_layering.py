@@ -190,7 +190,7 @@ def test_no_two_private_classes_share_a_name() -> None:
             if isinstance(node, ast.ClassDef):
                 homes[node.name].append(module)
     # The stdlib's own public names, which its dummy/distributed variants repeat on purpose.
-    stdlib_twins = {"Connection", "Listener", "Namespace", "Pool"}
+    stdlib_twins = {"Connection", "Listener", "Namespace", "Pool", "Value"}
     twins = {
         name: where for name, where in homes.items() if len(where) > 1 and name not in stdlib_twins
     }

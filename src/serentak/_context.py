@@ -12,6 +12,7 @@ every spawned child pays for) loads only the process layer.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -358,6 +359,7 @@ class DefaultContext(BaseContext):
 
     def get_start_method(self, allow_none: bool = False) -> str | None:
         """The default start method's name (fixing it unless ``allow_none``)."""
+        _refuse_the_stdlib_executor(self)
         if settings.start_method is None and allow_none:
             return None
         return fixed_start_method().value
@@ -383,7 +385,34 @@ class _ConcreteContext(BaseContext):
     _method: ClassVar[StartMethod]
 
     def get_start_method(self, allow_none: bool = False) -> str:
+        _refuse_the_stdlib_executor(self)
         return self._method.value
+
+
+# The module of the stdlib's ProcessPoolExecutor, whose constructor asks its
+# mp_context for the start method before it makes anything.
+_STDLIB_EXECUTOR_MODULE = "concurrent.futures.process"
+
+
+def _refuse_the_stdlib_executor(context: BaseContext) -> None:
+    """Raise if the caller of ``get_start_method`` is the stdlib's ProcessPoolExecutor.
+
+    It builds the stdlib's own queues and locks on its mp_context and reads
+    their private state from a thread of its own, where a serentak context
+    would fail out of the caller's sight, leaving its calls waiting for ever.
+    Refused in its constructor, before it has started anything.
+
+    Raises:
+        TypeError: naming serentak.ProcessPoolExecutor, the same interface.
+    """
+    caller = sys._getframe(2)
+    if caller.f_globals.get("__name__") == _STDLIB_EXECUTOR_MODULE:
+        raise TypeError(
+            "concurrent.futures.ProcessPoolExecutor cannot run on a serentak context: "
+            "use serentak.ProcessPoolExecutor(max_workers, "
+            f"mp_context=serentak.get_context({context._name!r})), which has the same "
+            "interface, or give the stdlib's executor a multiprocessing context"
+        )
 
 
 class ForkContext(_ConcreteContext):

@@ -10,12 +10,14 @@
           ├── WorkerLostError          a pool worker died holding its task
           └── PoolTerminatedError      the pool was terminated before the task finished
      └── RemoteTraceback               a worker's traceback, chained as __cause__
+     └── MaybeEncodingError            a task's result could not be pickled (serentak.pool)
     Warning
      └── RuntimeWarning
           └── LockOwnerDiedWarning     a lock was taken over from a process that died holding it
 
 The first four are the stdlib's ``multiprocessing`` exceptions with the same
-names and meaning, ``RemoteTraceback`` is the stdlib pool's; the rest are ours.
+names and meaning, ``RemoteTraceback`` and ``MaybeEncodingError`` are the
+stdlib pool's; the rest are ours.
 """
 
 from __future__ import annotations
@@ -64,6 +66,29 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class MaybeEncodingError(Exception):
+    """A task's result could not be pickled in the worker to travel back.
+
+    The stdlib pool's exception, with its attributes and message; the worker's
+    traceback of the pickling error is chained as ``__cause__``.
+
+    Attributes:
+        exc: ``repr()`` of the error that pickling raised.
+        value: ``repr()`` of the result.
+    """
+
+    def __init__(self, exc: object, value: object) -> None:
+        self.exc = repr(exc)
+        self.value = repr(value)
+        super().__init__(self.exc, self.value)
+
+    def __str__(self) -> str:
+        return f"Error sending result: '{self.value}'. Reason: '{self.exc}'"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self}>"
 
 
 class LockOwnerDiedWarning(RuntimeWarning):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._exceptions import MaybeEncodingError as MaybeEncodingError
 from ._exceptions import RemoteTraceback as RemoteTraceback
 from ._pool.api import Pool as Pool
 from ._pool.engines.process import PoolStats as PoolStats

@@ -417,6 +417,22 @@ def test_shared_memory_manager(ctx: Any) -> None:
             SharedMemory(name)
 
 
+@pytest.mark.usefixtures("tracker_running")
+def test_shared_memory_manager_makes_nothing_unless_running(ctx: Any) -> None:
+    """ValueError, as the stdlib's, before start() and after shutdown(); no segment made."""
+    before = set(os.listdir("/dev/shm"))
+    manager = SharedMemoryManager(ctx=ctx)
+    for make in (lambda: manager.SharedMemory(9), lambda: manager.ShareableList([1])):
+        with pytest.raises(ValueError, match=r"not running \(initial\).*start\(\)"):
+            make()
+    with manager:
+        block = manager.SharedMemory(9)
+        block.close()
+    with pytest.raises(ValueError, match=r"not running \(shutdown\)"):
+        manager.SharedMemory(9)
+    assert set(os.listdir("/dev/shm")) == before
+
+
 def test_get_server_in_this_process(ctx: Any) -> None:
     server = SyncManager(authkey=b"k", ctx=ctx).get_server()
     serving = threading.Thread(target=server.serve_forever)

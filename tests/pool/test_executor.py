@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -279,6 +280,50 @@ def test_initializer_and_max_tasks_per_child(ctx: Any, tmp_path: Path) -> None:
         pids = [executor.submit(_targets.pool_pid, x).result(PATIENCE)[1] for x in range(3)]
     assert len(set(pids)) == 3, "a worker ran more than one task"
     assert set(pids) <= {int(pid) for pid in lines(workers)}
+
+
+def test_the_stdlibs_executor_on_a_serentak_context_is_refused_at_construction(ctx: Any) -> None:
+    """It would build the stdlib's queues on our context and wait for ever; the error
+    names the executor to use instead. Nothing is started before it is raised."""
+    method = ctx.get_start_method()
+    expected = re.escape(
+        "use serentak.ProcessPoolExecutor(max_workers, "
+        f"mp_context=serentak.get_context({method!r}))"
+    )
+    with pytest.raises(TypeError, match=expected):
+        concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx)
+    with pytest.raises(TypeError, match=r"serentak\.ProcessPoolExecutor"):
+        concurrent.futures.ProcessPoolExecutor(2, mp_context=serentak)  # type: ignore[call-overload]
+    assert ctx.get_start_method() == method  # everyone else still gets the answer
+
+
+# ---- processes of its own ----------------------------------------------------------------------
+
+
+def test_a_call_can_start_a_pool(ctx: Any) -> None:
+    """The workers are not daemonic (as the stdlib executor's since 3.9)."""
+    with executor_of(ctx) as executor:
+        future = executor.submit(_targets.pool_nested_map, ctx.get_start_method())
+        daemonic, squares = future.result(PATIENCE)
+    assert daemonic is False
+    assert squares == [0, 1, 4, 9]
+
+
+def test_a_process_that_leaves_its_executor_running_still_exits(ctx: Any, tmp_path: Path) -> None:
+    """Its exit joins its non-daemonic children: the executor is stopped first."""
+    ran = tmp_path / "ran"
+    process = ctx.Process(
+        target=_targets.exec_submit_and_leave, args=(ctx.get_start_method(), str(ran))
+    )
+    process.start()
+    try:
+        process.join(PATIENCE)
+        assert process.exitcode == 0
+        assert len(lines(ran)) == 1
+    finally:
+        if process.exitcode is None:
+            process.kill()
+            process.join()
 
 
 @pytest.mark.parametrize("wait", ["result", "exception", "shutdown"])

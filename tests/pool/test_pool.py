@@ -139,6 +139,54 @@ def test_maxtasksperchild_replaces_workers_without_losing_or_repeating_tasks(
     assert set(per_worker) <= {int(pid) for pid in lines(tmp_path / "workers")}
 
 
+@pytest.mark.parametrize("submit", ["apply_async", "map"])
+def test_tasks_submitted_before_close_run_when_workers_retire_after_it(
+    ctx: Any, tmp_path: Path, submit: str
+) -> None:
+    """close() right after submitting, with maxtasksperchild=1: the workers that
+    retire after close() are replaced until every submitted task has run."""
+    record = tmp_path / "record"
+    pool = ctx.Pool(3, maxtasksperchild=1)
+    try:
+        if submit == "apply_async":
+            handles = [pool.apply_async(_targets.pool_record, (str(record), i)) for i in range(6)]
+        else:
+            mapped = pool.starmap_async(
+                _targets.pool_record, [(str(record), i) for i in range(6)], chunksize=1
+            )
+        pool.close()
+        pool.join()
+        if submit == "apply_async":
+            results = [handle.get(0) for handle in handles]
+        else:
+            results = mapped.get(0)
+    finally:
+        pool.terminate()
+    assert [task for task, _ in results] == list(range(6))
+    assert len({pid for _, pid in results}) == 6, "a worker ran more than one task"
+    executions = sorted(int(line.split()[0]) for line in lines(record))
+    assert executions == list(range(6)), "lost or repeated"
+
+
+def test_a_pool_cannot_start_in_a_pool_worker_or_a_daemonic_process(ctx: Any) -> None:
+    """As in the stdlib: daemonic processes (pool workers are) may not have children.
+    The task fails with the stdlib's AssertionError; the outer pool goes on."""
+    method = ctx.get_start_method()
+    message = "daemonic processes are not allowed to have children"
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_targets.pool_try_nested_pool, (method,)) == message
+        assert pool.apply(_targets.pool_square, (3,)) == 9
+    ours, theirs = ctx.Pipe()
+    process = ctx.Process(target=_targets.pool_nested_pool_reports, args=(theirs, method))
+    process.daemon = True
+    process.start()
+    theirs.close()
+    assert ours.recv() == message
+    ours.close()
+    process.join(PATIENCE)
+    assert process.exitcode == 0
+
+
 # ---- apply and AsyncResult -------------------------------------------------------------------
 
 

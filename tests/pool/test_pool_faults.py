@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import pickle
 import re
 import signal
 import threading
@@ -361,6 +362,37 @@ def test_what_cannot_travel_back_fails_only_its_task(
         check_pool_goes_on(pool, workers, before, died=False)
 
 
+def test_a_result_that_cannot_be_pickled_raises_maybe_encoding_error(ctx: Any) -> None:
+    """The stdlib's exception, attributes and message; the error callback gets it too."""
+    errors: list[BaseException] = []
+    with ctx.Pool(2) as pool:
+        result = pool.apply_async(
+            _targets.pool_fault, (("unpicklable_result", 1),), error_callback=errors.append
+        )
+        with pytest.raises(serentak.pool.MaybeEncodingError) as caught:
+            result.get(PATIENCE)
+        error = caught.value
+        assert error.exc == "TypeError(\"cannot pickle '_thread.lock' object\")"
+        assert error.value.startswith("<unlocked _thread.lock object at ")
+        assert str(error) == f"Error sending result: '{error.value}'. Reason: '{error.exc}'"
+        assert repr(error) == f"<MaybeEncodingError: {error}>"
+        assert isinstance(error.__cause__, serentak.pool.RemoteTraceback)
+        assert "cannot pickle" in str(error.__cause__)
+        pool.close()
+        pool.join()
+    assert len(errors) == 1
+    assert isinstance(errors[0], serentak.pool.MaybeEncodingError)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.exc, copy.value, str(copy)) == (error.exc, error.value, str(error))
+
+
+def test_a_map_whose_chunk_cannot_be_pickled_raises_maybe_encoding_error(ctx: Any) -> None:
+    with ctx.Pool(2) as pool:
+        with pytest.raises(serentak.pool.MaybeEncodingError, match="Error sending result"):
+            pool.map(_targets.pool_fault, [("ok", 0), ("unpicklable_result", 1)], chunksize=2)
+        assert pool.map(_targets.pool_square, range(3)) == [0, 1, 4]
+
+
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [("system_exit", SystemExit), ("keyboard_interrupt", KeyboardInterrupt)],
@@ -401,7 +433,10 @@ def test_faults_while_a_task_travels(ctx: Any, workers: Workers, how: str, phase
         others = [pool.apply_async(_targets.pool_square, (x,)) for x in range(4)]
         result.wait(PATIENCE)
         assert result.ready()
-        if how == "raise":
+        if how == "raise" and phase == "pickling the result":
+            with pytest.raises(serentak.pool.MaybeEncodingError, match="raised while"):
+                result.get(0)
+        elif how == "raise":
             with pytest.raises(ValueError, match="raised while"):
                 result.get(0)
         else:
@@ -719,6 +754,63 @@ def test_workers_exit_when_the_parent_is_killed(
         alive = still_running_after(worker_pids, 0.5)
         assert alive == set(), f"workers still running {time.monotonic() - killed:.2f} s later"
     assert still_running_after(family, PATIENCE) == set(), "orphans left behind"
+
+
+EXECUTOR_PARENT_DEATH_SCRIPT = """
+import os
+import signal
+import sys
+
+import serentak
+
+
+def note(path):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b"%d\\n" % os.getpid())
+    os.close(fd)
+
+
+def block(path):
+    note(path)
+    while True:
+        signal.pause()
+
+
+def nested(method, path):
+    note(path)
+    with serentak.get_context(method).Pool(2) as pool:
+        pool.map(block, [path] * 2, chunksize=1)
+
+
+if __name__ == "__main__":
+    method, path = sys.argv[1:]
+    executor = serentak.ProcessPoolExecutor(2, mp_context=serentak.get_context(method))
+    executor.submit(nested, method, path)
+    print(*[child.pid for child in serentak.active_children()], flush=True)
+    while True:
+        signal.pause()
+"""
+
+
+def test_executor_workers_and_their_pools_exit_when_the_parent_is_killed(
+    start_method: str, tmp_path: Path
+) -> None:
+    """The executor's workers are not daemonic, yet die with its process; the pool
+    one of them started dies with that worker."""
+    script = tmp_path / "executor_parent_death.py"
+    script.write_text(EXECUTOR_PARENT_DEATH_SCRIPT)
+    busy = tmp_path / "busy"
+    with running_script(script, start_method, str(busy)) as process:
+        worker_pids = {int(pid) for pid in read_line(process).split()}
+        assert len(worker_pids) == 2
+        # The executor's worker, then the two workers of its pool.
+        assert until(lambda: len(lines(busy)) >= 3)
+        family = descendants_of(process.pid)
+        assert {int(pid) for pid in lines(busy)} <= family
+        process.kill()
+        process.wait()
+        alive = still_running_after(family, 1.0)
+        assert alive == set(), f"still running after their parent was killed: {alive}"
 
 
 # ---- a signal taken by another thread ----------------------------------------------------

@@ -8,6 +8,7 @@ and ``multiprocessing.dummy`` run the same calls and the outcomes are compared.
 
 from __future__ import annotations
 
+import array
 import multiprocessing.dummy
 import multiprocessing.pool
 import os
@@ -240,6 +241,23 @@ def test_dummy_has_the_stdlib_names() -> None:
     assert sorted(serentak.dummy.__all__) == sorted(multiprocessing.dummy.__all__)
     for name in serentak.dummy.__all__:
         assert hasattr(serentak.dummy, name), name
+
+
+def test_dummy_value_array_dict_and_list_are_the_stdlibs() -> None:
+    """What the stdlib's dummy gives: plain objects threads share, no locks."""
+    ours, theirs = serentak.dummy.Value("i", 3), multiprocessing.dummy.Value("i", 3)
+    assert repr(ours) == repr(theirs) == "<Value('i', 3)>"
+    ours.value += 4
+    assert ours.value == 7
+    unlocked = serentak.dummy.Value("d", 1.5, lock=False)
+    assert unlocked.value == 1.5
+    numbers = serentak.dummy.Array("i", range(4), lock=False)
+    assert numbers == multiprocessing.dummy.Array("i", range(4)) == array.array("i", range(4))
+    with serentak.dummy.Pool(2) as pool:
+        pool.starmap(numbers.__setitem__, [(i, 9) for i in range(4)])
+    assert list(numbers) == [9, 9, 9, 9]
+    assert serentak.dummy.dict is dict
+    assert serentak.dummy.list is list
 
 
 def test_dummy_process_is_a_thread() -> None:

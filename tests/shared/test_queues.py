@@ -227,6 +227,34 @@ def test_closed_queue_raises_value_error(q: _queues.Queue) -> None:
     q.join_thread()  # nothing buffered: returns at once
 
 
+@pytest.mark.parametrize("kind", [_queues.Queue, _queues.JoinableQueue])
+def test_empty_after_close_raises_oserror_once_the_queue_was_used(
+    ctx: Any, kind: type[_queues.Queue]
+) -> None:
+    """The stdlib's rule: close() of a queue never put to changes nothing; after
+    a put, empty() raises OSError (qsize() and full() still answer)."""
+    unused = kind()
+    unused.close()
+    unused.join_thread()
+    assert unused.empty()
+    used = kind()
+    ours, theirs = Pipe()
+    process = run(ctx, _targets.queue_sizes_after_close, used, theirs)
+    answers = ours.recv()
+    finish(process)
+    assert answers == {"empty": ("OSError", "handle is closed"), "full": False, "qsize": 1}
+    assert used.get(timeout=PATIENCE) == "item"
+    used.put("mine")
+    used.close()
+    used.join_thread()
+    with pytest.raises(OSError, match="is closed"):
+        used.empty()
+    assert used.qsize() == 1
+    assert not used.full()
+    for end in (ours, theirs):
+        end.close()
+
+
 def test_big_messages_in_one_process(q: _queues.Queue) -> None:
     in_ring_max = _queues._IN_RING_MAX
     for size in (in_ring_max - 100, in_ring_max + 100, 10 * MB):

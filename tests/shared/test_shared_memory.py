@@ -309,6 +309,28 @@ def test_shareable_list_across_processes(ctx: Any) -> None:
         sl.shm.unlink()
 
 
+def test_a_shareable_list_pickles_to_the_same_size_whatever_it_holds(ctx: Any) -> None:
+    """It pickles as its block's name (the stdlib's rule), not the block's size."""
+    small: ShareableList[Any] = ShareableList(["text", 41, 2.5, b"bytes"])
+    large = ShareableList(range(400))
+    try:
+        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+            small_pickle = pickle.dumps(small, protocol=protocol)
+            assert len(small_pickle) == len(pickle.dumps(large, protocol=protocol))
+            copy = pickle.loads(small_pickle)
+            assert list(copy) == list(small)
+            copy[1] = 0
+            assert small[1] == 0
+            copy.shm.close()
+        small[1] = 41
+        run(ctx, _targets.shm_list_update, small, small.shm.name)
+        assert list(small) == ["changed", 42, None, b"x\x00"]
+    finally:
+        for shareable in (small, large):
+            shareable.shm.close()
+            shareable.shm.unlink()
+
+
 # ---- the tracker ---------------------------------------------------------------------------
 
 

@@ -380,13 +380,40 @@ def fd_to_send(fd: int, what: str, *, inheritance_only: bool = True) -> int:
     Raises:
         RuntimeError: with the stdlib's message, when the handle may not travel
             this way.
+        TypeError: the stdlib's multiprocessing is starting a child with it
+            (spawn or forkserver), which cannot carry serentak's handles.
     """
     outgoing = _thread_state().outgoing
     if outgoing is None or (inheritance_only and not outgoing.spawning):
-        raise RuntimeError(
-            f"{what} objects should only be shared between processes through inheritance"
-        )
+        raise inheritance_only_error(what)
     return outgoing.add(fd)
+
+
+def inheritance_only_error(what: str) -> Exception:
+    """The error for a ``what`` pickled other than for a child serentak starts: the
+    stdlib's RuntimeError, or a TypeError naming the fix when the stdlib's own
+    multiprocessing is starting a child with it."""
+    if _stdlib_starting_a_child():
+        return TypeError(
+            f"serentak's {what} cannot be given to a process that the stdlib's "
+            "multiprocessing starts with spawn or forkserver: start that process "
+            f"with serentak (serentak.get_context(method).Process), or make the {what} "
+            "with multiprocessing"
+        )
+    return RuntimeError(
+        f"{what} objects should only be shared between processes through inheritance"
+    )
+
+
+def _stdlib_starting_a_child() -> bool:
+    """Whether the stdlib's multiprocessing, if the program loaded it, is pickling a
+    child's start-up data in this thread (its own test for that; never imported here)."""
+    context = sys.modules.get("multiprocessing.context")
+    spawning_popen = getattr(context, "get_spawning_popen", None)
+    try:
+        return spawning_popen is not None and spawning_popen() is not None
+    except Exception:
+        return False  # not the stdlib's as we know it: the RuntimeError then
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from serentak._managers.manager import BaseManager
-from serentak._managers.protocol import Reply, Returned
+from serentak._managers.protocol import ManagerState, Reply, Returned
 from serentak._managers.server import Server
 from serentak._os import posix as _posix
 from serentak._process import tracker as _tracker
@@ -102,16 +102,35 @@ class SharedMemoryManager(BaseManager):
     _Server = SharedMemoryServer
 
     def SharedMemory(self, size: int) -> _Block:
-        """A new SharedMemory block of ``size`` bytes, unlinked when the manager shuts down."""
+        """A new SharedMemory block of ``size`` bytes, unlinked when the manager shuts down.
+
+        Raises:
+            ValueError: the manager is not running (as the stdlib's).
+        """
+        self._check_running()
         block = _Block(None, create=True, size=size)
         self._track(block)
         return block
 
     def ShareableList(self, sequence: Iterable[Any] | None) -> _List[Any]:
-        """A new ShareableList of ``sequence``, unlinked when the manager shuts down."""
+        """A new ShareableList of ``sequence``, unlinked when the manager shuts down.
+
+        Raises:
+            ValueError: the manager is not running (as the stdlib's).
+        """
+        self._check_running()
         shareable: _List[Any] = _List(sequence)
         self._track(shareable.shm)
         return shareable
+
+    def _check_running(self) -> None:
+        # Before a segment exists: one made for a manager that cannot track it
+        # would only have to be unlinked again.
+        if self._state is not ManagerState.STARTED:
+            raise ValueError(
+                f"the SharedMemoryManager is not running ({self._state.name.lower()}): "
+                "call start() first, or use it in a with block"
+            )
 
     def _track(self, block: _Block) -> None:
         try:

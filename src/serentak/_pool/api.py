@@ -27,12 +27,12 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 from serentak._ipc.buffers import Packed, pack
 from serentak._ipc.serialize import dumps
 from serentak._os import waiting as _waiting
-from serentak._process.process import BaseProcess
+from serentak._process.process import BaseProcess, register_before_exit
 
 from .engines.process import (
     AskStats,
@@ -541,6 +541,10 @@ class Pool(BasePool):
     and the task fails with :class:`serentak.TimeoutError`.
     """
 
+    # Daemonic workers, as the stdlib's Pool has: a task cannot start processes.
+    # The executor's are not (as the stdlib's executor's, since 3.9).
+    _daemonic_workers: ClassVar[bool] = True
+
     def __init__(
         self,
         processes: int | None = None,
@@ -561,8 +565,12 @@ class Pool(BasePool):
         worker_names = itertools.count(1)
         environ = thread_limits(ctx.cpu_count(), processes)
 
+        daemonic = self._daemonic_workers
+
         def make_process(target: Callable[..., object], args: tuple[Any, ...]) -> BaseProcess:
-            process: BaseProcess = process_class(target=target, args=args, daemon=True)
+            process: BaseProcess = process_class(target=target, args=args, daemon=daemonic)
+            # Either way a worker dies with this process: it is never left running alone.
+            process._machinery = True
             prefix = process.name.rsplit("-", 1)[0].replace("Process", "PoolWorker")
             process.name = f"{prefix}-{next(worker_names)}"
             process._environ = environ
@@ -578,6 +586,10 @@ class Pool(BasePool):
         self._process_engine = ProcessEngine(supervisor)
         super().__init__(self._process_engine, processes)
         self._supervisor = supervisor
+        if not daemonic:
+            # This process's exit joins its non-daemonic children: stop the pool
+            # first (as its finalizer would), or the exit would wait for ever.
+            register_before_exit(self._finalizer)
 
     def _stop_workers(self, *, kill: bool) -> None:
         """SIGTERM (SIGKILL with ``kill``) every worker: each fails the task it runs

@@ -77,6 +77,13 @@ class _FutureSink:
             self._future.set_result(value)
 
 
+class _ExecutorPool(Pool):
+    """The executor's pool: its workers are not daemonic, so that a task may start
+    processes (a Pool of its own); they still die with the executor's process."""
+
+    _daemonic_workers = False
+
+
 class ProcessPoolExecutor(concurrent.futures.Executor):
     """An Executor running calls in worker processes.
 
@@ -102,7 +109,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
     ) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
-        self._pool = Pool(max_workers, initializer, initargs, max_tasks_per_child, mp_context)
+        self._pool = _ExecutorPool(
+            max_workers, initializer, initargs, max_tasks_per_child, mp_context
+        )
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._unfinished: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()

@@ -26,7 +26,7 @@ the supervisor thread).
 A task's exception comes back whole: the exception itself if it survives a
 pickle round trip, with the worker's formatted traceback; if it does not, a
 ProcessError naming its type and message. A result that cannot be pickled
-fails its task the same way. Nothing a task does, BaseExceptions included,
+fails its task with the stdlib's MaybeEncodingError. Nothing a task does, BaseExceptions included,
 takes the worker loop down: only the process dying does.
 """
 
@@ -43,7 +43,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from serentak._exceptions import ProcessError, RemoteTraceback
+from serentak._exceptions import MaybeEncodingError, ProcessError, RemoteTraceback
 from serentak._ipc.buffers import Packed, pack, unpack
 from serentak._ipc.connection import Connection
 from serentak._ipc.serialize import dumps, loads
@@ -228,6 +228,23 @@ class Failure:
             text += f"\n(the exception could not be sent back whole: {problem!r})"
         return cls(kept, name, str(exc), text)
 
+    @classmethod
+    def of_result(cls, exc: BaseException, result: object) -> Failure:
+        """``exc`` (being handled), raised while pickling ``result``: the caller gets
+        the stdlib's MaybeEncodingError, the pickling traceback as its cause."""
+        note = f"the result ({type(result).__qualname__}) could not be pickled"
+        failure = cls.of(exc, note=note)
+        try:
+            wrapped = MaybeEncodingError(exc, result)
+        except Exception:  # the result's own repr() raised
+            wrapped = MaybeEncodingError(exc, _Unprintable(type(result).__qualname__))
+        return dataclasses.replace(
+            failure,
+            exception=wrapped,
+            type_name=f"{MaybeEncodingError.__module__}.{MaybeEncodingError.__qualname__}",
+            message=str(wrapped),
+        )
+
     def to_exception(self) -> BaseException:
         """The exception to raise in the caller, the worker's traceback as its cause."""
         exc = self.exception
@@ -238,6 +255,16 @@ class Failure:
             )
         exc.__cause__ = RemoteTraceback(self.traceback)
         return exc
+
+
+class _Unprintable:
+    """Stands for a result whose repr() raised, in a MaybeEncodingError."""
+
+    def __init__(self, type_name: str) -> None:
+        self._type_name = type_name
+
+    def __repr__(self) -> str:
+        return f"<{self._type_name} object (its repr() raised)>"
 
 
 def encode_failure(failure: Failure) -> bytes:
@@ -376,8 +403,7 @@ class _WorkerLoop:
         try:
             packed = pack(result)
         except BaseException as exc:
-            note = f"the result ({type(result).__qualname__}) could not be pickled"
-            failure = encode_failure(Failure.of(exc, note=note))
+            failure = encode_failure(Failure.of_result(exc, result))
             self.reply(Kind.FAILED, task_id, Packed(failure), started)
             return
         self.reply(Kind.DONE, task_id, packed, started)

@@ -336,7 +336,10 @@ class ShareableList(Generic[_T]):
         self._length: int = _COUNT.unpack_from(_buffer(shm), 0)[0]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _attach_list, (type(self), self.shm)
+        # The name, not the block: a pickle that does not grow with the contents
+        # (the block pickles its size), as the stdlib's.
+        shm = self.shm
+        return _attach_list, (type(self), shm.name, shm._track, _tracker.child_link())
 
     def _position(self, index: Any, message: str) -> int:
         position = operator.index(index)
@@ -411,9 +414,12 @@ def _buffer(shm: SharedMemory) -> memoryview:
     return buf
 
 
-def _attach_list(cls: type[ShareableList[Any]], shm: SharedMemory) -> ShareableList[Any]:
+def _attach_list(
+    cls: type[ShareableList[Any]], name: str, track: bool, link: _tracker.ChildLink | None
+) -> ShareableList[Any]:
+    # ``link`` did its work while being unpickled, as for SharedMemory.
     shareable = cls.__new__(cls)
-    shareable._attach(shm)
+    shareable._attach(SharedMemory(name, track=track))
     return shareable
 
 

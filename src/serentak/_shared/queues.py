@@ -813,6 +813,9 @@ class Queue:
         self._maxsize = maxsize if bounded else _native.SEM_VALUE_MAX
         self._channel = _Channel(maxsize if bounded else 0, buffering=not bounded)
         self._closed = False
+        # Whether this process has put: as in the stdlib, close() takes the
+        # handles empty() needs only from a queue that was used.
+        self._used = False
 
     def __reduce__(self) -> tuple[Any, ...]:
         self._channel.refuse_unless_spawning(type(self).__name__)
@@ -837,6 +840,7 @@ class Queue:
         """
         if self._closed:
             self._check_open()
+        self._used = True
         self._channel.put(obj, None if block and timeout is None else _deadline(block, timeout))
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
@@ -870,6 +874,7 @@ class Queue:
             ValueError: the queue is closed.
         """
         self._check_open()
+        self._used = True
         deadline = _deadline(block, timeout)
         put = self._channel.put
         for obj in objs:
@@ -909,7 +914,15 @@ class Queue:
         return self._channel.qsize()
 
     def empty(self) -> bool:
-        """True if the queue looks empty (objects still in a feeder thread do not count)."""
+        """True if the queue looks empty (objects still in a feeder thread do not count).
+
+        Raises:
+            OSError: the queue was closed after this process put to it (the
+                stdlib's behaviour: its close() releases the reading handle
+                then; ``qsize()`` and ``full()`` keep working, as there).
+        """
+        if self._closed and self._used:
+            raise OSError("handle is closed")
         return self._channel.empty()
 
     def full(self) -> bool:
@@ -963,6 +976,7 @@ def _rebuild_queue(cls: type[Queue], maxsize: int, channel: _Channel) -> Queue:
     queue._maxsize = maxsize
     queue._channel = channel
     queue._closed = False
+    queue._used = False
     return queue
 
 

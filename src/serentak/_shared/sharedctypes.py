@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from serentak._ipc import segments as _shm
-from serentak._ipc.serialize import is_spawning
+from serentak._ipc.serialize import inheritance_only_error, is_spawning
 
 from .sync import RLock
 
@@ -85,10 +85,7 @@ class SupportsAcquire(Protocol):
 def _refuse_unless_spawning(obj: object) -> None:
     """The stdlib's rule: shared ctypes and their wrappers travel only to a child being started."""
     if not is_spawning():
-        raise RuntimeError(
-            f"{type(obj).__name__} objects should only be shared between processes "
-            "through inheritance"
-        )
+        raise inheritance_only_error(type(obj).__name__)
 
 
 # ---- shared ctypes types ----------------------------------------------------------

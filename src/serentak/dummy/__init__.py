@@ -7,6 +7,8 @@ and locks are the ``threading``/``queue`` ones.
 
 from __future__ import annotations
 
+import array
+import builtins
 import sys
 import threading
 import types
@@ -111,6 +113,40 @@ def freeze_support() -> None:
 
 class Namespace(types.SimpleNamespace):
     """An attribute bag, as ``Manager().Namespace()`` gives."""
+
+
+class Value:
+    """A value shared by threads, as ``Value(typecode, value)`` gives between processes.
+
+    Threads share memory, so it holds the object itself: ``typecode`` is kept for
+    repr() only, and there is no lock (``lock`` is accepted for the signature).
+    """
+
+    def __init__(self, typecode: Any, value: Any, lock: Any = True) -> None:
+        self._typecode = typecode
+        self._value = value
+
+    @property
+    def value(self) -> Any:
+        """The value."""
+        return self._value
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}({self._typecode!r}, {self._value!r})>"
+
+
+def Array(typecode: str, sequence: Iterable[Any], lock: Any = True) -> array.array[Any]:
+    """An ``array.array`` of ``sequence`` (threads share it as it is; ``lock`` is ignored)."""
+    return array.array(typecode, sequence)
+
+
+# Manager().dict() and Manager().list() are the plain ones: threads share them.
+dict = builtins.dict
+list = builtins.list
 
 
 def Manager() -> types.ModuleType:

@@ -199,8 +199,7 @@ def run(call: Call, function: bytes, initializer: bytes | None, arguments: Any) 
     try:
         payload = dumps(result)
     except BaseException as exc:
-        note = f"the result ({type(result).__qualname__}) could not be pickled"
-        return _reply(Status.FAILED, encode_failure(Failure.of(exc, note=note)), started)
+        return _reply(Status.FAILED, encode_failure(Failure.of_result(exc, result)), started)
     return _reply(Status.DONE, payload, started)
 
 

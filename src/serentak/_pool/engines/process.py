@@ -535,10 +535,14 @@ class Supervisor:
         worker.process.close()
 
     def _replace_if_needed(self) -> None:
-        if self._state is not PoolState.RUN or self._broken is not None:
+        """Keep ``processes`` workers while running; after Close, as many as the
+        queued tasks need: every task submitted before close() still runs, even
+        when the workers that would have run it retire (maxtasksperchild) or die."""
+        if self._state is PoolState.TERMINATE or self._broken is not None:
             return
         active = sum(1 for w in self._workers.values() if not w.retiring)
-        for _ in range(self._size - active):
+        wanted = self._size if self._state is PoolState.RUN else min(self._size, len(self._pending))
+        for _ in range(wanted - active):
             self._start_worker()
 
     def _worker_exited(self, worker: _Worker) -> None:
