@@ -13,11 +13,13 @@ import socket
 import struct
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+import _hostile
 import _targets
 import serentak
 from _signals import interrupted_by_a_signal_to_another_thread
@@ -208,6 +210,85 @@ def test_recv_bytes_maxlength(pipe: tuple[Connection, Connection]) -> None:
     a.send_bytes(b"123456")
     with pytest.raises(OSError, match="bad message length"):
         b.recv_bytes(5)
+
+
+def _peak_while(action: Callable[[], object]) -> int:
+    """The most memory (bytes, by tracemalloc) that ``action`` had allocated at once."""
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        action()
+        return tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_recv_bytes_refuses_a_long_message_before_reading_it(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    a, b = pipe
+    os.write(b.fileno(), _hostile.header(1 << 30))  # announced, never sent
+
+    def refused() -> None:
+        with pytest.raises(OSError, match="bad message length"):
+            a.recv_bytes(100)
+
+    assert _peak_while(refused) < 1024 * 1024
+    # The rest of the message is still in the stream: as with the stdlib, this end is
+    # no longer readable rather than out of step.
+    assert not a.readable
+    with pytest.raises(OSError, match="not readable"):
+        a.recv_bytes()
+    a.send_bytes(b"this end still writes")
+    assert b.recv_bytes() == b"this end still writes"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\xff" * 12, "bad message length"),  # fds flagged too, a u64 length of 2**64-1
+        (_hostile.header(5, has_fds=True) + b"hello", "file descriptors"),
+        (_hostile.header(1 << 62) + b"x", "end of file during message"),
+        (_hostile.header(1 << 63), "bad message length"),
+        (_hostile.header((1 << 64) - 1), "bad message length"),
+    ],
+)
+@pytest.mark.parametrize("reader", ["recv", "recv_bytes", "recv_bytes_into"])
+def test_malformed_frames_raise_oserror(
+    pipe: tuple[Connection, Connection], data: bytes, message: str, reader: str
+) -> None:
+    a, b = pipe
+    os.write(b.fileno(), data)
+    b.close()
+    receive = getattr(a, reader)
+    args = (bytearray(10),) if reader == "recv_bytes_into" else ()
+    with pytest.raises(OSError, match=message):
+        receive(*args)
+
+
+def test_a_frame_is_read_as_it_arrives(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    os.write(b.fileno(), _hostile.header(256 * 1024 * 1024))
+    b.send_bytes(b"x" * 100_000)  # the start of the announced payload, then the end
+    b.close()
+
+    def truncated() -> None:
+        with pytest.raises(OSError, match="end of file during message"):
+            a.recv_bytes()
+
+    assert _peak_while(truncated) < 4 * 1024 * 1024
+
+
+def test_a_big_message_grows_its_buffer_to_its_exact_size(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    a, b = pipe
+    for size in (3 * 1024 * 1024 + 7, 64 * 1024 * 1024 + 1):
+        message = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+        thread = threading.Thread(target=b.send_bytes, args=(message,))
+        thread.start()
+        assert a.recv_bytes() == message
+        thread.join()
 
 
 def test_recv_bytes_into(pipe: tuple[Connection, Connection]) -> None:

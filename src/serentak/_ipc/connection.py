@@ -10,7 +10,13 @@ Wire format, one frame per message::
 
 Reading is buffered: one ``recvmsg`` usually brings in several small frames,
 so a stream of small messages costs one system call per batch, not two per
-message. Big payloads are read straight into their own buffer.
+message. Big payloads are read straight into their own buffer, which grows as
+the bytes arrive: a length is only the peer's word, so nothing is allocated on
+it alone (a peer announcing 2 GiB and sending nothing costs nothing), and
+``recv_bytes(maxlength)`` refuses a longer message on reading its header.
+A malformed frame (a length no message can have, fds announced that never
+came) raises OSError and leaves the connection unreadable, as a refused
+message does: its bytes are still in the stream.
 
 File descriptors: the sender attaches them to the ``sendmsg`` that carries the
 frame's header. The kernel hands them over with the ``recvmsg`` that reads the
@@ -31,9 +37,10 @@ import os
 import select
 import socket
 import struct
+import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 from serentak._exceptions import BufferTooShort
 from serentak._os import _native
@@ -48,6 +55,10 @@ _LONG: Final = struct.Struct("<Q")
 _HAS_FDS: Final = 0x8000_0000
 _LONG_FOLLOWS: Final = 0x7FFF_FFFF
 _BUFFER_SIZE: Final = 256 * 1024
+# A payload's own buffer starts at most this big and grows by what it holds, at most
+# _GROWTH_STEP at a time, as the bytes arrive.
+_BIG_START: Final = 1024 * 1024
+_GROWTH_STEP: Final = 64 * 1024 * 1024
 # Payloads up to this size are sent with their header in one buffer.
 _SMALL: Final = 64 * 1024
 _DONTWAIT: Final = int(socket.MSG_DONTWAIT)
@@ -105,6 +116,8 @@ class Connection:
     """
 
     _fd: int | None = None  # so that __del__ of a half-built Connection has nothing to do
+    # What a receive says once this end may not read (see _refuse).
+    _unreadable = "connection is write-only"
 
     def __init__(self, handle: int, readable: bool = True, writable: bool = True) -> None:
         if not readable and not writable:
@@ -188,7 +201,7 @@ class Connection:
     def _check_readable(self) -> int:
         fd = self._check_open()
         if not self._readable:
-            raise OSError("connection is write-only")
+            raise OSError(self._unreadable)
         return fd
 
     def _check_writable(self) -> int:
@@ -311,16 +324,16 @@ class Connection:
 
         Raises:
             EOFError: the other end is closed and nothing is left to read.
-            OSError: the message is longer than ``maxlength`` (it is discarded).
+            OSError: the message is longer than ``maxlength``: refused on reading
+                its header, as the stdlib does; its bytes are still in the stream,
+                so this end is no longer readable (closed if it is read-only).
         """
         self._check_readable()
         if maxlength is not None and maxlength < 0:
             raise ValueError("negative maxlength")
-        payload, fds = self.recv_frame()
+        payload, fds = self.recv_frame(maxlength)
         for fd in fds:
             os.close(fd)
-        if maxlength is not None and len(payload) > maxlength:
-            raise OSError("bad message length")
         return bytes(payload)
 
     def recv_bytes_into(self, buf: Any, offset: int = 0) -> int:
@@ -359,11 +372,16 @@ class Connection:
         """True if a message (or part of one) was read ahead and awaits a receive."""
         return self._end > self._start
 
-    def recv_frame(self) -> tuple[memoryview, list[int]]:
+    def recv_frame(self, maxlength: int | None = None) -> tuple[memoryview, list[int]]:
         """Receive one frame: its payload and the fds that came with it (the caller owns them).
 
         The payload may be a view of the connection's read buffer: use it
         before the next receive on this connection.
+
+        Raises:
+            EOFError: the other end is closed and nothing is left to read.
+            OSError: the frame is malformed, or longer than ``maxlength``: this
+                end is no longer readable (see :meth:`recv_bytes`).
         """
         fd = self._check_readable()
         if self._end - self._start < _WORD.size:
@@ -375,19 +393,38 @@ class Connection:
             header += _LONG.size
             self._fill(fd, header)
             length = _LONG.unpack_from(self._buffer, self._start + _WORD.size)[0]
-        # The fds arrived with the frame's first byte, which has been read by now.
-        fds = self._fd_groups.popleft() if word & _HAS_FDS else []
+            if length > sys.maxsize:
+                self._refuse(f"bad message length: {length} bytes announced")
+        if maxlength is not None and length > maxlength:
+            self._refuse("bad message length")
+        # The fds arrived with the frame's first byte, which has been read by now. They
+        # are taken once the payload is in: if it never comes, they stay queued and are
+        # closed with the connection.
+        if word & _HAS_FDS and not self._fd_groups:
+            self._refuse("malformed frame: it announced file descriptors that did not come")
         total = header + length
         if total > len(self._buffer):
             self._start += header
-            return self._read_big(fd, length), fds
+            payload = self._read_big(fd, length)
+            return payload, self._fd_groups.popleft() if word & _HAS_FDS else []
         if self._end - self._start < total:
             self._fill(fd, total)
         start = self._start + header
         self._start += total
         if self._start == self._end:
             self._start = self._end = 0  # the view stays valid until the next read
+        fds = self._fd_groups.popleft() if word & _HAS_FDS else []
         return self._view[start : start + length], fds
+
+    def _refuse(self, message: str) -> NoReturn:
+        """Raise OSError(``message``) for a frame not to be read: its bytes are still in the
+        stream, so this end reads no more (as the stdlib's does after a bad length)."""
+        if self._writable:
+            self._readable = False
+            self._unreadable = f"connection is not readable any more: {message}"
+        else:
+            self.close()
+        raise OSError(message)
 
     def _fill(self, fd: int, size: int, *, first: bool = False) -> None:
         """Read until at least ``size`` bytes are buffered."""
@@ -403,21 +440,28 @@ class Connection:
             self._end += got
 
     def _read_big(self, fd: int, size: int) -> memoryview:
-        """A payload too big for the read buffer, read into a buffer of its own."""
-        out = bytearray(size)
+        """A payload too big for the read buffer, read into a buffer of its own.
+
+        ``size`` is the peer's word: the buffer grows as the bytes arrive, never
+        more than it holds already (and at most _GROWTH_STEP) ahead of them.
+        """
+        out = bytearray(min(size, _BIG_START))  # more than the read buffer can hold
         available = min(self._end - self._start, size)
         out[:available] = self._view[self._start : self._start + available]
         self._start += available
         if self._start == self._end:
             self._start = self._end = 0
-        view = memoryview(out)
         filled = available
         while filled < size:
-            got = self._read_into(fd, view[filled:])
+            if filled == len(out):
+                # Zeros from calloc'd pages: only the bytes appended are written.
+                out += bytes(min(len(out), _GROWTH_STEP, size - len(out)))
+            # A view for this read only: a bytearray with a view cannot grow.
+            got = self._read_into(fd, memoryview(out)[filled:])
             if got == 0:
                 self._eof(False)
             filled += got
-        return view
+        return memoryview(out)
 
     def _read_into(self, fd: int, view: memoryview) -> int:
         # The main thread must not sleep in a read that a signal taken by another

@@ -350,12 +350,7 @@ def deliver_challenge(
         raise ValueError(f"unsupported digest {digest_name!r}")
     nonce = b"{" + digest_name.encode("ascii") + b"}" + os.urandom(_NONCE_SIZE)
     connection.send_bytes(_CHALLENGE + nonce)
-    try:
-        response = connection.recv_bytes(MESSAGE_LENGTH)
-    except OSError as exc:
-        if exc.errno is not None:
-            raise  # the connection broke
-        raise AuthenticationError(f"malformed answer to the challenge: {exc}") from None
+    response = _recv_handshake(connection, "answer to the challenge")
     expected = _answer(key, nonce)
     if hmac.compare_digest(response, expected):
         connection.send_bytes(_WELCOME)
@@ -373,18 +368,30 @@ def answer_challenge(connection: Connection, authkey: bytes) -> None:
     key = _check_authkey(authkey)
     if key is None:
         raise TypeError("authkey should be a byte string")
-    try:
-        message = connection.recv_bytes(MESSAGE_LENGTH)
-    except OSError as exc:
-        if exc.errno is not None:
-            raise  # the connection broke
-        raise AuthenticationError(f"malformed challenge: {exc}") from None
+    message = _recv_handshake(connection, "challenge")
     if not message.startswith(_CHALLENGE):
         raise AuthenticationError(f"Protocol error, expected challenge: {message[:40]!r}")
     connection.send_bytes(_answer(key, message[len(_CHALLENGE) :]))
-    response = connection.recv_bytes(MESSAGE_LENGTH)
+    response = _recv_handshake(connection, "verdict on the answer")
     if response != _WELCOME:
         raise AuthenticationError("digest sent was rejected")
+
+
+def _recv_handshake(connection: Connection, what: str) -> bytes:
+    """One handshake message, read with ``MESSAGE_LENGTH`` as its cap: a longer one is
+    refused on its header, before anything is allocated for it.
+
+    Raises:
+        AuthenticationError: the message was malformed or too long.
+        EOFError: the peer closed the connection.
+        OSError: the connection broke (the error has its errno).
+    """
+    try:
+        return connection.recv_bytes(MESSAGE_LENGTH)
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # the connection broke
+        raise AuthenticationError(f"malformed {what}: {exc}") from None
 
 
 def _answer(key: bytes, nonce: bytes) -> bytes:
