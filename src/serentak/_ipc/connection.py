@@ -397,24 +397,24 @@ class Connection:
                 self._refuse(f"bad message length: {length} bytes announced")
         if maxlength is not None and length > maxlength:
             self._refuse("bad message length")
-        # The fds arrived with the frame's first byte, which has been read by now. They
-        # are taken once the payload is in: if it never comes, they stay queued and are
-        # closed with the connection.
-        if word & _HAS_FDS and not self._fd_groups:
-            self._refuse("malformed frame: it announced file descriptors that did not come")
         total = header + length
         if total > len(self._buffer):
             self._start += header
             payload = self._read_big(fd, length)
+        else:
+            if self._end - self._start < total:
+                self._fill(fd, total)
+            start = self._start + header
+            self._start += total
+            if self._start == self._end:
+                self._start = self._end = 0  # the view stays valid until the next read
+            payload = self._view[start : start + length]
+        # The fds came with the frame's first byte. They are taken once the payload is
+        # in: if it never comes, they stay queued and are closed with the connection.
+        try:
             return payload, self._fd_groups.popleft() if word & _HAS_FDS else []
-        if self._end - self._start < total:
-            self._fill(fd, total)
-        start = self._start + header
-        self._start += total
-        if self._start == self._end:
-            self._start = self._end = 0  # the view stays valid until the next read
-        fds = self._fd_groups.popleft() if word & _HAS_FDS else []
-        return self._view[start : start + length], fds
+        except IndexError:
+            self._refuse("malformed frame: it announced file descriptors that did not come")
 
     def _refuse(self, message: str) -> NoReturn:
         """Raise OSError(``message``) for a frame not to be read: its bytes are still in the
