@@ -58,7 +58,7 @@ _BUFFER_SIZE: Final = 256 * 1024
 # A payload's own buffer starts at most this big and grows by what it holds, at most
 # _GROWTH_STEP at a time, as the bytes arrive.
 _BIG_START: Final = 1024 * 1024
-_GROWTH_STEP: Final = 64 * 1024 * 1024
+_GROWTH_STEP: Final = 4 * 1024 * 1024
 # Payloads up to this size are sent with their header in one buffer.
 _SMALL: Final = 64 * 1024
 _DONTWAIT: Final = int(socket.MSG_DONTWAIT)
