@@ -1591,3 +1591,52 @@ def child_pass_handles(control: Any) -> None:
     here.send("through a Connection made by the child")
     here.close()
     control.close()
+
+
+# ---- long jobs: retries, seeds, memory limits, journals ----------------------------------------
+
+
+def pool_die_first(path: str, deaths: int, x: Any) -> Any:
+    """Note an attempt in ``path``; SIGKILL this worker on the first ``deaths`` attempts,
+    then return ``x``."""
+    import os
+    import signal
+
+    pool_append(path, str(os.getpid()))
+    with open(path) as attempts:
+        if sum(1 for _ in attempts) <= deaths:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def pool_fail_first(path: str, failures: int, x: Any) -> Any:
+    """Note an attempt in ``path``; raise ConnectionError on the first ``failures``."""
+    pool_append(path, "attempt")
+    with open(path) as attempts:
+        if sum(1 for _ in attempts) <= failures:
+            raise ConnectionError(f"flaky, attempt {x}")
+    return x
+
+
+def pool_draws(x: int) -> tuple[int, float, int, list[float]]:
+    """Draws from the task's streams: the stdlib's and numpy's."""
+    import serentak
+
+    rng = serentak.task_rng()
+    first = rng.random()
+    again = serentak.task_rng().randrange(1 << 30)  # the same stream, going on
+    numbers = serentak.task_rng("numpy").random(3).tolist()
+    return x, first, again, numbers
+
+
+def pool_allocate(size: int) -> int:
+    """Fill ``size`` bytes of memory (every page touched), return how many."""
+    block = b"\x01" * size
+    return len(block)
+
+
+def pool_fail_on(bad: int, x: int) -> int:
+    """``x * 2``, but ``x == bad`` raises ValueError."""
+    if x == bad:
+        raise ValueError(f"item {x} is bad")
+    return x * 2

@@ -34,10 +34,12 @@ NOT_YET: dict[str, set[str]] = {}
 EXTRAS = {
     "serentak": {
         "LockOwnerDiedWarning",
+        "MemoryLimitError",
         "PoolTerminatedError",
         "AsyncPool",
         "ProcessPoolExecutor",
         "WorkerLostError",
+        "task_rng",
         "worker_state",
     },
 }

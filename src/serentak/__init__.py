@@ -35,6 +35,7 @@ from ._context import default_context as _default
 from ._exceptions import AuthenticationError as AuthenticationError
 from ._exceptions import BufferTooShort as BufferTooShort
 from ._exceptions import LockOwnerDiedWarning as LockOwnerDiedWarning
+from ._exceptions import MemoryLimitError as MemoryLimitError
 from ._exceptions import PoolTerminatedError as PoolTerminatedError
 from ._exceptions import ProcessError as ProcessError
 from ._exceptions import TimeoutError as TimeoutError
@@ -46,6 +47,7 @@ from ._public import publish as _publish
 if TYPE_CHECKING:
     from ._pool.aio import AsyncPool as AsyncPool
     from ._pool.executor import ProcessPoolExecutor as ProcessPoolExecutor
+    from ._pool.seeding import task_rng as task_rng
     from ._pool.tasks import worker_state as worker_state
 
 __version__ = "0.1.0"
@@ -95,6 +97,7 @@ __all__ = [
     "Lock",
     "LockOwnerDiedWarning",
     "Manager",
+    "MemoryLimitError",
     "Pipe",
     "Pool",
     "PoolTerminatedError",
@@ -125,6 +128,7 @@ __all__ = [
     "set_executable",
     "set_forkserver_preload",
     "set_start_method",
+    "task_rng",
     "worker_state",
 ]
 
@@ -135,6 +139,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "AsyncPool": ("serentak._pool.aio", "AsyncPool"),
     "ProcessPoolExecutor": ("serentak._pool.executor", "ProcessPoolExecutor"),
     "worker_state": ("serentak._pool.tasks", "worker_state"),
+    "task_rng": ("serentak._pool.seeding", "task_rng"),
 }
 
 

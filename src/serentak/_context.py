@@ -226,6 +226,11 @@ class BaseContext:
         maxtasksperchild: int | None = None,
         *,
         max_memory_per_child: float | None = None,
+        retries: int = 0,
+        retry_on: Any = None,
+        backoff: float = 0.0,
+        memory_limit: int | str | None = None,
+        seed: int | None = None,
     ) -> _pool.Pool:
         """A pool of worker processes started with this context's start method."""
         from .pool import Pool
@@ -237,6 +242,11 @@ class BaseContext:
             maxtasksperchild,
             context=self.get_context(),
             max_memory_per_child=max_memory_per_child,
+            retries=retries,
+            retry_on=retry_on,
+            backoff=backoff,
+            memory_limit=memory_limit,
+            seed=seed,
         )
 
     # ---- managers ----------------------------------------------------------------------

@@ -8,6 +8,7 @@
           ├── AuthenticationError      a peer failed the authkey challenge
           ├── TimeoutError             also a builtin TimeoutError
           ├── WorkerLostError          a pool worker died holding its task
+          ├── MemoryLimitError         a task's worker passed its memory_limit (a MemoryError)
           └── PoolTerminatedError      the pool was terminated before the task finished
      └── RemoteTraceback               a worker's traceback, chained as __cause__
      └── MaybeEncodingError            a task's result could not be pickled (serentak.pool)
@@ -47,6 +48,12 @@ class WorkerLostError(ProcessError):
     The message names the exit code or the signal. SIGKILL, when nobody sent it
     on purpose, is most often the kernel's out-of-memory killer.
     """
+
+
+class MemoryLimitError(ProcessError, MemoryError):
+    """A task's worker process grew past the task's ``memory_limit``: the worker was
+    stopped while it ran the task, and replaced. The message names the limit and
+    the resident size the worker had reached."""
 
 
 class PoolTerminatedError(ProcessError):

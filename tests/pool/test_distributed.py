@@ -581,6 +581,24 @@ def test_map_timeout_fails_the_overdue_chunk(pool: Pool, gates: Path) -> None:
     assert got == [serentak.TimeoutError if x == 4 else f"quick{x}" for x in range(8)]
 
 
+def test_long_job_options_seed_errors_and_journal(pool: Pool, tmp_path: Path) -> None:
+    with serentak.get_context("fork").Pool(2) as local:
+        expected = local.map(_targets.pool_draws, range(12), seed=9)
+    assert pool.map(_targets.pool_draws, range(12), seed=9) == expected
+    task = functools.partial(_targets.pool_fail_on, 4)
+    results: list[Any] = pool.map(task, range(8), errors="return")
+    assert isinstance(results[4], ValueError)
+    assert results[:4] + results[5:] == [0, 2, 4, 6, 10, 12, 14]
+    journal = tmp_path / "j"
+    assert pool.map(_targets.pool_square, range(6), journal=journal) == [0, 1, 4, 9, 16, 25]
+    assert pool.map(_targets.pool_square, range(6), journal=journal) == [0, 1, 4, 9, 16, 25]
+    # What Dask decides itself: said at the call.
+    with pytest.raises(ValueError, match="cannot run tasks again"):
+        pool.map(_targets.pool_square, range(3), retries=1)
+    with pytest.raises(ValueError, match="memory_limit"):
+        pool.apply_async(_targets.pool_square, (3,), memory_limit="1GiB")
+
+
 def test_timeout_must_be_positive(pool: Pool) -> None:
     with pytest.raises(ValueError, match="positive"):
         pool.apply_async(_targets.pool_square, (1,), timeout=0)

@@ -46,16 +46,20 @@ from .engines.process import (
 )
 from .feeder import Chunker, Feeder, MapJob, progress_bar
 from .interfaces import Engine, MapSink, ResultSink
+from .journal import Journal, JournalSink, item_digest
+from .options import CallOptions, Errors
 from .results import (
     ApplyResult,
     CallbackRunner,
     Cancel,
     IMapIterator,
     IMapUnorderedIterator,
+    ItemError,
     MapResult,
     Outcome,
 )
-from .tasks import Function, Kind, Task, WorkerOptions
+from .seeding import Indexed, IndexedCall
+from .tasks import Function, ItemFailed, Kind, Task, WorkerOptions
 
 _T = TypeVar("_T")
 ProgressOption = bool | Mapping[str, Any] | None
@@ -96,6 +100,8 @@ class ProcessEngine:
     """Worker processes behind a supervisor thread: see ``engines/process.py``."""
 
     kills_overdue_tasks = True
+    retries_tasks = True
+    limits_memory = True
 
     def __init__(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
@@ -151,9 +157,11 @@ class BasePool:
     # process pool's workers ignore SIGINT; its caller's ``with`` terminates them.
     _cancel_hook: Cancel | None = None
 
-    def __init__(self, engine: Engine, processes: int) -> None:
+    def __init__(self, engine: Engine, processes: int, defaults: CallOptions | None = None) -> None:
         self._engine = engine
         self._processes = processes
+        self._defaults = defaults or CallOptions()
+        self._check_options(self._defaults)
         self._task_ids = itertools.count(1)
         self._callbacks = CallbackRunner()
         self._state = PoolState.RUN
@@ -172,6 +180,21 @@ class BasePool:
                 raise ValueError(f"{type(self).__name__} cannot stop a running task: no timeout=")
             if timeout <= 0:
                 raise ValueError(f"timeout must be positive, got {timeout!r}")
+
+    def _check_options(self, options: CallOptions) -> None:
+        what = type(self).__name__
+        if options.retry is not None and not self._engine.retries_tasks:
+            raise ValueError(f"{what} cannot run tasks again: no retries= (see the README)")
+        if options.memory_limit is not None and not self._engine.limits_memory:
+            raise ValueError(
+                f"{what} cannot stop a task at a memory limit: no memory_limit= (see the README)"
+            )
+
+    def _options(self, **given: Any) -> CallOptions:
+        """A call's long-job options, checked, over the pool's defaults."""
+        options = CallOptions.of(self._defaults, **given)
+        self._check_options(options)
+        return options
 
     def close(self) -> None:
         """Accept no more tasks; the workers exit once the queued ones are done."""
@@ -223,9 +246,22 @@ class BasePool:
         kwds: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: Any = None,
+        backoff: float | None = None,
+        memory_limit: int | str | None = None,
     ) -> _T:
         """Call ``func(*args, **kwds)`` in a worker and return its result."""
-        result: _T = self.apply_async(func, args, kwds, timeout=timeout).get()
+        result: _T = self.apply_async(
+            func,
+            args,
+            kwds,
+            timeout=timeout,
+            retries=retries,
+            retry_on=retry_on,
+            backoff=backoff,
+            memory_limit=memory_limit,
+        ).get()
         return result
 
     def apply_async(
@@ -237,6 +273,10 @@ class BasePool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: Any = None,
+        backoff: float | None = None,
+        memory_limit: int | str | None = None,
     ) -> ApplyResult:
         """Call ``func(*args, **kwds)`` in a worker; return an AsyncResult at once.
 
@@ -247,13 +287,22 @@ class BasePool:
             callback: called with the result, in a pool thread, once it succeeds.
             error_callback: called with the exception if the task fails.
             timeout: seconds the task may run before its worker is killed.
+            retries: times the task runs again if it fails with one of
+                ``retry_on`` (by default: its worker died, or it timed out).
+            retry_on: exception classes worth running the task again for.
+            backoff: seconds before the first retry, doubling for each next one.
+            memory_limit: resident memory its worker may reach while it runs
+                ("1GiB", or bytes); past it the task fails with MemoryLimitError.
         """
         self._check_running(timeout)
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
+        options = self._options(
+            retries=retries, retry_on=retry_on, backoff=backoff, memory_limit=memory_limit
+        )
         result = ApplyResult(callback, error_callback, self._callbacks)
         result.cancel_hook = self._cancel_hook
-        self._apply_to(result, func, args, kwds, timeout)
+        self._apply_to(result, func, args, kwds, timeout, options)
         return result
 
     def _apply_to(
@@ -263,8 +312,10 @@ class BasePool:
         args: Iterable[Any],
         kwds: Mapping[str, Any] | None,
         timeout: float | None,
+        options: CallOptions | None = None,
     ) -> None:
         """Run ``func(*args, **kwds)``; its outcome goes to ``sink``."""
+        options = options or self._defaults
         try:
             function = self._engine.function(func)
             payload = self._engine.encode((tuple(args), dict(kwds or {})))
@@ -272,9 +323,18 @@ class BasePool:
             sink.complete_chunk(0, Outcome.of_exception(exc))
             return
         task_id = next(self._task_ids)
-        self._engine.dispatch(
-            (Task.encoded(task_id, Kind.APPLY, function, payload, sink, 0, timeout),)
+        task = Task.encoded(
+            task_id,
+            Kind.APPLY,
+            function,
+            payload,
+            sink,
+            0,
+            timeout,
+            retry=options.retry,
+            memory_limit=options.memory_limit,
         )
+        self._engine.dispatch((task,))
 
     # ---- map family --------------------------------------------------------------------
 
@@ -286,6 +346,13 @@ class BasePool:
         *,
         timeout: float | None = None,
         progress: ProgressOption = None,
+        retries: int | None = None,
+        retry_on: Any = None,
+        backoff: float | None = None,
+        memory_limit: int | str | None = None,
+        seed: int | None = None,
+        errors: str = "raise",
+        journal: str | os.PathLike[str] | None = None,
     ) -> list[_T]:
         """``list(map(func, iterable))``, computed by the workers.
 
@@ -297,9 +364,30 @@ class BasePool:
             timeout: seconds one task may run (one chunk, if chunksize is
                 given; without one, items then go one per task).
             progress: True, or a dict of tqdm options, for a progress bar.
+            retries: times a task (a chunk) runs again if it fails with one of
+                ``retry_on`` (by default: its worker died, or it timed out).
+            retry_on: exception classes worth running a task again for.
+            backoff: seconds before the first retry, doubling for each next one.
+            memory_limit: resident memory a worker may reach while it runs a
+                task ("1GiB", or bytes); past it the task fails with
+                :class:`serentak.MemoryLimitError` and the worker is replaced.
+            seed: each item's ``serentak.task_rng()`` stream is derived from
+                it and the item's index.
+            errors: "raise" (the first failure raises) or "return" (each
+                failed item's exception is returned in its place).
+            journal: a file the results are appended to as they arrive; the
+                same call with the same journal later runs only the items
+                it does not hold.
+
+        Raises:
+            ValueError: a bad option, or a journal of another function or other inputs.
+            TypeError: a bad option type.
         """
-        result = self._map_async(Kind.MAP, func, iterable, chunksize, timeout, progress)
-        values: list[_T] = result.get()
+        values: list[_T] = self._map(
+            Kind.MAP, func, iterable, chunksize, timeout, progress, journal,
+            retries=retries, retry_on=retry_on, backoff=backoff,
+            memory_limit=memory_limit, seed=seed, errors=errors,
+        )  # fmt: skip
         return values
 
     def starmap(
@@ -310,10 +398,20 @@ class BasePool:
         *,
         timeout: float | None = None,
         progress: ProgressOption = None,
+        retries: int | None = None,
+        retry_on: Any = None,
+        backoff: float | None = None,
+        memory_limit: int | str | None = None,
+        seed: int | None = None,
+        errors: str = "raise",
+        journal: str | os.PathLike[str] | None = None,
     ) -> list[_T]:
         """Like map(), with each item unpacked as the arguments: ``func(*item)``."""
-        result = self._map_async(Kind.STARMAP, func, iterable, chunksize, timeout, progress)
-        values: list[_T] = result.get()
+        values: list[_T] = self._map(
+            Kind.STARMAP, func, iterable, chunksize, timeout, progress, journal,
+            retries=retries, retry_on=retry_on, backoff=backoff,
+            memory_limit=memory_limit, seed=seed, errors=errors,
+        )  # fmt: skip
         return values
 
     def map_async(
@@ -326,11 +424,21 @@ class BasePool:
         *,
         timeout: float | None = None,
         progress: ProgressOption = None,
+        retries: int | None = None,
+        retry_on: Any = None,
+        backoff: float | None = None,
+        memory_limit: int | str | None = None,
+        seed: int | None = None,
     ) -> MapResult:
         """Like map(), returning an AsyncResult at once."""
+        options = self._options(
+            retries=retries, retry_on=retry_on, backoff=backoff,
+            memory_limit=memory_limit, seed=seed,
+        )  # fmt: skip
         return self._map_async(
-            Kind.MAP, func, iterable, chunksize, timeout, progress, callback, error_callback
-        )
+            Kind.MAP, func, iterable, chunksize, timeout, progress, options,
+            callback, error_callback,
+        )  # fmt: skip
 
     def starmap_async(
         self,
@@ -342,11 +450,21 @@ class BasePool:
         *,
         timeout: float | None = None,
         progress: ProgressOption = None,
+        retries: int | None = None,
+        retry_on: Any = None,
+        backoff: float | None = None,
+        memory_limit: int | str | None = None,
+        seed: int | None = None,
     ) -> MapResult:
         """Like starmap(), returning an AsyncResult at once."""
+        options = self._options(
+            retries=retries, retry_on=retry_on, backoff=backoff,
+            memory_limit=memory_limit, seed=seed,
+        )  # fmt: skip
         return self._map_async(
-            Kind.STARMAP, func, iterable, chunksize, timeout, progress, callback, error_callback
-        )
+            Kind.STARMAP, func, iterable, chunksize, timeout, progress, options,
+            callback, error_callback,
+        )  # fmt: skip
 
     def imap(
         self,
@@ -358,6 +476,12 @@ class BasePool:
         progress: ProgressOption = None,
         buffersize: int | None = None,
         buffer_bytes: int | None = None,
+        retries: int | None = None,
+        retry_on: Any = None,
+        backoff: float | None = None,
+        memory_limit: int | str | None = None,
+        seed: int | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> IMapIterator:
         """A lazy map(): results in order as they come, the input read with bounded look-ahead.
 
@@ -371,10 +495,22 @@ class BasePool:
                 (Python 3.15's ``buffersize``); by default a few per worker.
             buffer_bytes: at most about this many pickled input bytes
                 submitted and not yet read (one task always goes, however big).
+            retries, retry_on, backoff, memory_limit, seed: as for :meth:`map`.
+            journal: as for :meth:`map`; the input is then read whole and the
+                call returns once every result is in the journal (a journal
+                holds whole runs, not streams).
 
         Raises:
-            ValueError: ``buffersize`` or ``buffer_bytes`` is not positive.
+            ValueError: ``buffersize`` or ``buffer_bytes`` is not positive, or a bad option.
         """
+        options = self._options(
+            retries=retries, retry_on=retry_on, backoff=backoff,
+            memory_limit=memory_limit, seed=seed,
+        )  # fmt: skip
+        if journal is not None:
+            return self._journaled_iterator(
+                func, iterable, chunksize, timeout, progress, options, journal
+            )
         return self._imap(
             IMapIterator,
             Kind.MAP,
@@ -385,6 +521,7 @@ class BasePool:
             progress,
             buffersize,
             buffer_bytes,
+            options=options,
         )
 
     def imap_unordered(
@@ -397,8 +534,22 @@ class BasePool:
         progress: ProgressOption = None,
         buffersize: int | None = None,
         buffer_bytes: int | None = None,
+        retries: int | None = None,
+        retry_on: Any = None,
+        backoff: float | None = None,
+        memory_limit: int | str | None = None,
+        seed: int | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> IMapIterator:
-        """Like imap(), results in the order they complete."""
+        """Like imap(), results in the order they complete (with ``journal=``, as imap())."""
+        options = self._options(
+            retries=retries, retry_on=retry_on, backoff=backoff,
+            memory_limit=memory_limit, seed=seed,
+        )  # fmt: skip
+        if journal is not None:
+            return self._journaled_iterator(
+                func, iterable, chunksize, timeout, progress, options, journal
+            )
         return self._imap(
             IMapUnorderedIterator,
             Kind.MAP,
@@ -409,7 +560,36 @@ class BasePool:
             progress,
             buffersize,
             buffer_bytes,
+            options=options,
         )
+
+    def _map(
+        self,
+        kind: Kind,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        timeout: float | None,
+        progress: ProgressOption,
+        journal: str | os.PathLike[str] | None,
+        **given: Any,
+    ) -> list[Any]:
+        """map() and starmap(): the results, in input order."""
+        options = self._options(**given)
+        if journal is not None:
+            done = self._journaled(
+                kind, func, iterable, chunksize, timeout, progress, options, journal
+            )
+            errors = [value.error for value in done if type(value) is ItemError]
+            if errors and options.errors is Errors.RAISE:
+                raise errors[0]
+            return [value.error if type(value) is ItemError else value for value in done]
+        values: list[Any] = self._map_async(
+            kind, func, iterable, chunksize, timeout, progress, options
+        ).get()
+        if options.errors is Errors.RETURN:
+            return [_returned(value) for value in values]
+        return values
 
     def _map_async(
         self,
@@ -419,17 +599,83 @@ class BasePool:
         chunksize: int | None,
         timeout: float | None,
         progress: ProgressOption,
+        options: CallOptions,
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> MapResult:
         self._check_running(timeout)
-        function = self._register(func)
+        if not callable(func):
+            raise TypeError(f"func must be callable, not {type(func).__name__}")
         items = iterable if isinstance(iterable, Sequence) else list(iterable)
+        if options.seed is not None:
+            func = IndexedCall(func, options.seed, kind is Kind.STARMAP)
+            items = Indexed(items)
+            kind = Kind.MAP
+        if options.errors is Errors.RETURN:
+            # Each item fails alone; a chunk that fails whole fails each of its items.
+            kind = Kind.STARMAP_EACH if kind is Kind.STARMAP else Kind.MAP_EACH
+        function = self._register(func)
         result = MapResult(callback, error_callback, self._callbacks)
         result.cancel_hook = self._cancel_hook
         self._add_job(
-            kind, function, items, len(items), chunksize, result, timeout, progress, False
+            kind, function, items, len(items), chunksize, result, timeout, progress, False,
+            options=options,
+        )  # fmt: skip
+        return result
+
+    def _journaled(
+        self,
+        kind: Kind,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        timeout: float | None,
+        progress: ProgressOption,
+        options: CallOptions,
+        path: str | os.PathLike[str],
+    ) -> list[Any]:
+        """A map whose results go to a journal; the items it holds are not run again.
+        The results in input order, an :class:`ItemError` in place of each item that failed."""
+        self._check_running(timeout)
+        if not callable(func):
+            raise TypeError(f"func must be callable, not {type(func).__name__}")
+        items = iterable if isinstance(iterable, Sequence) else list(iterable)
+        star = kind is Kind.STARMAP
+        journal = Journal.open(path, func, star)
+        try:
+            journal.check(items)
+            missing = [i for i in range(len(items)) if i not in journal.done]
+            digests = {i: item_digest(items[i]) for i in missing}
+            function = self._register(IndexedCall(func, options.seed, star))
+            result = MapResult(None, None, self._callbacks)
+            result.cancel_hook = self._cancel_hook
+            sink = JournalSink(journal, result, digests)
+            self._add_job(
+                Kind.MAP_EACH, function, Indexed(items, missing), len(missing), chunksize, sink,
+                timeout, progress, False, options=options, on_chunk=sink.chunk_fed,
+            )  # fmt: skip
+            new = iter(result.get())
+        finally:
+            journal.close()
+        return [journal.done[i][1] if i in journal.done else next(new) for i in range(len(items))]
+
+    def _journaled_iterator(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        timeout: float | None,
+        progress: ProgressOption,
+        options: CallOptions,
+        path: str | os.PathLike[str],
+    ) -> IMapIterator:
+        """imap() with a journal: every result, in order, once all are in the journal."""
+        values = self._journaled(
+            Kind.MAP, func, iterable, chunksize, timeout, progress, options, path
         )
+        result = IMapIterator(self._callbacks)
+        result.complete_chunk(0, Outcome.of_value(values))
+        result.set_length(1)
         return result
 
     def _imap(
@@ -443,19 +689,26 @@ class BasePool:
         progress: ProgressOption,
         buffersize: int | None = None,
         buffer_bytes: int | None = None,
+        *,
+        options: CallOptions | None = None,
     ) -> IMapIterator:
+        options = options or self._defaults
         self._check_running(timeout)
         check_buffer_bounds(buffersize, buffer_bytes)
+        length = len(iterable) if isinstance(iterable, Sized) else None
+        if options.seed is not None:
+            func = IndexedCall(func, options.seed, kind is Kind.STARMAP)
+            iterable = Indexed(iterable) if isinstance(iterable, Sequence) else enumerate(iterable)
+            kind = Kind.MAP
         function = self._register(func)
         if chunksize is None and buffersize is not None:
             chunksize = 1  # the bound counts tasks: as the stdlib's imap, one item each
-        if chunksize is None:
+        if chunksize is None or options.errors is Errors.RETURN:
             # The stdlib's imap sends each item alone: one that raises costs itself
             # only. With adaptive chunks the worker keeps going past it instead.
             kind = Kind.STARMAP_EACH if kind is Kind.STARMAP else Kind.MAP_EACH
-        result = iterator_class(self._callbacks)
+        result = iterator_class(self._callbacks, return_errors=options.errors is Errors.RETURN)
         result.cancel_hook = self._cancel_hook
-        length = len(iterable) if isinstance(iterable, Sized) else None
         result._job = self._add_job(
             kind,
             function,
@@ -468,6 +721,7 @@ class BasePool:
             True,
             buffersize,
             buffer_bytes,
+            options=options,
         )
         return result
 
@@ -489,7 +743,11 @@ class BasePool:
         lazy: bool,
         buffersize: int | None = None,
         buffer_bytes: int | None = None,
+        *,
+        options: CallOptions | None = None,
+        on_chunk: Callable[[int, Sequence[Any]], None] | None = None,
     ) -> MapJob:
+        options = options or self._defaults
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
         if chunksize is None and timeout is not None:
@@ -509,6 +767,9 @@ class BasePool:
             progress=progress_bar(progress, length),
             buffersize=buffersize,
             buffer_bytes=buffer_bytes,
+            retry=options.retry,
+            memory_limit=options.memory_limit,
+            on_chunk=on_chunk,
         )
         self._feeder.add(job)
         return job
@@ -516,6 +777,15 @@ class BasePool:
     def stats(self) -> PoolStats:
         """Tasks done and failed per worker, their busy time, restarts: where the time went."""
         return self._engine.stats()
+
+
+def _returned(value: Any) -> Any:
+    """An item of an ``errors="return"`` map: a failure as its exception."""
+    if type(value) is ItemFailed:
+        return value.failure.to_exception()
+    if type(value) is ItemError:
+        return value.error
+    return value
 
 
 class Pool(BasePool):
@@ -529,6 +799,8 @@ class Pool(BasePool):
         context: the context (start method) to start workers with.
         max_memory_per_child: MiB of resident memory past which a worker,
             having finished its task, is replaced (nothing lost or repeated).
+        retries, retry_on, backoff, memory_limit, seed: defaults for every
+            call's options of those names (see :meth:`map`).
 
     Raises:
         ValueError: ``processes`` < 1 or ``maxtasksperchild`` < 1.
@@ -554,9 +826,22 @@ class Pool(BasePool):
         context: Any = None,
         *,
         max_memory_per_child: float | None = None,
+        retries: int = 0,
+        retry_on: Any = None,
+        backoff: float = 0.0,
+        memory_limit: int | str | None = None,
+        seed: int | None = None,
     ) -> None:
         from serentak._context import default_context
 
+        defaults = CallOptions.of(
+            CallOptions(),
+            retries=retries,
+            retry_on=retry_on,
+            backoff=backoff,
+            memory_limit=memory_limit,
+            seed=seed,
+        )
         ctx = context if context is not None else default_context.get_context()
         processes = check_pool_arguments(processes, initializer, maxtasksperchild, ctx.cpu_count)
         if max_memory_per_child is not None and max_memory_per_child <= 0:
@@ -584,7 +869,7 @@ class Pool(BasePool):
         )
         supervisor.start()
         self._process_engine = ProcessEngine(supervisor)
-        super().__init__(self._process_engine, processes)
+        super().__init__(self._process_engine, processes, defaults)
         self._supervisor = supervisor
         if not daemonic:
             # This process's exit joins its non-daemonic children: stop the pool

@@ -93,9 +93,12 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         initializer: called with ``initargs`` in each worker when it starts.
         initargs: arguments for ``initializer``.
         max_tasks_per_child: tasks a worker runs before it is replaced.
+        retries, retry_on, backoff, memory_limit, seed: as for
+            :class:`serentak.Pool`, for every ``submit`` and ``map`` (``submit``
+            passes its keyword arguments to the function, so these are set here).
 
     Raises:
-        ValueError: ``max_workers`` is not positive.
+        ValueError: ``max_workers`` is not positive, or a bad option.
     """
 
     def __init__(
@@ -106,11 +109,25 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         initargs: Sequence[Any] = (),
         *,
         max_tasks_per_child: int | None = None,
+        retries: int = 0,
+        retry_on: Any = None,
+        backoff: float = 0.0,
+        memory_limit: int | str | None = None,
+        seed: int | None = None,
     ) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         self._pool = _ExecutorPool(
-            max_workers, initializer, initargs, max_tasks_per_child, mp_context
+            max_workers,
+            initializer,
+            initargs,
+            max_tasks_per_child,
+            mp_context,
+            retries=retries,
+            retry_on=retry_on,
+            backoff=backoff,
+            memory_limit=memory_limit,
+            seed=seed,
         )
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
@@ -140,12 +157,15 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         chunksize: int = 1,
         buffersize: int | None = None,
         progress: bool | Mapping[str, Any] | None = None,
+        errors: str = "raise",
     ) -> Iterator[_T]:
         """Like ``map(fn, *iterables)``, computed by the workers, results in order.
 
         The inputs are read lazily: at most ``buffersize`` chunks (Python 3.14's
         argument) are submitted ahead of the results read, by default a few per
         worker. ``progress=True`` (or a dict of tqdm options) shows a progress bar.
+        ``errors="return"`` yields a failed call's exception in its place
+        instead of raising it.
 
         Raises:
             TimeoutError: (on iteration) a result is not ready ``timeout``
@@ -155,6 +175,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         check_buffer_bounds(buffersize, None)
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        options = self._pool._options(errors=errors)
         end = None if timeout is None else time.monotonic() + timeout
         arguments: Iterable[tuple[Any, ...]] = zip(*iterables)  # noqa: B905 (stops at the shortest)
         sized = [it for it in iterables if isinstance(it, Sized)]
@@ -162,7 +183,15 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             # The progress bar's total: zip() hides the inputs' lengths.
             arguments = _SizedZip(arguments, min(map(len, sized)))
         results = self._pool._imap(
-            IMapIterator, Kind.STARMAP, fn, arguments, chunksize, None, progress, buffersize
+            IMapIterator,
+            Kind.STARMAP,
+            fn,
+            arguments,
+            chunksize,
+            None,
+            progress,
+            buffersize,
+            options=options,
         )
         return _until(results, end)
 

@@ -29,8 +29,9 @@ from serentak._exceptions import PoolTerminatedError
 from serentak._ipc.buffers import Packed
 
 from .interfaces import MapSink
-from .results import Outcome
-from .tasks import Failure, Function, ItemFailed, Kind, Task
+from .options import RetryPolicy
+from .results import ItemError, Outcome
+from .tasks import Function, Kind, Task
 
 # Work per chunk the adaptive sizing aims at: long enough that a chunk's
 # round trip is a small fraction of it, short enough to balance the tail.
@@ -207,6 +208,9 @@ class MapJob:
         progress: Progress | None = None,
         buffersize: int | None = None,
         buffer_bytes: int | None = None,
+        retry: RetryPolicy | None = None,
+        memory_limit: int | None = None,
+        on_chunk: Callable[[int, Sequence[Any]], None] | None = None,
     ) -> None:
         self.feeder = feeder
         self.kind = kind
@@ -216,6 +220,10 @@ class MapJob:
         self.sizes: dict[int, int] = {}  # items per chunk, until it completes
         self.fed_all = False
         self.timeout = timeout
+        self.retry = retry
+        self.memory_limit = memory_limit
+        # Told each chunk as it is fed (a journal, to know which items a chunk holds).
+        self.on_chunk = on_chunk
         self.window = window
         self.lazy = lazy
         self.abandoned = False
@@ -274,7 +282,7 @@ class MapJob:
         items = self.sizes.pop(index, 0)
         if busy_us:
             self.chunker.observe(items, busy_us)
-        if not outcome.ok and items > 1 and self.kind in _EACH:
+        if not outcome.ok and items and self.kind in _EACH:
             outcome = _each_failed(outcome, items)
         # The bar moves (and, at the last chunk, closes) before the caller can see
         # the chunk: once map() returns, its bar shows 100% and prints no more.
@@ -294,11 +302,10 @@ def _each_failed(outcome: Outcome, items: int) -> Outcome:
     """A chunk that failed whole (its worker died) in a map whose items fail alone:
     each of its items fails with that error, so the positions after it keep their
     places."""
-    try:
-        outcome.value()
-    except BaseException as exc:  # the chunk's error, whatever it is, goes to each item
-        return Outcome.of_value([ItemFailed(Failure.of(exc))] * items)
-    return outcome
+    error = outcome.error()  # the chunk's error, whatever it is, goes to each item
+    if error is None:
+        return outcome
+    return Outcome.of_value([ItemError(error)] * items)
 
 
 class Feeder:
@@ -477,6 +484,8 @@ class Feeder:
             return None
         job.sizes[index] = len(chunk)
         job.submitted += 1
+        if job.on_chunk is not None:
+            job.on_chunk(index, chunk)
         try:
             payload = self._encode(chunk)
         except BaseException as exc:
@@ -492,7 +501,16 @@ class Feeder:
         task_id = self._next_task_id()
         expected = job.chunker.expected(len(chunk))
         return Task.encoded(
-            task_id, job.kind, job.function, payload, job, index, job.timeout, expected
+            task_id,
+            job.kind,
+            job.function,
+            payload,
+            job,
+            index,
+            job.timeout,
+            expected,
+            retry=job.retry,
+            memory_limit=job.memory_limit,
         )
 
     def _finish(self, job: MapJob, failure: BaseException | None = None) -> None:

@@ -46,6 +46,14 @@ class Engine(Protocol):
     def kills_overdue_tasks(self) -> bool:
         """Whether ``timeout=`` can be enforced (a thread cannot be stopped)."""
 
+    @property
+    def retries_tasks(self) -> bool:
+        """Whether ``retries=`` can be honoured."""
+
+    @property
+    def limits_memory(self) -> bool:
+        """Whether ``memory_limit=`` can be enforced on a running task."""
+
     def function(self, func: Callable[..., Any]) -> Function:
         """``func`` as workers receive it."""
 

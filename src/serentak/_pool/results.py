@@ -21,6 +21,7 @@ else to do, one at a time, so the work overlaps with the workers'.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import queue
 import threading
@@ -80,6 +81,14 @@ class Outcome:
                 self._value = self._load()
                 self._payload = None
 
+    def error(self) -> BaseException | None:
+        """The task's exception if it failed (unpickled, in the calling thread); else None."""
+        try:
+            self.value()
+        except BaseException as exc:  # whatever the task raised is its error
+            return exc
+        return None
+
     def value(self) -> Any:
         """The task's result; raises the task's exception if it failed."""
         with self._lock:
@@ -113,6 +122,13 @@ class Outcome:
 def _close_fds(fds: tuple[int, ...]) -> None:
     for fd in fds:
         os.close(fd)
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemError:
+    """In a list of results: the item at this place failed with ``error``."""
+
+    error: BaseException
 
 
 class CallbackRunner:
@@ -414,7 +430,8 @@ class IMapIterator:
 
     cancel_hook: Cancel | None = None
 
-    def __init__(self, runner: CallbackRunner) -> None:
+    def __init__(self, runner: CallbackRunner, *, return_errors: bool = False) -> None:
+        self._return_errors = return_errors  # a failed item yields its exception, not raises it
         self._condition = threading.Condition(threading.Lock())
         self._outcomes: dict[int, Outcome] = {}
         self._length: int | None = None  # chunks, once the input is exhausted
@@ -446,7 +463,11 @@ class IMapIterator:
             raise
         if self._job is not None:
             self._job.consumed(index)
-        self._items.extend(outcome.value())
+        error = outcome.error() if self._return_errors else None
+        if error is not None:
+            self._items.append(ItemError(error))
+        else:
+            self._items.extend(outcome.value())
         if self._items:
             return self._pop()
         return self.next(timeout)  # an empty chunk cannot happen, but must not end iteration
@@ -468,7 +489,13 @@ class IMapIterator:
     def _pop(self) -> Any:
         item = self._items.popleft()
         if type(item) is ItemFailed:
+            if self._return_errors:
+                return item.failure.to_exception()
             raise item.failure.to_exception()
+        if type(item) is ItemError:
+            if self._return_errors:
+                return item.error
+            raise item.error
         return item
 
     def _take(self) -> tuple[int, Outcome] | None:
@@ -497,8 +524,8 @@ class IMapIterator:
 class IMapUnorderedIterator(IMapIterator):
     """The iterator ``imap_unordered`` returns: results in completion order."""
 
-    def __init__(self, runner: CallbackRunner) -> None:
-        super().__init__(runner)
+    def __init__(self, runner: CallbackRunner, *, return_errors: bool = False) -> None:
+        super().__init__(runner, return_errors=return_errors)
         self._arrived: collections.deque[tuple[int, Outcome]] = collections.deque()
 
     def _take(self) -> tuple[int, Outcome] | None:

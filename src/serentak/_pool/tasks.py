@@ -50,6 +50,7 @@ from serentak._ipc.serialize import dumps, loads
 from serentak._os.waiting import TASK_SPIN
 
 if TYPE_CHECKING:
+    from .options import RetryPolicy
     from .results import Outcome
 
 _HEADER: Final = struct.Struct("<BxxxIIQ")
@@ -106,6 +107,11 @@ class Task:
             worker died is sent again, with them.
         expected: seconds of work the task is expected to take, when its
             sender can tell (an adaptive map's chunk); None when it cannot.
+        retry: how often and for what the task runs again; None: it runs once.
+        attempt: which run of the task this is (1, then 2 for the first retry...).
+        first_failure: the error its first attempt failed with, once retried.
+        memory_limit: bytes of resident memory its worker may reach while it
+            runs; past them the worker is killed and the task fails.
     """
 
     task_id: int
@@ -118,6 +124,10 @@ class Task:
     started: float | None = None
     fds: tuple[int, ...] = ()
     expected: float | None = None
+    retry: RetryPolicy | None = None
+    attempt: int = 1
+    first_failure: BaseException | None = None
+    memory_limit: int | None = None
 
     @classmethod
     def encoded(
@@ -130,21 +140,27 @@ class Task:
         index: int,
         timeout: float | None,
         expected: float | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        memory_limit: int | None = None,
     ) -> Task:
         """A task for an engine-encoded payload: a Packed message's descriptors go with it."""
+        fds: tuple[int, ...] = ()
         if isinstance(payload, Packed):
-            return cls(
-                task_id,
-                kind,
-                function,
-                payload.payload,
-                sink,
-                index,
-                timeout,
-                fds=payload.fds,
-                expected=expected,
-            )
-        return cls(task_id, kind, function, payload, sink, index, timeout, expected=expected)
+            payload, fds = payload.payload, payload.fds
+        return cls(
+            task_id,
+            kind,
+            function,
+            payload,
+            sink,
+            index,
+            timeout,
+            fds=fds,
+            expected=expected,
+            retry=retry,
+            memory_limit=memory_limit,
+        )
 
     def finish(self, outcome: Outcome, busy_us: int = 0) -> None:
         """The task has ended: release its descriptors, deliver its outcome."""

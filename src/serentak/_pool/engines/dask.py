@@ -317,6 +317,10 @@ class DaskEngine:
 
     # Enforced, not by killing: the task fails when its worker's clock runs out.
     kills_overdue_tasks = True
+    # Dask reruns the tasks of a worker that died itself (allowed-failures), and
+    # its memory limits are per worker, set on the cluster: see the README.
+    retries_tasks = False
+    limits_memory = False
 
     def __init__(
         self,

@@ -23,6 +23,13 @@ the worker never idles between tasks. When a worker dies, exactly its running
 task fails (WorkerLostError naming the exit code or signal); the ones sent
 ahead never started and go back to the front of the queue, so nothing is lost
 and nothing runs twice.
+
+A task that fails goes through ``_end``: if its retry policy says so, it is
+queued again (at once, or in ``_delayed`` until its backoff has passed) rather
+than finished, and runs again with the same arguments. A task with a memory
+limit has its worker's resident size read every MEMORY_POLL seconds while it
+runs; past the limit the worker is killed, as for a timeout, and the task
+fails with MemoryLimitError.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import heapq
+import itertools
 import os
 import queue
 import selectors
@@ -38,14 +47,21 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from serentak._exceptions import PoolTerminatedError, TimeoutError, WorkerLostError
+from serentak._exceptions import (
+    MemoryLimitError,
+    PoolTerminatedError,
+    TimeoutError,
+    WorkerLostError,
+)
 from serentak._ipc.connection import Connection, Pipe
 from serentak._ipc.connection import frame as transport_frame
 from serentak._os import _native
 from serentak._os.waiting import RESULT_SPIN
+from serentak._pool.options import DEFAULT_RETRY_ON, final_error, format_size
 from serentak._pool.results import Outcome
 from serentak._pool.tasks import (
     Frame,
+    ItemFailed,
     Kind,
     Task,
     WorkerOptions,
@@ -74,6 +90,9 @@ SPIN_BELOW: Final = 200e-6
 WORKER_FUNCTION_CACHE: Final = 128
 # After terminate(): SIGTERM, then SIGKILL for a worker still there this much later.
 KILL_GRACE: Final = 0.5
+# How often the resident size of a worker running a task with a memory limit is
+# read: a task filling memory at 2 GiB/s overshoots its limit by 40 MiB at most.
+MEMORY_POLL: Final = 0.02
 
 
 class PoolState(enum.Enum):
@@ -152,12 +171,16 @@ class PoolStats:
         restarts: workers started to replace one that died or retired.
         tasks_lost: tasks failed because their worker died.
         tasks_timed_out: tasks failed because they overran their timeout.
+        retries: tasks run again after a failure (``retries=``), each run counted.
+        tasks_over_memory: tasks stopped because their worker grew past ``memory_limit``.
     """
 
     workers: tuple[WorkerStats, ...]
     restarts: int
     tasks_lost: int
     tasks_timed_out: int
+    retries: int = 0
+    tasks_over_memory: int = 0
 
     @property
     def tasks_done(self) -> int:
@@ -181,7 +204,8 @@ class PoolStats:
             row = f"{w.pid:>8} {state:>7} {w.tasks_done:>7} {w.tasks_failed:>7}"
             lines.append(f"{row} {w.busy_seconds:>9.3f}  {w.ended or ''}")
         lines.append(
-            f"restarts {self.restarts}, lost {self.tasks_lost}, timed out {self.tasks_timed_out}"
+            f"restarts {self.restarts}, lost {self.tasks_lost}, timed out {self.tasks_timed_out}, "
+            f"over memory {self.tasks_over_memory}, retries {self.retries}"
         )
         return "\n".join(lines)
 
@@ -217,6 +241,8 @@ class _Worker:
         self.busy_us = 0
         self.retiring = False  # reached maxtasksperchild: gets no more tasks
         self.timed_out: Task | None = None  # killed by us because this task overran
+        # Killed by us because this task's memory limit was passed, and the size reached.
+        self.over_memory: tuple[Task, int] | None = None
         self.gone = False  # exit handled, descriptors closed
         # Bytes not yet written to the worker: the supervisor never blocks on a
         # write, or a worker writing a big result while we write it a big task
@@ -270,6 +296,12 @@ class Supervisor:
         self._restarts = 0
         self._lost = 0
         self._timed_out = 0
+        self._over_memory = 0
+        self._retries = 0
+        # Tasks to run again once their backoff has passed: (when, order, task).
+        self._delayed: list[tuple[float, int, Task]] = []
+        self._delay_order = itertools.count()
+        self._next_memory_check: float | None = None
         self._started_workers = 0
         self._average_busy: float | None = None  # seconds per task, recent tasks weigh most
         # Map results not yet unpickled: the supervisor thread unpickles them when it
@@ -311,9 +343,11 @@ class Supervisor:
                 self._answer_late(command)
                 return
             if isinstance(command, Submit) and self._submit_here(command):
-                if all(task.timeout is None for task in command.tasks):
+                tasks = command.tasks
+                if all(task.timeout is None and task.memory_limit is None for task in tasks):
                     return
-                # The supervisor thread sleeps until its next deadline: a new one must wake it.
+                # The supervisor thread sleeps until its next deadline (or memory
+                # check): a new one must wake it.
             else:
                 self.commands.append(command)
             # Under the lock: the supervisor closes the pipe only once finished.
@@ -476,6 +510,8 @@ class Supervisor:
 
     def _fail_everything(self, reason: BaseException) -> None:
         self._unloaded.clear()
+        while self._delayed:
+            heapq.heappop(self._delayed)[2].finish(Outcome.of_exception(reason))
         while self._pending:
             task = self._pending.popleft()
             task.finish(Outcome.of_exception(reason))
@@ -486,7 +522,7 @@ class Supervisor:
 
     def _maybe_finish(self) -> None:
         """After Close: once nothing is queued or running, tell the workers to stop."""
-        if self._state is not PoolState.CLOSE or self._pending:
+        if self._state is not PoolState.CLOSE or self._pending or self._delayed:
             return
         for worker in self._workers.values():
             if not worker.in_flight and not worker.retiring:
@@ -499,7 +535,14 @@ class Supervisor:
             WorkerStats(w.pid, True, w.completed, w.failed, w.busy_us / 1e6, None)
             for w in self._workers.values()
         )
-        return PoolStats(current + tuple(self._ended), self._restarts, self._lost, self._timed_out)
+        return PoolStats(
+            current + tuple(self._ended),
+            self._restarts,
+            self._lost,
+            self._timed_out,
+            self._retries,
+            self._over_memory,
+        )
 
     # ---- workers ----------------------------------------------------------------------
 
@@ -558,15 +601,21 @@ class Supervisor:
                     f"the task ran longer than its timeout of {lost.timeout} s; "
                     f"its worker process {worker.pid} was killed"
                 )
+                self._timed_out += 1
+            elif worker.over_memory is not None and worker.over_memory[0] is lost:
+                error = MemoryLimitError(
+                    f"the task's worker process {worker.pid} reached "
+                    f"{format_size(worker.over_memory[1])} of resident memory, past the "
+                    f"task's memory_limit of {format_size(lost.memory_limit or 0)}; the "
+                    "worker was killed and replaced"
+                )
+                self._over_memory += 1
             else:
                 error = WorkerLostError(
                     f"{describe_exit(worker.pid, exitcode)} while running the task"
                 )
-            if worker.timed_out is lost:
-                self._timed_out += 1
-            else:
                 self._lost += 1
-            lost.finish(Outcome.of_exception(error))
+            self._end(lost, Outcome.of_exception(error))
             # Sent ahead but never started: back to the front, in order.
             self._pending.extendleft(reversed(worker.in_flight))
             worker.in_flight.clear()
@@ -625,7 +674,7 @@ class Supervisor:
         task = worker.in_flight.popleft()
         ok = kind is Kind.DONE
         outcome = Outcome(ok, bytes(frame.payload), fds=frame.fds)
-        task.finish(outcome, frame.busy_us)
+        self._end(task, outcome, frame.busy_us)
         if ok and task.kind in _PRELOADED and len(frame.payload) >= PRELOAD_BYTES:
             self._unloaded.append(outcome)
         worker.completed += 1
@@ -647,6 +696,36 @@ class Supervisor:
             self._replace_if_needed()
         elif worker.retiring and not worker.in_flight:
             self._send(worker, Frame(Kind.STOP))
+
+    def _end(self, task: Task, outcome: Outcome, busy_us: int = 0) -> None:
+        """``task`` ended with ``outcome``: deliver it, or, if the task failed and its
+        retry policy says so, queue it to run again (with its arguments and
+        descriptors, kept) after its backoff."""
+        policy = task.retry
+        if policy is None or self._state is PoolState.TERMINATE:
+            task.finish(outcome, busy_us)
+            return
+        error = outcome.error() if not outcome.ok else _item_error(task, outcome)
+        if outcome.ok and error is not None and policy.retries_after(task.attempt, error):
+            outcome = Outcome.of_exception(error)  # an item of the chunk raised: run it again
+        elif outcome.ok:
+            task.finish(outcome, busy_us)
+            return
+        if error is None or not policy.retries_after(task.attempt, error):
+            if error is not None and task.attempt > 1:
+                outcome = Outcome.of_exception(final_error(error, task.attempt, task.first_failure))
+            task.finish(outcome, busy_us)
+            return
+        if task.first_failure is None:
+            task.first_failure = error
+        task.attempt += 1
+        task.started = None
+        self._retries += 1
+        delay = policy.delay(task.attempt)
+        if delay:
+            heapq.heappush(self._delayed, (monotonic() + delay, next(self._delay_order), task))
+        else:
+            self._pending.append(task)
 
     def _send(self, worker: _Worker, frame: Frame) -> None:
         """Queue ``frame`` for ``worker`` and write what fits without blocking."""
@@ -780,10 +859,19 @@ class Supervisor:
             if w.in_flight
             and w.in_flight[0].timeout is not None
             and w.timed_out is None
+            and w.over_memory is None
             and w.in_flight[0].started is not None
         ]
         if self._kill_deadline is not None:
             deadlines.append(self._kill_deadline)
+        if self._delayed:
+            deadlines.append(self._delayed[0][0])
+        if any(w.in_flight and w.in_flight[0].memory_limit for w in self._workers.values()):
+            if self._next_memory_check is None:
+                self._next_memory_check = monotonic() + MEMORY_POLL
+            deadlines.append(self._next_memory_check)
+        else:
+            self._next_memory_check = None
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - monotonic())
@@ -805,3 +893,56 @@ class Supervisor:
             ):
                 worker.timed_out = task
                 os.kill(worker.pid, signal.SIGKILL)
+        while self._delayed and now >= self._delayed[0][0]:
+            self._pending.append(heapq.heappop(self._delayed)[2])
+        if self._next_memory_check is not None and now >= self._next_memory_check:
+            self._next_memory_check = None
+            self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Kill the workers whose running task's memory limit their resident size passed."""
+        for worker in self._workers.values():
+            task = worker.in_flight[0] if worker.in_flight else None
+            if (
+                task is None
+                or task.memory_limit is None
+                or task.started is None
+                or worker.timed_out is not None
+                or worker.over_memory is not None
+            ):
+                continue
+            size = resident_bytes(worker.pid)
+            if size is not None and size > task.memory_limit:
+                worker.over_memory = (task, size)
+                os.kill(worker.pid, signal.SIGKILL)
+
+
+def _item_error(task: Task, outcome: Outcome) -> BaseException | None:
+    """The first error an item of ``task``'s chunk raised that its retry policy names
+    beyond the default (a map whose items fail alone catches them in the worker);
+    None if none did, or the policy names only the default errors (no unpickling)."""
+    policy = task.retry
+    if policy is None or policy.retry_on == DEFAULT_RETRY_ON or task.kind not in _EACH_KINDS:
+        return None
+    values = outcome.value()
+    for value in values if isinstance(values, list) else ():
+        if type(value) is ItemFailed:
+            error = value.failure.to_exception()
+            if isinstance(error, policy.retry_on):
+                return error
+    return None
+
+
+_EACH_KINDS: Final = frozenset({Kind.MAP_EACH, Kind.STARMAP_EACH})
+
+
+def resident_bytes(pid: int) -> int | None:
+    """The resident set size of process ``pid``, in bytes; None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")

@@ -31,6 +31,8 @@ class _ThreadEngine:
     """Worker threads taking tasks from one queue."""
 
     kills_overdue_tasks = False
+    retries_tasks = False  # a thread neither dies alone nor can be stopped
+    limits_memory = False
 
     def __init__(
         self,
