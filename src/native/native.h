@@ -12,6 +12,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stdatomic.h>
+#include <stdint.h>
+
 /* proc.c */
 extern PyMethodDef serentak_proc_methods[];
 int serentak_proc_init(PyObject *module);
@@ -30,5 +33,24 @@ int serentak_pid_gone(pid_t pid);
 /* This process's pid and calling thread's tid, cached and refreshed after fork. */
 pid_t serentak_getpid(void);
 pid_t serentak_gettid(void);
+
+/* Lock words name their owner by pid; beside each word, a stamp word holds
+ * the owner's start time (clock ticks since boot, low 32 bits, never 0), so
+ * that a pid reused after the owner died is not taken for the owner. The
+ * owner writes its stamp right after taking the word and clears it right
+ * before releasing it: a stamp of 0 means "not written", and is trusted as
+ * alive (the pid alone then decides).
+ *
+ * serentak_start_stamp: this process's stamp (cached, refreshed after fork).
+ * serentak_owner_gone: 1 if `pid` has exited or is now another process than
+ *     the one `stamp` names, 0 if alive, -1 if it cannot tell.
+ * serentak_take_over: `word` was seen holding `seen` (owner pid | flags):
+ *     if that owner is gone, replace it by `desired` (our pid | flags) and put
+ *     our stamp in `stamp`; returns 1 if taken. One CAS decides, so two
+ *     waiters noticing the same death cannot both take over. */
+uint32_t serentak_start_stamp(void);
+int serentak_owner_gone(pid_t pid, uint32_t stamp);
+int serentak_take_over(_Atomic uint32_t *word, _Atomic uint32_t *stamp, uint32_t seen,
+                       uint32_t pid_mask, uint32_t desired);
 
 #endif

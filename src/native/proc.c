@@ -2,6 +2,8 @@
 #include "native.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -59,6 +61,121 @@ serentak_gettid(void)
         cached_tid_generation = generation;
     }
     return cached_tid;
+}
+
+/* ---- owner stamps (see native.h) ----------------------------------------
+ * The start time is field 22 of /proc/PID/stat, counted after the command
+ * name, which ends at the last ')' (a name may hold spaces and parentheses). */
+
+static uint32_t
+start_stamp_of(pid_t pid)
+{
+#ifdef __linux__
+    char path[64];
+    char text[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    text[n] = '\0';
+    char *p = strrchr(text, ')');
+    if (p == NULL) {
+        return 0;
+    }
+    /* After ") ": state is field 3, starttime field 22: skip 19 fields. */
+    p += 2;
+    for (int field = 3; field < 22 && *p; field++) {
+        while (*p && *p != ' ') {
+            p++;
+        }
+        while (*p == ' ') {
+            p++;
+        }
+    }
+    unsigned long long ticks = strtoull(p, NULL, 10);
+    uint32_t stamp = (uint32_t)ticks;
+    return stamp ? stamp : 1;
+#else
+    (void)pid;
+    return 0;
+#endif
+}
+
+static uint32_t cached_stamp = 0;
+static unsigned cached_stamp_generation = 0;
+
+uint32_t
+serentak_start_stamp(void)
+{
+    unsigned generation = atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    if (cached_stamp_generation != generation) {
+        cached_stamp = start_stamp_of(serentak_getpid());
+        cached_stamp_generation = generation;
+    }
+    return cached_stamp;
+}
+
+int
+serentak_owner_gone(pid_t pid, uint32_t stamp)
+{
+    int gone = serentak_pid_gone(pid);
+    if (gone != 0 || stamp == 0) {
+        return gone;
+    }
+    uint32_t now = start_stamp_of(pid);
+    /* 0: it could not be read (it may have just exited): the pid decides. */
+    return now != 0 && now != stamp;
+}
+
+int
+serentak_take_over(_Atomic uint32_t *word, _Atomic uint32_t *stamp, uint32_t seen,
+                   uint32_t pid_mask, uint32_t desired)
+{
+    uint32_t owner = seen & pid_mask;
+    if (owner == 0 || owner == (desired & pid_mask)) {
+        return 0;
+    }
+    uint32_t owner_stamp = atomic_load(stamp);
+    if (serentak_owner_gone((pid_t)owner, owner_stamp) != 1) {
+        return 0;
+    }
+    /* Clear the dead owner's stamp first (only if it is still there), so that
+     * nobody ever sees our pid beside it. */
+    if (owner_stamp != 0 && !atomic_compare_exchange_strong(stamp, &owner_stamp, 0)) {
+        return 0;
+    }
+    if (!atomic_compare_exchange_strong(word, &seen, desired)) {
+        return 0;
+    }
+    atomic_store(stamp, serentak_start_stamp());
+    return 1;
+}
+
+static PyObject *
+native_owner_gone(PyObject *self, PyObject *args)
+{
+    int pid;
+    unsigned int stamp;
+    if (!PyArg_ParseTuple(args, "iI", &pid, &stamp)) {
+        return NULL;
+    }
+    int gone = serentak_owner_gone((pid_t)pid, (uint32_t)stamp);
+    if (gone < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyBool_FromLong(gone);
+}
+
+static PyObject *
+native_start_stamp(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromUnsignedLong(serentak_start_stamp());
 }
 
 /* ---- liveness ----------------------------------------------------------
@@ -388,6 +505,10 @@ PyMethodDef serentak_proc_methods[] = {
     {"set_pdeathsig", native_set_pdeathsig, METH_O,
      "Signal to receive when the parent thread dies; False where the OS has no such facility."},
     {"pid_gone", native_pid_gone, METH_O, "True if the process has exited (zombies count as gone)."},
+    {"owner_gone", native_owner_gone, METH_VARARGS,
+     "owner_gone(pid, stamp): True if the lock owner so named has exited or its pid was reused."},
+    {"start_stamp", native_start_stamp, METH_NOARGS,
+     "This process's start stamp (see owner_gone); 0 where the OS does not tell."},
     {"shm_open", native_shm_open, METH_VARARGS, "shm_open(name, flags, mode=0o600) -> fd."},
     {"shm_unlink", native_shm_unlink, METH_O, "shm_unlink(name)."},
     {"gettid", native_gettid, METH_NOARGS, "The calling thread's kernel thread id."},

@@ -74,11 +74,13 @@ typedef struct {
     _Atomic uint32_t space_waiters; /* 4 */
     _Atomic uint64_t tail;          /* 8 */
     _Atomic uint32_t side_tag;      /* 16: used by _queues.py */
-    char pad1[64 - 20];
+    _Atomic uint32_t wlock_stamp;   /* 20: wlock's owner stamp (see native.h) */
+    char pad1[64 - 24];
     _Atomic uint32_t rlock;        /* 64 */
     _Atomic uint32_t data_waiters; /* 68 */
     _Atomic uint64_t head;         /* 72 */
-    char pad2[64 - 16];
+    _Atomic uint32_t rlock_stamp;  /* 80: rlock's owner stamp */
+    char pad2[64 - 20];
     /* 128 .. RING_HEADER: _queues.py's own words */
 } ring_header;
 
@@ -172,11 +174,12 @@ next_sleep(double deadline)
  * while sleeping. Returns 0, or -1 with an exception set (a signal handler
  * raised). */
 static int
-lock_word(_Atomic uint32_t *word)
+lock_word(_Atomic uint32_t *word, _Atomic uint32_t *stamp)
 {
     uint32_t me = (uint32_t)serentak_getpid();
     uint32_t current = 0;
     if (atomic_compare_exchange_strong(word, &current, me)) {
+        atomic_store(stamp, serentak_start_stamp());
         return 0;
     }
     for (int spin = 0; spin < 200; spin++) {
@@ -184,6 +187,7 @@ lock_word(_Atomic uint32_t *word)
         current = 0;
         if (atomic_load_explicit(word, memory_order_relaxed) == 0 &&
             atomic_compare_exchange_strong(word, &current, me)) {
+            atomic_store(stamp, serentak_start_stamp());
             return 0;
         }
     }
@@ -192,6 +196,7 @@ lock_word(_Atomic uint32_t *word)
         if (current == 0) {
             /* Others may be asleep: keep WAITERS so that our release wakes one. */
             if (atomic_compare_exchange_strong(word, &current, me | RING_WAITERS)) {
+                atomic_store(stamp, serentak_start_stamp());
                 return 0;
             }
             continue;
@@ -213,18 +218,20 @@ lock_word(_Atomic uint32_t *word)
         if (err != ETIMEDOUT) {
             continue;
         }
-        uint32_t owner = current & RING_PID_MASK;
-        uint32_t expected = current;
-        if (owner != me && serentak_pid_gone((pid_t)owner) == 1 &&
-            atomic_compare_exchange_strong(word, &expected, me | RING_WAITERS)) {
+        int taken;
+        Py_BEGIN_ALLOW_THREADS
+        taken = serentak_take_over(word, stamp, current, RING_PID_MASK, me | RING_WAITERS);
+        Py_END_ALLOW_THREADS
+        if (taken) {
             return 0; /* taken over: nothing to repair (see the top of this file) */
         }
     }
 }
 
 static void
-unlock_word(_Atomic uint32_t *word)
+unlock_word(_Atomic uint32_t *word, _Atomic uint32_t *stamp)
 {
+    atomic_store(stamp, 0); /* before the word: see native.h */
     uint32_t previous = atomic_exchange(word, 0);
     if (previous & RING_WAITERS) {
 #ifdef __linux__
@@ -427,13 +434,13 @@ ring_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     for (;;) {
-        if (!locked && lock_word(&h->wlock) < 0) {
+        if (!locked && lock_word(&h->wlock, &h->wlock_stamp) < 0) {
             goto done;
         }
         uint32_t seen;
         int written = try_write(self, (uint32_t)kind, &payload, (uint32_t)maxsize, &seen);
         if (!locked) {
-            unlock_word(&h->wlock);
+            unlock_word(&h->wlock, &h->wlock_stamp);
         }
         if (written) {
             if (atomic_load(&h->data_waiters)) {
@@ -502,7 +509,7 @@ ring_get(RingObject *self, PyObject *deadline_obj)
     }
     ring_header *h = self->h;
     for (;;) {
-        if (lock_word(&h->rlock) < 0) {
+        if (lock_word(&h->rlock, &h->rlock_stamp) < 0) {
             return NULL;
         }
         uint64_t head = atomic_load_explicit(&h->head, memory_order_relaxed);
@@ -517,7 +524,7 @@ ring_get(RingObject *self, PyObject *deadline_obj)
             if (length > (self->mask + 1) / 2 || need > (uint32_t)tail - head_pos) {
                 /* Cannot happen while every writer keeps the protocol. */
                 atomic_store(&h->head, tail);
-                unlock_word(&h->rlock);
+                unlock_word(&h->rlock, &h->rlock_stamp);
                 PyErr_Format(PyExc_RuntimeError,
                              "queue ring damaged (record of %u bytes): its contents were dropped",
                              length);
@@ -525,7 +532,7 @@ ring_get(RingObject *self, PyObject *deadline_obj)
             }
             PyObject *bytes = PyBytes_FromStringAndSize(NULL, length);
             if (bytes == NULL) {
-                unlock_word(&h->rlock);
+                unlock_word(&h->rlock, &h->rlock_stamp);
                 return NULL;
             }
             if (length >= RING_BIG_COPY) {
@@ -541,7 +548,7 @@ ring_get(RingObject *self, PyObject *deadline_obj)
                 self->holder = PyThread_get_thread_ident();
             } else {
                 atomic_store(&h->head, next);
-                unlock_word(&h->rlock);
+                unlock_word(&h->rlock, &h->rlock_stamp);
                 if (atomic_load(&h->space_waiters)) {
                     wake_all(count_word(&h->head));
                 }
@@ -550,11 +557,11 @@ ring_get(RingObject *self, PyObject *deadline_obj)
             if (result == NULL && (kind & RING_HOLD)) {
                 self->holder = 0;
                 atomic_store(&h->head, next);
-                unlock_word(&h->rlock);
+                unlock_word(&h->rlock, &h->rlock_stamp);
             }
             return result;
         }
-        unlock_word(&h->rlock);
+        unlock_word(&h->rlock, &h->rlock_stamp);
         double wait = next_sleep(deadline);
         if (wait < 0) {
             Py_RETURN_NONE;
@@ -602,7 +609,7 @@ ring_finish_hold(RingObject *self, PyObject *unused)
     }
     self->holder = 0;
     atomic_store(&h->head, self->pending);
-    unlock_word(&h->rlock);
+    unlock_word(&h->rlock, &h->rlock_stamp);
     if (atomic_load(&h->space_waiters)) {
         wake_all(count_word(&h->head));
     }
@@ -625,7 +632,7 @@ ring_drop_hold(RingObject *self, PyObject *unused)
         Py_RETURN_FALSE;
     }
     self->holder = 0;
-    unlock_word(&h->rlock);
+    unlock_word(&h->rlock, &h->rlock_stamp);
     Py_RETURN_TRUE;
 }
 
@@ -702,6 +709,7 @@ serentak_ring_init(PyObject *module)
     if (PyModule_AddIntConstant(module, "RING_HEADER", RING_HEADER) < 0 ||
         PyModule_AddIntConstant(module, "RING_HOLD", RING_HOLD) < 0 ||
         PyModule_AddIntConstant(module, "RING_WRITER_LOCK", offsetof(ring_header, wlock)) < 0 ||
+        PyModule_AddIntConstant(module, "RING_WRITER_STAMP", offsetof(ring_header, wlock_stamp)) < 0 ||
         PyModule_AddIntConstant(module, "RING_SPACE_WAITERS",
                                 offsetof(ring_header, space_waiters)) < 0 ||
         PyModule_AddIntConstant(module, "RING_SIDE_TAG", offsetof(ring_header, side_tag)) < 0 ||

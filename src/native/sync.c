@@ -27,7 +27,8 @@
  * Crash consistency
  *     Because the word names the owner's pid, a waiter can tell that the owner
  *     died: every SLICE_NS its sleep ends, and if the owner has exited (a
- *     zombie counts) it takes the lock over with a CAS. acquire() then
+ *     zombie counts), or its pid now names another process (owner_stamp,
+ *     see native.h), it takes the lock over with a CAS. acquire() then
  *     succeeds but warns (LockOwnerDiedWarning, registered from Python),
  *     because the dead owner left whatever the lock guards half-updated. The
  *     slices also let a sleeper notice Ctrl-C delivered to another thread.
@@ -76,7 +77,7 @@ typedef struct {
     _Atomic uint32_t magic; /* written last by the creator */
     uint32_t kind;
     uint32_t maxvalue;
-    uint32_t reserved;
+    _Atomic uint32_t owner_stamp; /* the owner's start stamp (see native.h); 0: unknown */
 } shared_state;
 
 _Static_assert(sizeof(shared_state) == 32, "SEMLOCK_SIZE is part of the Python API");
@@ -278,17 +279,17 @@ lock_take(shared_state *st, uint32_t me, uint32_t flags, pid_t *dead)
             }
             continue;
         }
-        pid_t owner = (pid_t)(word & PID_MASK);
-        /* -1 (cannot tell) counts as alive: a lock must never have two owners. */
-        if ((uint32_t)owner == me || serentak_pid_gone(owner) != 1) {
-            return 0;
-        }
-        /* The CAS fails if anybody moved the word meanwhile, so two waiters
-         * noticing the same death cannot both take over. */
-        if (atomic_compare_exchange_strong(&st->word, &word, me | (word & WAITERS))) {
-            *dead = owner;
+        /* "Cannot tell" counts as alive: a lock must never have two owners. */
+        if (serentak_take_over(&st->word, &st->owner_stamp, word, PID_MASK,
+                               me | (word & WAITERS))) {
+            *dead = (pid_t)(word & PID_MASK);
             return 1;
         }
+        uint32_t now = atomic_load(&st->word);
+        if (now == word) {
+            return 0;
+        }
+        word = now;
     }
 }
 
@@ -345,6 +346,7 @@ sem_sleep(shared_state *st, const struct timespec *until)
 static void
 lock_release_word(shared_state *st)
 {
+    atomic_store(&st->owner_stamp, 0); /* before the word: see native.h */
     uint32_t old = atomic_exchange(&st->word, 0);
     if (old & WAITERS) {
         futex_wake(&st->word, 1);
@@ -423,6 +425,7 @@ lock_acquire(SemLockObject *self, int blocking, double timeout)
         }
     }
 acquired:
+    atomic_store(&st->owner_stamp, serentak_start_stamp());
     atomic_store_explicit(&st->owner_tid, tid, memory_order_relaxed);
     atomic_store_explicit(&st->depth, 1, memory_order_relaxed);
     if (dead != 0 && warn_owner_died(self, dead) < 0) {
@@ -505,6 +508,7 @@ semlock_release_impl(SemLockObject *self)
         /* As the stdlib's (a semaphore), any thread of any process may
          * release a Lock. */
         atomic_store_explicit(&st->owner_tid, 0, memory_order_relaxed);
+        atomic_store(&st->owner_stamp, 0); /* before the word: see native.h */
         uint32_t old = atomic_exchange(&st->word, 0);
         if (old == 0) {
             goto too_many;
@@ -593,7 +597,7 @@ semlock_init(SemLockObject *self, PyObject *args, PyObject *kwds)
         atomic_store(&st->depth, 0);
         st->kind = (uint32_t)kind;
         st->maxvalue = (uint32_t)maxvalue;
-        st->reserved = 0;
+        atomic_store(&st->owner_stamp, 0);
         atomic_store(&st->magic, STATE_MAGIC);
     }
     self->view = view;
@@ -1015,7 +1019,32 @@ futex_wake_method(FutexObject *self, PyObject *arg)
     return PyLong_FromLong(futex_wake(self->word, count > INT_MAX ? INT_MAX : (int)count));
 }
 
+/* The lock-word protocol of native.h, for lock words driven from Python. */
+static PyObject *
+futex_take_over(FutexObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t seen, pid_mask, desired;
+    if (nargs != 4 || !PyObject_TypeCheck(args[0], Py_TYPE(self))) {
+        PyErr_SetString(PyExc_TypeError, "take_over(stamp: Futex, seen, pid_mask, desired)");
+        return NULL;
+    }
+    FutexObject *stamp = (FutexObject *)args[0];
+    if (futex_ready(self) < 0 || futex_ready(stamp) < 0 || parse_u32(args[1], &seen) < 0 ||
+        parse_u32(args[2], &pid_mask) < 0 || parse_u32(args[3], &desired) < 0) {
+        return NULL;
+    }
+    int taken;
+    Py_BEGIN_ALLOW_THREADS
+    taken = serentak_take_over(self->word, stamp->word, seen, pid_mask, desired);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(taken);
+}
+
 static PyMethodDef futex_methods[] = {
+    {"take_over", (PyCFunction)(void (*)(void))futex_take_over, METH_FASTCALL,
+     "take_over(stamp, seen, pid_mask, desired) -> bool\n\n"
+     "This lock word, seen holding `seen`: if its owner (named with the start\n"
+     "stamp in the `stamp` word) is gone, make it `desired`, with our stamp."},
     {"load", (PyCFunction)futex_load, METH_NOARGS, "load() -> int"},
     {"compare_exchange", (PyCFunction)(void (*)(void))futex_compare_exchange, METH_FASTCALL,
      "compare_exchange(expected, desired) -> bool"},

@@ -1058,3 +1058,29 @@ def test_consumer_killed_in_a_get_loop_of_simple_and_joinable_queues(ctx: Any, k
     assert shared.empty()
     results.close()
     shared.close()
+
+
+@pytest.mark.parametrize("size", [10, 1 << 20], ids=["in the ring", "beside the ring"])
+def test_writer_lock_of_a_dead_owner_whose_pid_was_reused_is_taken_over(
+    ctx: Any, size: int
+) -> None:
+    """The writer lock's word names a live process (our parent) beside the start
+    stamp of another (ours, as if a process that died had held it): put() takes
+    it over instead of waiting for the parent to exit."""
+    from serentak._os import _native
+
+    queue = ctx.Queue()
+    try:
+        view = queue._channel._ring_view
+        words = view[_native.RING_WRITER_LOCK : _native.RING_WRITER_LOCK + 4].cast("I")
+        stamps = view[_native.RING_WRITER_STAMP : _native.RING_WRITER_STAMP + 4].cast("I")
+        words[0] = os.getppid()
+        stamps[0] = _native.start_stamp()
+        began = time.monotonic()
+        queue.put(b"x" * size)
+        assert queue.get(timeout=PATIENCE) == b"x" * size
+        assert time.monotonic() - began < LATE
+        del words, stamps, view
+    finally:
+        queue.close()
+        queue.join_thread()

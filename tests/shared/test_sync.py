@@ -1020,3 +1020,22 @@ def test_a_signal_taken_by_another_thread_interrupts_a_wait(ctx: Any, kind: str)
     block, release = blocking_call(ctx, kind)
     with interrupted_by_a_signal_to_another_thread(release):
         block()
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock"])
+def test_lock_of_a_dead_owner_whose_pid_was_reused_is_taken_over(ctx: Any, kind: str) -> None:
+    """The owner is killed and its pid given to another live process (here, made
+    so: the word is rewritten to name our parent, which started long before the
+    owner). The owner's start stamp beside the word tells them apart."""
+    lock = getattr(ctx, kind)()
+    child = start_doomed_owner(ctx, lock)
+    words = (ctypes.c_uint32 * 8).from_buffer(lock._block.buffer)
+    child.kill()
+    child.join(PATIENCE)
+    impostor = os.getppid()
+    words[0] = impostor | (words[0] & 0x8000_0000)
+    with pytest.warns(LockOwnerDiedWarning, match=f"process {impostor}, which died"):
+        result, elapsed = timed(lambda: lock.acquire(timeout=2 * LATE))
+    assert result is True
+    assert elapsed < LATE
+    lock.release()

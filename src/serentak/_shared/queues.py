@@ -191,25 +191,31 @@ class _WriterLock:
     """The ring's writer lock, taken from Python (ring.c takes it too, with the same protocol).
 
     The word is 0 when free, else the owner's pid, with WAITERS set once
-    someone sleeps on it; a sleeper wakes every ``SIGNAL_SPAN`` to check that the
-    owner is alive and takes the lock over if it is not.
+    someone sleeps on it; beside it, the stamp word holds the owner's start
+    stamp (written just after taking the word, cleared just before releasing
+    it), so that a reused pid is not taken for the owner. A sleeper wakes every
+    ``SIGNAL_SPAN`` to check that the owner is alive and takes the lock over if
+    it is not (the C routine the Locks and ring.c use).
     """
 
-    __slots__ = ("_word",)
+    __slots__ = ("_stamp", "_word")
 
-    def __init__(self, word: _native.Futex) -> None:
+    def __init__(self, word: _native.Futex, stamp: _native.Futex) -> None:
         self._word = word
+        self._stamp = stamp
 
     def acquire(self) -> None:
         word = self._word
         me = _pid
         if word.compare_exchange(0, me):
+            self._stamp.compare_exchange(0, _native.start_stamp())
             return
         while True:
             current = word.load()
             if current == 0:
                 # Others may be asleep: keep WAITERS so that our release wakes one.
                 if word.compare_exchange(0, me | _WAITERS):
+                    self._stamp.compare_exchange(0, _native.start_stamp())
                     return
                 continue
             if not current & _WAITERS:
@@ -218,16 +224,12 @@ class _WriterLock:
                 current |= _WAITERS
             if word.wait(current, SIGNAL_SPAN):
                 continue
-            owner = current & _PID_MASK
-            if (
-                owner != me
-                and _posix.pid_gone(owner)
-                and word.compare_exchange(current, me | _WAITERS)
-            ):
+            if word.take_over(self._stamp, current, _PID_MASK, me | _WAITERS):
                 return
 
     def release(self) -> None:
         word = self._word
+        self._stamp.compare_exchange(_native.start_stamp(), 0)  # before the word
         if not word.compare_exchange(_pid, 0):
             word.compare_exchange(_pid | _WAITERS, 0)
             word.wake(1)
@@ -454,7 +456,9 @@ class _Channel:
             raise
         segment = self._ring_view = memoryview(self._ring)
         self._shared = _JoinableCounts.from_buffer(segment, _native.RING_USER)
-        self._writer_lock = _WriterLock(_futex(segment, _native.RING_WRITER_LOCK))
+        self._writer_lock = _WriterLock(
+            _futex(segment, _native.RING_WRITER_LOCK), _futex(segment, _native.RING_WRITER_STAMP)
+        )
         self._side_tag = _futex(segment, _native.RING_SIDE_TAG)
         self._head_count = _futex(segment, _native.RING_HEAD_COUNT)
         self._space_waiters = _futex(segment, _native.RING_SPACE_WAITERS)
