@@ -40,12 +40,12 @@ def run_script(
 @contextlib.contextmanager
 def running_script(path: Path, *args: str, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python path args``: stdout and stderr are pipes, killed if still running at the end."""
+    popen.setdefault("env", script_env())
     process = subprocess.Popen(
         [sys.executable, str(path), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         bufsize=0,
-        env=script_env(),
         **popen,
     )
     try:

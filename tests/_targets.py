@@ -1640,3 +1640,52 @@ def pool_fail_on(bad: int, x: int) -> int:
     if x == bad:
         raise ValueError(f"item {x} is bad")
     return x * 2
+
+
+# ---- test_pool_hardship -------------------------------------------------------------------
+
+
+def pool_big_result_under_limit(mib: int, headroom_mib: int) -> str:
+    """A str of ``mib`` MiB, returned with this process's address space limited to
+    its size now plus ``headroom_mib``: room to pickle it, not to copy the pickle."""
+    import resource
+
+    text = "x" * (mib << 20)
+    with open("/proc/self/status") as status:
+        size_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize"))
+    limit = (size_kib >> 10) + headroom_mib
+    resource.setrlimit(resource.RLIMIT_AS, (limit << 20, resource.RLIM_INFINITY))
+    return text
+
+
+def pool_kill_once_at(marker: str, record: str, kill_at: int, x: int) -> int:
+    """Note ``x`` in ``record`` once done; at ``x == kill_at`` the first time (no
+    ``marker`` yet), SIGKILL this worker instead."""
+    import os
+    import signal
+
+    if x == kill_at and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    pool_append(record, str(x))
+    return x * 10
+
+
+class PoolRefusingContext:
+    """A context whose processes refuse to start from the ``refuse_from``-th on
+    (they cannot be created: what a failed fork() looks like to a Pool)."""
+
+    def __init__(self, ctx: Any, refuse_from: int) -> None:
+        self._ctx = ctx
+        self._refuse_from = refuse_from
+        self.created = 0
+
+    def Process(self, *args: Any, **kwargs: Any) -> Any:
+        self.created += 1
+        if self.created >= self._refuse_from:
+            raise BlockingIOError(11, "Resource temporarily unavailable (refused by the test)")
+        return self._ctx.Process(*args, **kwargs)
+
+    def cpu_count(self) -> int:
+        count: int = self._ctx.cpu_count()
+        return count

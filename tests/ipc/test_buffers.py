@@ -6,6 +6,7 @@ born shared (serentak.shared_memory.empty and friends) travel without any copy."
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -159,3 +160,41 @@ def test_shared_array_helpers() -> None:
     with pytest.raises(ValueError, match="shape"):
         shared_memory.empty((-1, 2))
     assert serentak.shared_memory.full(2, 3).tolist() == [3, 3]
+
+
+BIG_BYTES_MESSAGES: dict[str, Callable[[], Any]] = {
+    "bytes": lambda: b"b" * MIB,
+    "bytearray": lambda: bytearray(b"a" * MIB),
+    "in a tuple": lambda: (1, b"b" * MIB),
+    "a task's arguments": lambda: ((b"b" * MIB, "name"), {"data": bytearray(MIB)}),
+    "a starmap chunk": lambda: [(i, b"b" * MIB) for i in range(3)],
+}
+
+
+@pytest.mark.parametrize("shape", list(BIG_BYTES_MESSAGES))
+def test_big_bytes_and_bytearrays_travel_beside_the_pickle(shape: str) -> None:
+    """On every Python: the C pickler writes bytes and bytearray itself, in band,
+    unless they are handed to it wrapped (see buffers._lift)."""
+    from serentak._ipc.buffers import pack, unpack
+
+    message = BIG_BYTES_MESSAGES[shape]()
+    packed = pack(message)
+    try:
+        assert packed.buffered >= MIB, packed
+        assert len(packed.payload) < 4096, packed
+        back = unpack(packed.payload, list(packed.fds))
+        packed.fds = ()  # unpack took them
+    finally:
+        packed.close()
+    assert back == message
+    assert repr(back) == repr(message)  # the same types, bytes and bytearray alike
+
+
+def test_pool_tasks_take_and_return_big_bytes(ctx: Any) -> None:
+    data, mutable = b"b" * (2 * MIB), bytearray(b"a" * MIB)
+    with ctx.Pool(2) as pool:
+        assert pool.apply(targets.same, (data,)) == data
+        back = pool.apply(targets.same, (mutable,))
+        assert type(back) is bytearray
+        assert back == mutable
+        assert pool.map(len, [data, mutable]) == [2 * MIB, MIB]

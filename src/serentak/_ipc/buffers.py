@@ -7,9 +7,10 @@
     pack(obj):                                      unpack(payload, fds):
       pickle protocol 5; each buffer of               map the segment (or find it mapped
       OOB_THRESHOLD bytes or more (numpy arrays,      already), slice the buffers out:
-      big bytearrays, memoryviews) stays out of       pickle.loads(..., buffers=slices)
-      the pickle and is copied, once, into a          builds arrays on the shared pages,
-      segment of the sender's pool                    no copy
+      memoryviews; bytes and bytearrays near the      pickle.loads(..., buffers=slices)
+      top, see _lift) stays out of the pickle and     builds arrays on the shared pages,
+      is copied, once, into a
+      segment of the sender's pool                    no copy (bytes: one copy out)
       payload = MARK + table + pickle  -------------> when the last array of the message
       fds = handles' fds + [segment fds]              dies, the segment's busy flag is
                                                       cleared: the sender may reuse it
@@ -118,6 +119,44 @@ def _plain(obj: Any, depth: int = 2) -> bool:
     return all(_plain(item, depth - 1) for item in obj)
 
 
+class _Beside:
+    """A big bytes or bytearray, wrapped so that the pickler offers it to the
+    buffer callback: the C pickler writes these two types itself, in band,
+    without asking ``reducer_override`` (on every Python up to 3.13 at least)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self.data), (pickle.PickleBuffer(self.data),)
+
+
+# How deep into tuples, lists and dicts big bytes are looked for, and in how
+# many items of each: the message itself, a task's (args, kwds), a map chunk's
+# items and their arguments. Deeper, or inside other objects, they travel in band.
+_LIFT_DEPTH: Final = 3
+_LIFT_ITEMS: Final = 256
+
+
+def _lift(obj: Any, depth: int) -> Any:
+    """``obj`` with its big bytes and bytearrays (see _LIFT_DEPTH) wrapped in
+    _Beside; ``obj`` itself when it has none."""
+    kind = type(obj)
+    if kind is bytes or kind is bytearray:
+        return _Beside(obj) if len(obj) >= OOB_THRESHOLD else obj
+    if not depth or kind not in (tuple, list, dict) or len(obj) > _LIFT_ITEMS:
+        return obj
+    if kind is dict:
+        values = {key: _lift(value, depth - 1) for key, value in obj.items()}
+        return values if any(values[k] is not v for k, v in obj.items()) else obj
+    items = [_lift(item, depth - 1) for item in obj]
+    if all(new is old for new, old in zip(items, obj, strict=True)):
+        return obj
+    return tuple(items) if kind is tuple else items
+
+
 def pack(obj: Any, *, spawning: bool = False) -> Packed:
     """Pickle ``obj`` with its big buffers out of band.
 
@@ -126,6 +165,7 @@ def pack(obj: Any, *, spawning: bool = False) -> Packed:
     """
     if _plain(obj):  # a task's few numbers and strings: the stdlib's pickler, as is
         return Packed(pickle.dumps(obj, PROTOCOL))
+    obj = _lift(obj, _LIFT_DEPTH)
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:

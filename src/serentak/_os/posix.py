@@ -23,9 +23,30 @@ IS_LINUX: Final = sys.platform.startswith("linux")
 HAS_PIDFD: Final = hasattr(os, "pidfd_open")
 HAS_MEMFD: Final = hasattr(os, "memfd_create")
 
-fork = _native.fork
 gettid = _native.gettid
 pid_gone = _native.pid_gone
+
+
+# For tests of a failed fork(): while the file this variable names exists,
+# serentak's process creation fails with EAGAIN, as at RLIMIT_NPROC (which
+# root, who may run the test suite, is exempt from). Read at each start, so a
+# fork server started with the variable set honours it too.
+REFUSE_FORKS_VARIABLE: Final = "SERENTAK_TEST_REFUSE_FORKS"
+
+
+def check_may_fork() -> None:
+    """Raise what fork() raises at a process limit, if the test hook says so."""
+    refuse = os.environ.get(REFUSE_FORKS_VARIABLE)
+    if refuse and os.path.exists(refuse):
+        raise BlockingIOError(
+            errno.EAGAIN, f"{os.strerror(errno.EAGAIN)} ({REFUSE_FORKS_VARIABLE})"
+        )
+
+
+def fork() -> int:
+    """fork(), through the C extension (see its notes on the child's state)."""
+    check_may_fork()
+    return _native.fork()
 
 
 def pidfd_open(pid: int) -> int | None:

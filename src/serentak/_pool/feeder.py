@@ -30,8 +30,8 @@ from serentak._ipc.buffers import Packed
 
 from .interfaces import MapSink
 from .options import RetryPolicy
-from .results import ItemError, Outcome
-from .tasks import Function, Kind, Task
+from .results import Outcome, each_failed
+from .tasks import EACH_KINDS, Function, Kind, Task
 
 # Work per chunk the adaptive sizing aims at: long enough that a chunk's
 # round trip is a small fraction of it, short enough to balance the tail.
@@ -282,8 +282,8 @@ class MapJob:
         items = self.sizes.pop(index, 0)
         if busy_us:
             self.chunker.observe(items, busy_us)
-        if not outcome.ok and items and self.kind in _EACH:
-            outcome = _each_failed(outcome, items)
+        if not outcome.ok and items and self.kind in EACH_KINDS:
+            outcome = each_failed(outcome, items)
         # The bar moves (and, at the last chunk, closes) before the caller can see
         # the chunk: once map() returns, its bar shows 100% and prints no more.
         if self.progress is not None:
@@ -292,20 +292,6 @@ class MapJob:
         sink = self.sink
         if sink is not None:
             sink.complete_chunk(index, outcome)
-
-
-# Map kinds whose items fail alone.
-_EACH: Final = frozenset({Kind.MAP_EACH, Kind.STARMAP_EACH})
-
-
-def _each_failed(outcome: Outcome, items: int) -> Outcome:
-    """A chunk that failed whole (its worker died) in a map whose items fail alone:
-    each of its items fails with that error, so the positions after it keep their
-    places."""
-    error = outcome.error()  # the chunk's error, whatever it is, goes to each item
-    if error is None:
-        return outcome
-    return Outcome.of_value([ItemError(error)] * items)
 
 
 class Feeder:
@@ -511,6 +497,7 @@ class Feeder:
             expected,
             retry=job.retry,
             memory_limit=job.memory_limit,
+            items=len(chunk),
         )
 
     def _finish(self, job: MapJob, failure: BaseException | None = None) -> None:

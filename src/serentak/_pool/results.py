@@ -394,6 +394,21 @@ class MapResult(ApplyResult):
         return _Concatenated([self._chunks[i] for i in range(self._length)])
 
 
+def concatenated(parts: list[Outcome]) -> Outcome:
+    """One outcome for the consecutive pieces of a chunk (each a list of results)."""
+    return parts[0] if len(parts) == 1 else _Concatenated(parts)
+
+
+def each_failed(outcome: Outcome, items: int) -> Outcome:
+    """For a chunk (or the rest of one) that failed whole (its worker died), in a
+    map whose items fail alone: each of its ``items`` fails with that error, so
+    the positions after it keep their places."""
+    error = outcome.error()  # the chunk's error, whatever it is, goes to each item
+    if error is None:
+        return outcome
+    return Outcome.of_value([ItemError(error)] * items)
+
+
 class _Concatenated(Outcome):
     """The chunks of a map, unpickled and joined only when the value is asked for."""
 

@@ -13,6 +13,9 @@ worker that dies in the middle of a write can only garble its own channel::
     STARMAP   task_id, func_id, [args, ...] ------>  run each item
                                             <------  DONE   task_id, busy time, pickled result(s)
                                             <------  FAILED task_id, busy time, pickled Failure
+                                            <------  PARTIAL task_id, item count, pickled
+                                                     results of a chunk's next items (one too
+                                                     big for the progress segment)
                                             <------  RETIRE  (over its memory limit: will
                                                      run nothing more, exits)
     FORGET    func_id                       ------>  drop it from the cache
@@ -46,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Final
 from serentak._exceptions import MaybeEncodingError, ProcessError, RemoteTraceback
 from serentak._ipc.buffers import Packed, pack, unpack
 from serentak._ipc.connection import Connection
+from serentak._ipc.segments import Segment
 from serentak._ipc.serialize import dumps, loads
 from serentak._os.waiting import TASK_SPIN
 
@@ -78,6 +82,12 @@ class Kind(enum.IntEnum):
     RETIRE = 11
     MAP_EACH = 12  # a chunk of imap with adaptive chunks: an item that raises fails alone
     STARMAP_EACH = 13
+    PARTIAL = 14  # results of a MAP_EACH/STARMAP_EACH chunk's next items (func_id: how many)
+
+
+# Chunks whose items fail alone, and whose items' results the worker records one
+# by one (see WorkerProgress): a worker's death fails only the item it was running.
+EACH_KINDS: Final = frozenset({Kind.MAP_EACH, Kind.STARMAP_EACH})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +122,9 @@ class Task:
         first_failure: the error its first attempt failed with, once retried.
         memory_limit: bytes of resident memory its worker may reach while it
             runs; past them the worker is killed and the task fails.
+        items: how many items it holds (1 for apply, a chunk's length for maps).
+        partials: results of a chunk's first items that arrived in PARTIAL frames.
+        delivered: how many items those hold.
     """
 
     task_id: int
@@ -128,6 +141,9 @@ class Task:
     attempt: int = 1
     first_failure: BaseException | None = None
     memory_limit: int | None = None
+    items: int = 1
+    partials: list[Outcome] = dataclasses.field(default_factory=list)
+    delivered: int = 0
 
     @classmethod
     def encoded(
@@ -143,6 +159,7 @@ class Task:
         *,
         retry: RetryPolicy | None = None,
         memory_limit: int | None = None,
+        items: int = 1,
     ) -> Task:
         """A task for an engine-encoded payload: a Packed message's descriptors go with it."""
         fds: tuple[int, ...] = ()
@@ -160,6 +177,7 @@ class Task:
             expected=expected,
             retry=retry,
             memory_limit=memory_limit,
+            items=items,
         )
 
     def finish(self, outcome: Outcome, busy_us: int = 0) -> None:
@@ -317,6 +335,60 @@ def run_task(kind: Kind, func: Callable[..., Any], args: Any) -> Any:
     return results
 
 
+# A worker's progress, in a small shared segment of its own that the manager
+# reads once the worker has died (a SIGKILLed process tells nothing else):
+#
+#   task_id  u64   the task it last began, written before it unpickles the
+#                  arguments: a task sent to a worker that died before reading
+#                  it never began, and is sent to another worker instead
+#   first    u32   the chunk position of the first recorded item
+#   count    u32   items recorded
+#   end      u32   where the records end
+#   begun    u32   items of the chunk begun: one more than recorded while an
+#                  item runs, as many when the worker died between two
+#   records, from PROGRESS_HEAD: u32 length, then an item's result as pack()
+#                  made it (records are only made of results without fds)
+#
+# Each record is written before ``count`` covers it, so a worker killed in the
+# middle of one leaves the ones before it intact.
+_PROGRESS: Final = struct.Struct("<QIIII")
+_BEGUN: Final = struct.Struct("<I")
+_BEGUN_AT: Final = 20
+_RECORD: Final = struct.Struct("<I")
+PROGRESS_HEAD: Final = 32
+PROGRESS_BYTES: Final = 256 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerProgress:
+    """What a dead worker's progress segment says.
+
+    Attributes:
+        task_id: the task it last began (0: none).
+        first: the chunk position of ``results[0]``; the items before it came
+            back in PARTIAL frames.
+        results: the finished items' results, pickled, in order.
+        running: whether the item after them had begun.
+    """
+
+    task_id: int
+    first: int
+    results: tuple[bytes, ...]
+    running: bool
+
+    @classmethod
+    def read(cls, view: memoryview) -> WorkerProgress:
+        task_id, first, count, _end, begun = _PROGRESS.unpack_from(view)
+        results = []
+        offset = PROGRESS_HEAD
+        for _ in range(count):
+            (length,) = _RECORD.unpack_from(view, offset)
+            offset += _RECORD.size
+            results.append(bytes(view[offset : offset + length]))
+            offset += length
+        return cls(task_id, first, tuple(results), begun > first + count)
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerOptions:
     """How a worker process runs.
@@ -376,9 +448,10 @@ def resident_memory_mb() -> float:
 class _WorkerLoop:
     """The worker's state: its connection and the callables the supervisor sent."""
 
-    def __init__(self, conn: Connection, options: WorkerOptions) -> None:
+    def __init__(self, conn: Connection, options: WorkerOptions, progress: memoryview) -> None:
         self.conn = conn
         self.options = options
+        self.progress = progress
         self.functions: dict[int, Callable[..., Any]] = {}
         self.busy_us = 0  # the last task's
 
@@ -409,9 +482,13 @@ class _WorkerLoop:
     def run(self, frame: Frame) -> None:
         task_id = frame.task_id
         started = time.perf_counter()
+        _PROGRESS.pack_into(self.progress, 0, task_id, 0, 0, PROGRESS_HEAD, 0)
         try:
             arguments = unpack(frame.payload, frame.fds)
-            result = run_task(frame.kind, self.functions[frame.func_id], arguments)
+            if frame.kind in EACH_KINDS:
+                result = self.run_each(frame.kind, self.functions[frame.func_id], arguments, frame)
+            else:
+                result = run_task(frame.kind, self.functions[frame.func_id], arguments)
             del arguments  # its buffers: the sender may refill their segment once they go
         except BaseException as exc:  # a task's SystemExit or KeyboardInterrupt fails the task
             self.reply(Kind.FAILED, task_id, Packed(encode_failure(Failure.of(exc))), started)
@@ -422,12 +499,74 @@ class _WorkerLoop:
             failure = encode_failure(Failure.of_result(exc, result))
             self.reply(Kind.FAILED, task_id, Packed(failure), started)
             return
-        self.reply(Kind.DONE, task_id, packed, started)
+        del result  # the pickle holds it now: its memory may be what the frame needs
+        try:
+            self.reply(Kind.DONE, task_id, packed, started)
+        except MemoryError as exc:  # raised before the first byte went: the task fails alone
+            note = "the result could not be sent back"
+            self.reply(
+                Kind.FAILED, task_id, Packed(encode_failure(Failure.of(exc, note=note))), started
+            )
+
+    def run_each(
+        self, kind: Kind, func: Callable[..., Any], items: Sequence[Any], frame: Frame
+    ) -> list[Any]:
+        """Run a chunk whose items fail alone, recording each item's result in the
+        progress segment as it finishes; a result that does not fit there goes
+        to the manager at once, with those before it, in a PARTIAL frame.
+        Returns the results not sent yet."""
+        spread = kind is Kind.STARMAP_EACH
+        view = self.progress
+        first = 0
+        end = PROGRESS_HEAD
+        results: list[Any] = []
+        for position, item in enumerate(items):
+            _BEGUN.pack_into(view, _BEGUN_AT, position + 1)
+            try:
+                result = func(*item) if spread else func(item)
+            except BaseException as exc:  # an item's SystemExit fails that item, as a task's does
+                result = ItemFailed(Failure.of(exc))
+            try:
+                packed = pack(result)
+            except BaseException as exc:  # this item fails alone
+                note = f"the result ({type(result).__qualname__}) could not be pickled"
+                result = ItemFailed(Failure.of(exc, note=note))
+                packed = pack(result)
+            results.append(result)
+            if not packed.fds:
+                size = _RECORD.size + len(packed.payload)
+                if end + size <= len(view):
+                    _RECORD.pack_into(view, end, len(packed.payload))
+                    view[end + _RECORD.size : end + size] = packed.payload
+                    end += size
+                    _PROGRESS.pack_into(
+                        view, 0, frame.task_id, first, len(results), end, position + 1
+                    )
+                    continue
+            packed.close()
+            if position + 1 == len(items):
+                break  # the last one: it goes with the DONE frame
+            # The item count rides in the func_id field, unused in result frames.
+            partial = pack(results)
+            message = Frame(Kind.PARTIAL, frame.task_id, len(results), partial.payload)
+            try:
+                dataclasses.replace(message, fds=partial.fds).send(self.conn)
+            finally:
+                partial.close()
+            first = position + 1
+            end = PROGRESS_HEAD
+            results = []
+            _PROGRESS.pack_into(view, 0, frame.task_id, first, 0, end, first)
+        return results
 
     def reply(self, kind: Kind, task_id: int, packed: Packed, started: float) -> None:
         busy_us = self.busy_us = min(int((time.perf_counter() - started) * 1e6), _MAX_BUSY_US)
         try:
-            Frame(kind, task_id, 0, packed.payload, busy_us, packed.fds).send(self.conn)
+            # Encoded first: a MemoryError (header and payload are joined in one
+            # buffer) comes before anything is written, so the caller can still
+            # send a FAILED frame in its place.
+            data = Frame(kind, task_id, 0, packed.payload, busy_us).encode()
+            self.conn.send_frame(data, packed.fds)
         finally:
             packed.close()
 
@@ -452,8 +591,9 @@ def worker_main(
     initializer: Callable[..., object] | None,
     initargs: Sequence[Any],
     options: WorkerOptions,
+    progress: Segment,
 ) -> None:
-    """The target of every pool worker process."""
+    """The target of every pool worker process; ``progress``: see :class:`WorkerProgress`."""
     _worker_state.clear()  # a forked worker starts as empty as a spawned one
     for name, value in options.environ:
         os.environ.setdefault(name, value)
@@ -469,7 +609,7 @@ def worker_main(
             Frame(Kind.INIT_FAILED, 0, 0, payload).send(conn)
             return
     Frame(Kind.READY).send(conn)
-    _WorkerLoop(conn, options).serve()
+    _WorkerLoop(conn, options, progress.buf).serve()
 
 
 def describe_exit(pid: int, exitcode: int | None) -> str:

@@ -5,7 +5,7 @@
     owner (the process that started us)        this server                 a child
     ------------------------------------       -----------                 -------
     control socket --"fork" + [boot, status]-> fork() -------------------> close the server's fds
-                                                status <- pid              SIGKILL when we die
+                                                status <- pid (or -errno)  SIGKILL when we die
     boot socket -------- ChildStart + fds ----------------------------->  run_from_socket(boot)
                                                 SIGCHLD: waitpid
                                                 status <- exit code, close
@@ -20,6 +20,7 @@ happens to the children. Children get the default SIGINT handler back.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import select
@@ -79,7 +80,14 @@ class _Server:
         except (EOFError, OSError):
             return False
         boot_fd, status_fd = fds
-        pid = _posix.fork()
+        try:
+            pid = _posix.fork()
+        except OSError as exc:
+            # EAGAIN at a process limit, ENOMEM: that one start fails, with the
+            # errno for the owner to raise; the server and its children go on.
+            os.close(boot_fd)
+            self._report(status_fd, -(exc.errno or errno.EAGAIN), close=True)
+            return True
         if pid == 0:
             self.become_child(boot_fd, status_fd)
         os.close(boot_fd)

@@ -269,6 +269,7 @@ def launch(process: Bootstrappable, method: StartMethod) -> ChildHandle:
         return _fork(process)
     payload, fds = _start_payload(process)
     if method is StartMethod.SPAWN:
+        _posix.check_may_fork()
         return _spawn(payload, fds)
     return _fork_server().launch(payload, fds)
 
@@ -333,7 +334,13 @@ def _fork(process: Bootstrappable) -> ChildHandle:
     track_main_classes()
     flush_standard_streams()
     liveness_r, liveness_w = (-1, -1) if _posix.HAS_PIDFD else os.pipe()
-    pid = _posix.fork()
+    try:
+        pid = _posix.fork()
+    except OSError:
+        for fd in (liveness_r, liveness_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
     if pid == 0:
         code = 1
         try:
@@ -528,6 +535,8 @@ class _ForkServerClient:
             if data is None:
                 raise OSError("the fork server died while starting a child")
             pid: int = EXIT_STATUS.unpack(data)[0]
+            if pid < 0:  # the server's fork() failed: it says why
+                raise OSError(-pid, f"the fork server could not fork: {os.strerror(-pid)}")
             pidfd = _posix.pidfd_open(pid)
             channel = Connection(ours.detach())
             _send_start(channel, payload, fds)

@@ -22,7 +22,10 @@ is running (a worker runs tasks in arrival order), the rest were sent ahead so
 the worker never idles between tasks. When a worker dies, exactly its running
 task fails (WorkerLostError naming the exit code or signal); the ones sent
 ahead never started and go back to the front of the queue, so nothing is lost
-and nothing runs twice.
+and nothing runs twice. Each worker's progress segment (tasks.WorkerProgress)
+refines this after its death: a first task it had not begun goes back to the
+queue too; of an imap chunk (MAP_EACH), the items it finished are delivered,
+the one it was running fails and the rest are queued as a task of their own.
 
 A task that fails goes through ``_end``: if its retry policy says so, it is
 queued again (at once, or in ``_delayed`` until its backoff has passed) rather
@@ -53,18 +56,24 @@ from serentak._exceptions import (
     TimeoutError,
     WorkerLostError,
 )
+from serentak._ipc.buffers import pack, unpack
 from serentak._ipc.connection import Connection, Pipe
 from serentak._ipc.connection import frame as transport_frame
+from serentak._ipc.segments import Segment
 from serentak._os import _native
 from serentak._os.waiting import RESULT_SPIN
+from serentak._pool.interfaces import ResultSink
 from serentak._pool.options import DEFAULT_RETRY_ON, final_error, format_size
-from serentak._pool.results import Outcome
+from serentak._pool.results import ItemError, Outcome, concatenated, each_failed
 from serentak._pool.tasks import (
+    EACH_KINDS,
+    PROGRESS_BYTES,
     Frame,
     ItemFailed,
     Kind,
     Task,
     WorkerOptions,
+    WorkerProgress,
     describe_exit,
     monotonic,
     worker_main,
@@ -93,6 +102,10 @@ KILL_GRACE: Final = 0.5
 # How often the resident size of a worker running a task with a memory limit is
 # read: a task filling memory at 2 GiB/s overshoots its limit by 40 MiB at most.
 MEMORY_POLL: Final = 0.02
+# A replacement worker that could not be started (fork() failed: EAGAIN under a
+# process limit, ENOMEM) is tried again this much later, doubling up to the most.
+RESTART_DELAY: Final = 0.05
+RESTART_DELAY_MOST: Final = 2.0
 
 
 class PoolState(enum.Enum):
@@ -148,10 +161,12 @@ class WorkerStats:
     Attributes:
         pid: its process id.
         alive: whether it is still running.
-        tasks_done: tasks (chunks, for maps) it completed.
-        tasks_failed: of those, how many raised.
+        tasks_done: tasks it completed: each item of a map counts, as does each apply.
+        tasks_failed: applies and whole chunks that raised (an item of an imap
+            that raises alone is in ``tasks_done``).
         busy_seconds: time it spent running tasks.
         ended: how it ended, if it has ("exited with code 0", "killed by SIGKILL ...").
+        chunks_done: messages of work it completed: an apply, or a map's chunk.
     """
 
     pid: int
@@ -160,6 +175,7 @@ class WorkerStats:
     tasks_failed: int
     busy_seconds: float
     ended: str | None
+    chunks_done: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,15 +209,22 @@ class PoolStats:
         return sum(w.tasks_failed for w in self.workers)
 
     @property
+    def chunks_done(self) -> int:
+        """Applies and map chunks completed, by all workers."""
+        return sum(w.chunks_done for w in self.workers)
+
+    @property
     def busy_seconds(self) -> float:
         """Time spent running tasks, by all workers."""
         return sum(w.busy_seconds for w in self.workers)
 
     def __str__(self) -> str:
-        lines = [f"{'pid':>8} {'state':>7} {'done':>7} {'failed':>7} {'busy s':>9}  ended"]
+        lines = [
+            f"{'pid':>8} {'state':>7} {'done':>7} {'chunks':>7} {'failed':>7} {'busy s':>9}  ended"
+        ]
         for w in self.workers:
             state = "alive" if w.alive else "gone"
-            row = f"{w.pid:>8} {state:>7} {w.tasks_done:>7} {w.tasks_failed:>7}"
+            row = f"{w.pid:>8} {state:>7} {w.tasks_done:>7} {w.chunks_done:>7} {w.tasks_failed:>7}"
             lines.append(f"{row} {w.busy_seconds:>9.3f}  {w.ended or ''}")
         lines.append(
             f"restarts {self.restarts}, lost {self.tasks_lost}, timed out {self.tasks_timed_out}, "
@@ -229,14 +252,16 @@ def _long(task: Task) -> bool:
 class _Worker:
     """One worker process as the supervisor sees it."""
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, progress: Segment) -> None:
         self.process = process
         self.conn = conn
+        self.progress = progress  # what it began and finished, readable after its death
         self.pid = process.pid or 0
         self.sentinel = process.sentinel
         self.in_flight: collections.deque[Task] = collections.deque()
         self.known: collections.OrderedDict[int, None] = collections.OrderedDict()
-        self.completed = 0
+        self.completed = 0  # applies and chunks
+        self.items_done = 0  # applies and map items
         self.failed = 0
         self.busy_us = 0
         self.retiring = False  # reached maxtasksperchild: gets no more tasks
@@ -303,6 +328,8 @@ class Supervisor:
         self._delay_order = itertools.count()
         self._next_memory_check: float | None = None
         self._started_workers = 0
+        self._restart_at: float | None = None  # when to try again to start a worker
+        self._restart_delay = 0.0
         self._average_busy: float | None = None  # seconds per task, recent tasks weigh most
         # Map results not yet unpickled: the supervisor thread unpickles them when it
         # has nothing else to do, so that the work overlaps with the workers'.
@@ -322,9 +349,8 @@ class Supervisor:
             for _ in range(self._size):
                 self._start_worker()
         except BaseException:
-            for worker in self._workers.values():
+            for worker in list(self._workers.values()):  # _forget removes each
                 worker.process.kill()
-                worker.process.join()
                 self._forget(worker)
             self._selector.close()
             os.close(self._wake_r)
@@ -532,7 +558,7 @@ class Supervisor:
     def stats(self) -> PoolStats:
         """A snapshot of the statistics (supervisor thread, or after it finished)."""
         current = tuple(
-            WorkerStats(w.pid, True, w.completed, w.failed, w.busy_us / 1e6, None)
+            WorkerStats(w.pid, True, w.items_done, w.failed, w.busy_us / 1e6, None, w.completed)
             for w in self._workers.values()
         )
         return PoolStats(
@@ -548,15 +574,21 @@ class Supervisor:
 
     def _start_worker(self) -> _Worker:
         ours, theirs = Pipe()
-        process = self._make_process(
-            worker_main, (theirs, self._initializer, self._initargs, self._options)
-        )
-        process._ignores_sigint = True  # from its first instruction: see worker_main
+        progress: Segment | None = None
         try:
+            progress = Segment(PROGRESS_BYTES, name="serentak-progress")
+            args = (theirs, self._initializer, self._initargs, self._options, progress)
+            process = self._make_process(worker_main, args)
+            process._ignores_sigint = True  # from its first instruction: see worker_main
             process.start()
+        except BaseException:
+            ours.close()
+            if progress is not None:
+                progress.close()
+            raise
         finally:
             theirs.close()
-        worker = _Worker(process, ours)
+        worker = _Worker(process, ours, progress)
         self._workers[worker.pid] = worker
         self._started_workers += 1
         if self._started_workers > self._size:
@@ -574,6 +606,7 @@ class Supervisor:
                 pass
         self._workers.pop(worker.pid, None)
         worker.conn.close()
+        worker.progress.close()
         worker.process.join()
         worker.process.close()
 
@@ -583,16 +616,39 @@ class Supervisor:
         when the workers that would have run it retire (maxtasksperchild) or die."""
         if self._state is PoolState.TERMINATE or self._broken is not None:
             return
+        if self._restart_at is not None and monotonic() < self._restart_at:
+            return  # the last try failed: _check_deadlines tries again
         active = sum(1 for w in self._workers.values() if not w.retiring)
         wanted = self._size if self._state is PoolState.RUN else min(self._size, len(self._pending))
         for _ in range(wanted - active):
-            self._start_worker()
+            try:
+                self._start_worker()
+            except OSError:
+                # fork() failed (EAGAIN at a process limit, ENOMEM): the
+                # workers left go on, the queued tasks wait for them or for
+                # this worker, tried again with growing delays.
+                delay = min(RESTART_DELAY_MOST, max(RESTART_DELAY, 2 * self._restart_delay))
+                self._restart_delay = delay
+                self._restart_at = monotonic() + delay
+                return
+        self._restart_at = None
+        self._restart_delay = 0.0
 
     def _worker_exited(self, worker: _Worker) -> None:
         # Results it sent before dying are still in the socket: take them first.
         self._read_results(worker, until_eof=True)
         worker.process.join()
         exitcode = worker.process.exitcode
+        progress = WorkerProgress.read(worker.progress.buf)
+        if (
+            worker.in_flight
+            and progress.task_id != worker.in_flight[0].task_id
+            and worker.timed_out is not worker.in_flight[0]
+            and (worker.over_memory is None or worker.over_memory[0] is not worker.in_flight[0])
+        ):
+            # It died before it began its first task: none of what it held ran.
+            self._pending.extendleft(reversed(worker.in_flight))
+            worker.in_flight.clear()
         if worker.in_flight:
             lost = worker.in_flight.popleft()
             error: BaseException
@@ -601,7 +657,6 @@ class Supervisor:
                     f"the task ran longer than its timeout of {lost.timeout} s; "
                     f"its worker process {worker.pid} was killed"
                 )
-                self._timed_out += 1
             elif worker.over_memory is not None and worker.over_memory[0] is lost:
                 error = MemoryLimitError(
                     f"the task's worker process {worker.pid} reached "
@@ -609,13 +664,24 @@ class Supervisor:
                     f"task's memory_limit of {format_size(lost.memory_limit or 0)}; the "
                     "worker was killed and replaced"
                 )
-                self._over_memory += 1
             else:
                 error = WorkerLostError(
                     f"{describe_exit(worker.pid, exitcode)} while running the task"
                 )
+            failed = True
+            if lost.kind in EACH_KINDS and lost.items > 1 and lost.retry is None:
+                worker.items_done += len(progress.results)
+                failed = self._salvage(lost, progress, error)
+            else:
+                self._end(lost, Outcome.of_exception(error))
+            if not failed:
+                pass  # it died between two items of a chunk: no item was lost
+            elif isinstance(error, TimeoutError):
+                self._timed_out += 1
+            elif isinstance(error, MemoryLimitError):
+                self._over_memory += 1
+            else:
                 self._lost += 1
-            self._end(lost, Outcome.of_exception(error))
             # Sent ahead but never started: back to the front, in order.
             self._pending.extendleft(reversed(worker.in_flight))
             worker.in_flight.clear()
@@ -624,13 +690,51 @@ class Supervisor:
             WorkerStats(
                 worker.pid,
                 False,
-                worker.completed,
+                worker.items_done,
                 worker.failed,
                 worker.busy_us / 1e6,
                 describe_exit(worker.pid, exitcode),
+                worker.completed,
             )
         )
         self._replace_if_needed()
+
+    def _salvage(self, lost: Task, progress: WorkerProgress, error: BaseException) -> bool:
+        """A chunk whose items fail alone lost its worker: the items it finished
+        keep their results, the one it was running fails with ``error``, and
+        the rest (which never began) are queued again as a task of their own.
+        Returns whether an item was running (and failed)."""
+        finished = [Outcome(True, result).value() for result in progress.results]
+        if progress.running:
+            finished.append(ItemError(error))
+        head = [*lost.partials, Outcome.of_value(finished)]
+        done = progress.first + len(finished)  # finished or failed
+        rest_count = lost.items - done
+        if rest_count <= 0:
+            lost.finish(concatenated(head))
+            return progress.running
+        try:
+            items = unpack(lost.payload, [os.dup(fd) for fd in lost.fds])
+            packed = pack(items[done:])
+        except Exception:  # what it was sent can be read again: this cannot happen
+            head.append(each_failed(Outcome.of_exception(error), rest_count))
+            lost.finish(concatenated(head))
+            return True
+        rest = Task.encoded(
+            lost.task_id,
+            lost.kind,
+            lost.function,
+            packed,
+            _Rest(lost, head, rest_count),
+            0,
+            lost.timeout,
+            items=rest_count,
+        )
+        for fd in lost.fds:
+            os.close(fd)
+        lost.fds = ()
+        self._pending.appendleft(rest)
+        return progress.running
 
     def _read_results(
         self, worker: _Worker, *, until_eof: bool = False, readable: bool = False
@@ -659,6 +763,15 @@ class Supervisor:
             worker.in_flight.clear()
             self._replace_if_needed()
             return
+        if kind is Kind.PARTIAL:
+            if worker.in_flight and worker.in_flight[0].task_id == frame.task_id:
+                task = worker.in_flight[0]
+                task.partials.append(Outcome(True, bytes(frame.payload), fds=frame.fds))
+                task.delivered += frame.func_id
+            else:
+                for fd in frame.fds:
+                    os.close(fd)
+            return
         if kind is Kind.INIT_FAILED:
             outcome = Outcome(False, bytes(frame.payload), fds=frame.fds)
             try:
@@ -674,10 +787,14 @@ class Supervisor:
         task = worker.in_flight.popleft()
         ok = kind is Kind.DONE
         outcome = Outcome(ok, bytes(frame.payload), fds=frame.fds)
+        if task.partials:
+            last = outcome if ok else each_failed(outcome, task.items - task.delivered)
+            outcome = concatenated([*task.partials, last])
         self._end(task, outcome, frame.busy_us)
         if ok and task.kind in _PRELOADED and len(frame.payload) >= PRELOAD_BYTES:
             self._unloaded.append(outcome)
         worker.completed += 1
+        worker.items_done += task.items
         worker.failed += not ok
         worker.busy_us += frame.busy_us
         busy = frame.busy_us / 1e6
@@ -719,6 +836,9 @@ class Supervisor:
         if task.first_failure is None:
             task.first_failure = error
         task.attempt += 1
+        # Its items run again, all of them: what came ahead in PARTIAL frames goes.
+        task.partials.clear()
+        task.delivered = 0
         task.started = None
         self._retries += 1
         delay = policy.delay(task.attempt)
@@ -853,6 +973,7 @@ class Supervisor:
         return True
 
     def _next_timeout(self) -> float | None:
+        restart = self._restart_at
         deadlines = [
             w.in_flight[0].started + w.in_flight[0].timeout
             for w in self._workers.values()
@@ -872,12 +993,16 @@ class Supervisor:
             deadlines.append(self._next_memory_check)
         else:
             self._next_memory_check = None
+        if restart is not None:
+            deadlines.append(restart)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - monotonic())
 
     def _check_deadlines(self) -> None:
         now = monotonic()
+        if self._restart_at is not None and now >= self._restart_at:
+            self._replace_if_needed()
         if self._kill_deadline is not None and now >= self._kill_deadline:
             self._kill_deadline = None
             for worker in self._workers.values():
@@ -922,7 +1047,7 @@ def _item_error(task: Task, outcome: Outcome) -> BaseException | None:
     beyond the default (a map whose items fail alone catches them in the worker);
     None if none did, or the policy names only the default errors (no unpickling)."""
     policy = task.retry
-    if policy is None or policy.retry_on == DEFAULT_RETRY_ON or task.kind not in _EACH_KINDS:
+    if policy is None or policy.retry_on == DEFAULT_RETRY_ON or task.kind not in EACH_KINDS:
         return None
     values = outcome.value()
     for value in values if isinstance(values, list) else ():
@@ -931,9 +1056,6 @@ def _item_error(task: Task, outcome: Outcome) -> BaseException | None:
             if isinstance(error, policy.retry_on):
                 return error
     return None
-
-
-_EACH_KINDS: Final = frozenset({Kind.MAP_EACH, Kind.STARMAP_EACH})
 
 
 def resident_bytes(pid: int) -> int | None:
@@ -946,3 +1068,22 @@ def resident_bytes(pid: int) -> int | None:
 
 
 _PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+
+
+class _Rest:
+    """The sink of what a salvaged chunk had not begun: once that ends, the
+    chunk's outcome is the salvaged head followed by it."""
+
+    def __init__(self, chunk: Task, head: list[Outcome], items: int) -> None:
+        self._chunk = chunk
+        self._head = head
+        self._items = items
+
+    def claim(self) -> bool:
+        return True
+
+    def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
+        self._chunk.finish(concatenated([*self._head, each_failed(outcome, self._items)]))
+
+
+_: type[ResultSink] = _Rest
