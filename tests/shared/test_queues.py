@@ -1064,18 +1064,24 @@ def test_consumer_killed_in_a_get_loop_of_simple_and_joinable_queues(ctx: Any, k
 def test_writer_lock_of_a_dead_owner_whose_pid_was_reused_is_taken_over(
     ctx: Any, size: int
 ) -> None:
-    """The writer lock's word names a live process (our parent) beside the start
-    stamp of another (ours, as if a process that died had held it): put() takes
-    it over instead of waiting for the parent to exit."""
+    """The writer lock's word names a live process (our parent) beside another
+    start stamp than the parent's (as if a process that died had held it, and
+    its pid went to the parent): put() takes it over instead of waiting for the
+    parent to exit."""
     from serentak._os import _native
+
+    impostor = os.getppid()
+    with open(f"/proc/{impostor}/stat") as stat:
+        # Field 22, the start time; counted after the name, which ends at the last ")".
+        started = int(stat.read().rpartition(")")[2].split()[19])
 
     queue = ctx.Queue()
     try:
         view = queue._channel._ring_view
         words = view[_native.RING_WRITER_LOCK : _native.RING_WRITER_LOCK + 4].cast("I")
         stamps = view[_native.RING_WRITER_STAMP : _native.RING_WRITER_STAMP + 4].cast("I")
-        words[0] = os.getppid()
-        stamps[0] = _native.start_stamp()
+        words[0] = impostor
+        stamps[0] = (started + 1) & 0xFFFF_FFFF or 1
         began = time.monotonic()
         queue.put(b"x" * size)
         assert queue.get(timeout=PATIENCE) == b"x" * size

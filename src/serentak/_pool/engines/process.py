@@ -728,6 +728,7 @@ class Supervisor:
             _Rest(lost, head, rest_count),
             0,
             lost.timeout,
+            memory_limit=lost.memory_limit,
             items=rest_count,
         )
         for fd in lost.fds:
