@@ -104,18 +104,15 @@ class Packed:
 
 # Types the stdlib pickler handles alone, in band: no handles, buffers or code.
 _ATOMS: Final = frozenset({int, float, str, bool, type(None), range})
+# Containers are checked in C (exact str, bytes, numbers and None in exact
+# tuples, lists, dicts and sets) up to this many objects; bytes inside them
+# are pickled in band by either pickler, so nothing goes out of band.
+PLAIN_BUDGET: Final = 64
 
 
-def _plain(obj: Any, depth: int = 2) -> bool:
-    """Whether ``obj`` is small plain data (atoms, in short tuples, lists and str-keyed dicts)."""
-    kind = type(obj)
-    if kind in _ATOMS:
-        return True
-    if kind not in (tuple, list, dict) or not depth or len(obj) > 8:
-        return False
-    if kind is dict:
-        return all(type(key) is str and _plain(value, depth - 1) for key, value in obj.items())
-    return all(_plain(item, depth - 1) for item in obj)
+def plain(obj: Any) -> bool:
+    """Whether ``obj`` is small plain data that the stdlib's pickler handles as is."""
+    return type(obj) in _ATOMS or _native.plain_data(obj, PLAIN_BUDGET)
 
 
 def pack(obj: Any, *, spawning: bool = False) -> Packed:
@@ -124,7 +121,7 @@ def pack(obj: Any, *, spawning: bool = False) -> Packed:
     Raises:
         Whatever pickling raises.
     """
-    if _plain(obj):  # a task's few numbers and strings: the stdlib's pickler, as is
+    if plain(obj):  # a task's few numbers and strings: the stdlib's pickler, as is
         return Packed(pickle.dumps(obj, PROTOCOL))
     buffers: list[pickle.PickleBuffer] = []
 
