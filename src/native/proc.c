@@ -223,7 +223,7 @@ native_buffer_address(PyObject *self, PyObject *arg)
 
 /* Is `obj` made only of exact str, bytes, int, float, complex, bool and None,
  * in exact tuples, lists, dicts, sets and frozensets, with at most *budget
- * objects in all? Such data pickles the same with the plain C pickler as with
+ * objects in all (a KiB of str or bytes counting as an object)? Such data pickles the same with the plain C pickler as with
  * serentak's (whose reducer_override pickle never calls for these types), and
  * carries no function to ship by value and no handle with an fd; a check here
  * costs far less than setting up the full pickler for a small message.
@@ -235,9 +235,16 @@ plain_walk(PyObject *obj, Py_ssize_t *budget, int depth)
         return 0;
     }
     PyTypeObject *type = Py_TYPE(obj);
-    if (type == &PyUnicode_Type || type == &PyLong_Type || type == &PyFloat_Type ||
-        type == &PyBytes_Type || obj == Py_None || type == &PyBool_Type ||
-        type == &PyComplex_Type) {
+    if (type == &PyBytes_Type || type == &PyUnicode_Type) {
+        /* Each KiB counts as one more object: pickle.dumps grows its output
+         * buffer as it goes, which for a MiB costs many times what a reused
+         * pickler's stream does. */
+        Py_ssize_t size = type == &PyBytes_Type ? PyBytes_GET_SIZE(obj) : PyUnicode_GET_LENGTH(obj);
+        *budget -= size >> 10;
+        return *budget >= 0;
+    }
+    if (type == &PyLong_Type || type == &PyFloat_Type || obj == Py_None ||
+        type == &PyBool_Type || type == &PyComplex_Type) {
         return 1;
     }
     if (type == &PyTuple_Type || type == &PyList_Type) {
@@ -481,8 +488,9 @@ PyMethodDef serentak_proc_methods[] = {
     {"gettid", native_gettid, METH_NOARGS, "The calling thread's kernel thread id."},
     {"buffer_address", native_buffer_address, METH_O, "The address of a contiguous buffer's bytes."},
     {"plain_data", (PyCFunction)(void (*)(void))native_plain_data, METH_FASTCALL,
-     "plain_data(obj, budget) -> True if obj is at most `budget` objects of exact str, bytes,\n"
-     "int, float, complex, bool, None, in exact tuples, lists, dicts, sets, frozensets."},
+     "plain_data(obj, budget) -> True if obj is at most `budget` objects (or KiB of str and\n"
+     "bytes) of exact str, bytes, int, float, complex, bool, None, in exact tuples, lists,\n"
+     "dicts, sets, frozensets."},
     {NULL, NULL, 0, NULL},
 };
 

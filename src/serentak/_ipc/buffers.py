@@ -102,17 +102,16 @@ class Packed:
             _posix.close_quietly(fd)
 
 
-# Types the stdlib pickler handles alone, in band: no handles, buffers or code.
-_ATOMS: Final = frozenset({int, float, str, bool, type(None), range})
-# Containers are checked in C (exact str, bytes, numbers and None in exact
-# tuples, lists, dicts and sets) up to this many objects; bytes inside them
-# are pickled in band by either pickler, so nothing goes out of band.
+# Plain data is checked in C (exact str, bytes, numbers and None, in exact
+# tuples, lists, dicts and sets) up to this many objects, a KiB of str or
+# bytes counting as one; bytes are pickled in band by either pickler. Bigger
+# data is cheaper through the reused pickler's stream than pickle.dumps.
 PLAIN_BUDGET: Final = 64
 
 
 def plain(obj: Any) -> bool:
     """Whether ``obj`` is small plain data that the stdlib's pickler handles as is."""
-    return type(obj) in _ATOMS or _native.plain_data(obj, PLAIN_BUDGET)
+    return type(obj) is range or _native.plain_data(obj, PLAIN_BUDGET)
 
 
 def pack(obj: Any, *, spawning: bool = False) -> Packed:
