@@ -59,8 +59,19 @@
 /* Copies above this release the GIL (other threads of the process go on). */
 #define RING_BIG_COPY (64 * 1024)
 /* How long a reader polls tail before sleeping on it: a sleep and a wake cost
- * two system calls and a scheduler round trip, many times one message. */
-#define RING_SPIN_SECONDS 20e-6
+ * two system calls and a scheduler round trip, many times one message. But a
+ * spin that does not end in data burns a CPU some other process could have
+ * used: with more runnable processes than CPUs (a third, CPU-bound process
+ * beside a producer and a consumer on two CPUs) the spinning reader starved
+ * the producer it waited for. So the spin adapts, per Ring object: it doubles
+ * (up to RING_SPIN_MAX) after a spin that saw data, halves after one that
+ * did not (to nothing below RING_SPIN_MIN; then one wait in RING_SPIN_PROBE
+ * tries a short spin again), and is skipped while the reader's thread has
+ * been preempted since its last wait (getrusage's involuntary context
+ * switches: the CPUs are oversubscribed). */
+#define RING_SPIN_MAX 20e-6
+#define RING_SPIN_MIN 1e-6
+#define RING_SPIN_PROBE 64
 #define RING_HEADER 4096
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -95,7 +106,64 @@ typedef struct {
     unsigned long holder; /* the thread get() returned the held record to; 0: none */
     void *base;       /* our own mapping of the memfd: no fd kept (unlike mmap.mmap) */
     size_t size;
+    /* The reader's adaptive spin (see RING_SPIN_MAX); racy updates from
+     * several threads only make the estimate rougher. */
+    double spin;          /* seconds, 0 for none */
+    unsigned spin_skips;  /* waits without a spin since the last probe */
+    long preemptions;     /* involuntary context switches at the last wait */
 } RingObject;
+
+#include <sys/resource.h>
+
+/* Has this thread been preempted since the last call (for this ring)? */
+static int
+preempted_since_last(RingObject *self)
+{
+#ifdef RUSAGE_THREAD
+    struct rusage usage;
+    if (getrusage(RUSAGE_THREAD, &usage) != 0) {
+        return 0;
+    }
+    long seen = self->preemptions;
+    self->preemptions = usage.ru_nivcsw;
+    return usage.ru_nivcsw != seen;
+#else
+    (void)self;
+    return 0;
+#endif
+}
+
+/* The seconds to spin before this wait (0: sleep at once). */
+static double
+spin_budget(RingObject *self)
+{
+    double budget = self->spin;
+    if (budget == 0) {
+        if (++self->spin_skips < RING_SPIN_PROBE) {
+            return 0;
+        }
+        self->spin_skips = 0;
+        budget = RING_SPIN_MIN;
+    }
+    if (preempted_since_last(self)) {
+        self->spin = budget / 2 < RING_SPIN_MIN ? 0 : budget / 2;
+        return 0;
+    }
+    return budget;
+}
+
+static void
+spin_learn(RingObject *self, double budget, int saw_data)
+{
+    if (budget == 0) {
+        return;
+    }
+    if (saw_data) {
+        self->spin = budget * 2 > RING_SPIN_MAX ? RING_SPIN_MAX : budget * 2;
+    } else {
+        self->spin = budget / 2 < RING_SPIN_MIN ? 0 : budget / 2;
+    }
+}
 
 static inline void
 cpu_relax(void)
@@ -313,6 +381,7 @@ ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     self->h = (ring_header *)base;
     self->data = (unsigned char *)base + RING_HEADER;
     self->mask = (uint32_t)capacity - 1;
+    self->spin = RING_SPIN_MAX;
     return 0;
 }
 
@@ -570,16 +639,20 @@ ring_get(RingObject *self, PyObject *deadline_obj)
         _Atomic uint32_t *word = count_word(&h->tail);
         int changed = 0;
         Py_BEGIN_ALLOW_THREADS
-        double spin_until = now() + RING_SPIN_SECONDS;
-        for (int spin = 1;; spin++) {
-            if (atomic_load_explicit(word, memory_order_relaxed) != tail_count) {
-                changed = 1;
-                break;
+        double budget = spin_budget(self);
+        if (budget > 0) {
+            double spin_until = now() + budget;
+            for (int spin = 1;; spin++) {
+                if (atomic_load_explicit(word, memory_order_relaxed) != tail_count) {
+                    changed = 1;
+                    break;
+                }
+                cpu_relax();
+                if (spin % 32 == 0 && now() > spin_until) {
+                    break;
+                }
             }
-            cpu_relax();
-            if (spin % 32 == 0 && now() > spin_until) {
-                break;
-            }
+            spin_learn(self, budget, changed);
         }
         if (!changed) {
             atomic_fetch_add(&h->data_waiters, 1);

@@ -158,3 +158,28 @@ def test_a_goal_against_a_library_not_measured_cannot_be_told() -> None:
     workload = _bench.Workload("w", "w", _bench.GB_PER_S, _bench.WorkloadKind.QUEUE, len, goal=goal)
     results.workloads = [workload]
     assert results.goal_met(workload) is None
+
+
+def test_every_row_of_the_full_bench_has_a_goal() -> None:
+    rows = _bench.workloads(_bench.FULL)
+    assert all(row.goal is not None for row in rows)
+    names = {row.name for row in rows}
+    for channel in ("queue", "pipe"):
+        for message in ("int", "100B", "tuple", "str", "dict", "floats", "1MiB"):
+            assert f"{channel}-{message}" in names
+    assert {
+        "apply-rtt",
+        "apply-rtt-p99",
+        "map-tiny",
+        "map-cpu",
+        "spawn-start",
+        "value-lock",
+    } <= names
+
+
+@pytest.mark.parametrize("only", ["pipe-tuple", "value-lock", "spawn-start"])
+def test_bench_quick_new_rows_measure_both_libraries(only: str) -> None:
+    run = serentak_command("bench", "--quick", "--only", only, "--start-method", "fork")
+    assert run.returncode == 0, run.stderr
+    assert "vs stdlib" in run.stdout
+    assert "error" not in run.stdout, run.stdout

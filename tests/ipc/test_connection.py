@@ -168,6 +168,44 @@ def test_many_messages_keep_their_order(pipe: tuple[Connection, Connection]) -> 
     assert received == expected
 
 
+@pytest.mark.parametrize("sender_is_main", [True, False], ids=["main-thread", "other-thread"])
+def test_small_messages_through_a_full_socket_arrive_whole(
+    pipe: tuple[Connection, Connection], sender_is_main: bool
+) -> None:
+    """Plain tuples sent faster than they are read fill the socket: the sends that
+    find it full finish once there is room, whole and in order."""
+    a, b = pipe
+    count = 20_000  # a few MB: many times the socket buffer
+    messages = [(number, b"x" * (number % 300)) for number in range(count)]
+    received: list[Any] = []
+
+    def send_all() -> None:
+        for message in messages:
+            a.send(message)
+
+    def receive_all() -> None:
+        for _ in range(count):
+            received.append(b.recv())
+
+    worker = threading.Thread(target=receive_all if sender_is_main else send_all)
+    worker.start()
+    (send_all if sender_is_main else receive_all)()
+    worker.join(PATIENCE)
+    assert not worker.is_alive()
+    assert received == messages
+
+
+def test_a_plain_message_bigger_than_a_small_frame(pipe: tuple[Connection, Connection]) -> None:
+    a, b = pipe
+    message = (1, b"y" * 100_000, {"z": "w" * 70_000})
+    reader_got: list[Any] = []
+    reader = threading.Thread(target=lambda: reader_got.append(b.recv()))
+    reader.start()
+    a.send(message)
+    reader.join(PATIENCE)
+    assert reader_got == [message]
+
+
 def test_send_bytes_with_offset_and_size(pipe: tuple[Connection, Connection]) -> None:
     a, b = pipe
     a.send_bytes(b"abcdef")

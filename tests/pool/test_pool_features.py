@@ -524,14 +524,8 @@ def fake_cgroups(
             return io.StringIO(membership)
         return real_open(path, *args, **kwargs)
 
-    def fake_path(*parts: Any) -> Path:
-        path = Path(*parts)
-        if path.is_relative_to("/sys/fs/cgroup"):
-            return root / path.relative_to("/sys/fs/cgroup")
-        return path
-
     monkeypatch.setattr(_posix, "open", fake_open, raising=False)
-    monkeypatch.setattr(_posix, "Path", fake_path)
+    monkeypatch.setattr(_posix, "_CGROUP_ROOT", str(root))
 
 
 CGROUP_CASES = {

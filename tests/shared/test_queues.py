@@ -268,6 +268,34 @@ def test_big_messages_in_one_process(q: _queues.Queue) -> None:
         assert q.get(timeout=PATIENCE) == ["list", b"l" * size]
 
 
+def test_big_plain_messages_in_one_process(q: _queues.Queue) -> None:
+    """A str, or a plain tuple, whose pickle does not fit the ring travels beside it."""
+    big = 2 * _queues._IN_RING_MAX
+    messages = ["s" * big, ("t", b"u" * big), {"k": 3.5, "v": "w" * big}]
+    for message in messages:
+        q.put(message)
+    for message in messages:
+        assert q.get(timeout=PATIENCE) == message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        (7, b"x" * 100),
+        {"id": 7, "name": "alice", "score": 3.5, "ok": True, "tags": None},
+        (1.5, 2.5, 3.5),
+        [1, (2, 3.0), {4, 5}, frozenset({"six"}), None, 7j, True],
+        list(range(1000)),  # beyond the plain-data budget: the full pickler
+        ({"nested": [[[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]]},),
+    ],
+)
+def test_containers_of_plain_data_round_trip(q: _queues.Queue, message: object) -> None:
+    q.put(message)
+    got = q.get(timeout=PATIENCE)
+    assert got == message
+    assert type(got) is type(message)
+
+
 def test_threads_share_a_queue(q: _queues.Queue) -> None:
     got: list[int] = []
     lock = threading.Lock()

@@ -11,6 +11,8 @@ faster)::
     Pool workloads: pool.map(f, items) ────────▶ 2 pool workers per library,
                     ◀── results ──────────────── started once, kept warm
     Queue workloads: queue.get() ◀── put ─────── 1 producer process per round
+    Pipe workloads:  reader.recv() ◀── send ──── 1 producer process per round
+    Process, Value:  start + join, Value lock ── fresh processes per round
 
 The stdlib's ``multiprocessing`` and the alternatives (loky, joblib, mpire,
 faster-fifo) are loaded only here, by name, when the bench runs: serentak's
@@ -69,6 +71,36 @@ def produce(queue: Any, message: object, count: int) -> None:
     """The producer process of the Queue workloads."""
     for _ in range(count):
         queue.put(message)
+
+
+def send_all(writer: Any, message: object, count: int) -> None:
+    """The producer process of the Pipe workloads."""
+    for _ in range(count):
+        writer.send(message)
+
+
+# Iterations of cpu_task's loop: about 100 ms of pure Python on a 2020s core.
+CPU_TASK_LOOPS: Final = 2_000_000
+
+
+def cpu_task(seed: int) -> int:
+    """A pure-Python CPU-bound task of about 100 ms (holds the GIL throughout)."""
+    total = seed
+    for i in range(CPU_TASK_LOOPS):
+        total = (total + i * i) % 1_000_003
+    return total
+
+
+def noop() -> None:
+    """A process target that does nothing: all cost is starting and joining."""
+
+
+def count_under_lock(counter: Any, start: Any, increments: int) -> None:
+    """Add 1 to ``counter`` ``increments`` times under its own lock, as the docs teach."""
+    start.wait()
+    for _ in range(increments):
+        with counter.get_lock():
+            counter.value += 1
 
 
 # -- the libraries, behind one interface each for pools and queues --
@@ -139,6 +171,40 @@ class ContextQueue:
     def dispose(self, queue: Any) -> None:
         queue.close()
         queue.join_thread()
+
+
+class PipeChannel:
+    """The two ends of a one-way Pipe with the Queue workloads' ``get`` and ``put``."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.reader, self.writer = ctx.Pipe(duplex=False)
+
+    def get(self) -> Any:
+        return self.reader.recv()
+
+    def put(self, obj: Any) -> None:
+        self.writer.send(obj)
+
+
+class ContextPipe:
+    """serentak's or the stdlib's ``Pipe``, fed by a ``Process`` of the same context."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+
+    def make(self) -> PipeChannel:
+        return PipeChannel(self._ctx)
+
+    def start(self, channel: PipeChannel, message: object, count: int) -> Any:
+        process = self._ctx.Process(
+            target=send_all, args=(channel.writer, message, count), daemon=True
+        )
+        process.start()
+        return process
+
+    def dispose(self, channel: PipeChannel) -> None:
+        channel.reader.close()
+        channel.writer.close()
 
 
 class LokyPool:
@@ -241,6 +307,8 @@ class Library:
     version: str
     pool: Callable[[], PoolUnderTest] | None
     queue: Callable[[], QueueUnderTest] | None
+    pipe: Callable[[], QueueUnderTest] | None = None
+    context: Callable[[], Any] | None = None  # its context for the start method
 
 
 def _stdlib_context(start_method: str) -> Any:
@@ -266,13 +334,20 @@ def libraries(start_method: str) -> list[Library]:
     stdlib = _stdlib_context(start_method)
     found = [
         Library(
-            SERENTAK, __version__, functools.partial(ContextPool, ours), lambda: ContextQueue(ours)
+            SERENTAK,
+            __version__,
+            functools.partial(ContextPool, ours),
+            lambda: ContextQueue(ours),
+            lambda: ContextPipe(ours),
+            lambda: default_context,
         ),
         Library(
             STDLIB,
             platform.python_version(),
             functools.partial(ContextPool, stdlib),
             lambda: ContextQueue(stdlib),
+            lambda: ContextPipe(stdlib),
+            lambda: importlib.import_module("multiprocessing"),
         ),
     ]
     alternatives: Iterable[tuple[str, str, Callable[[], Any] | None, Callable[[], Any] | None]] = (
@@ -296,6 +371,8 @@ class WorkloadKind(enum.Enum):
 
     POOL = "pool"
     QUEUE = "queue"
+    PIPE = "pipe"
+    CONTEXT = "context"  # Process, Value: the library's module, for get_context()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,6 +388,9 @@ GB_PER_S = Unit("GB/s", ",.2f", higher_is_better=True)
 MSG_PER_S = Unit("msg/s", ",.0f", higher_is_better=True)
 ITEMS_PER_S = Unit("items/s", ",.0f", higher_is_better=True)
 MICROSECONDS = Unit("us", ",.1f", higher_is_better=False)
+MILLISECONDS = Unit("ms", ",.1f", higher_is_better=False)
+SECONDS = Unit("s", ",.2f", higher_is_better=False)
+INCREMENTS_PER_S = Unit("incr/s", ",.0f", higher_is_better=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,15 +422,38 @@ class Sizes:
     big_messages: int  # of 1 MiB
     round_trips: int
     tiny_tasks: int
+    increments: int  # per process, of the Value lock workload
+    starts: int  # processes started and joined per sample
+    cpu_tasks: int
 
 
-FULL = Sizes((16, 8), (8, 64), 200_000, 1_000, 1_000, 200_000)
-QUICK = Sizes((4, 1), (2, 4), 5_000, 50, 100, 20_000)
+FULL = Sizes((16, 8), (8, 64), 200_000, 1_000, 1_000, 200_000, 50_000, 5, 8)
+QUICK = Sizes((4, 1), (2, 4), 5_000, 50, 100, 20_000, 5_000, 1, 4)
 ARRAY_GOAL = Goal(ratio=10.0, bound=3.0)
 SMALL_MESSAGE_GOAL = Goal(ratio=2.5)
 BIG_MESSAGE_GOAL = Goal(ratio=1.0, against="faster_fifo")
-ROUND_TRIP_GOAL = Goal(bound=50.0)
+PIPE_GOAL = Goal(ratio=1.5)
+BIG_PIPE_GOAL = Goal(ratio=1.0)
+ROUND_TRIP_GOAL = Goal(bound=40.0)
+ROUND_TRIP_P99_GOAL = Goal(bound=200.0)
 TINY_MAP_GOAL = Goal(ratio=2.0)
+CPU_MAP_GOAL = Goal(ratio=1.0)
+SPAWN_GOAL = Goal(ratio=1.0)
+VALUE_LOCK_GOAL = Goal(ratio=2.0)
+# Idle process pools alive in the parent while the tiny maps run: a user's
+# program rarely has only the pool being measured (other libraries' pools,
+# executors, a manager), and each adds threads and fds the parent carries.
+COMPANY_POOLS: Final = 6
+
+# The messages of the Queue and Pipe rows: (name, title, message).
+MESSAGES: Final[tuple[tuple[str, str, object], ...]] = (
+    ("int", "int", 12345),
+    ("100B", "100 B", b"x" * 100),
+    ("tuple", "(int, 100 B)", (12345, b"x" * 100)),
+    ("str", "str of 40", "s" * 40),
+    ("dict", "dict of 5", {"id": 7, "name": "alice", "score": 3.5, "ok": True, "tags": None}),
+    ("floats", "3 floats", (1.5, 2.5, 3.5)),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,14 +517,68 @@ def _tiny_map_speed(pool: PoolUnderTest, count: int) -> float:
     return statistics.median(speeds)
 
 
-def _round_trip(pool: PoolUnderTest, count: int) -> float:
-    """Median microseconds from submitting one tiny task to holding its result."""
+def _round_trip(pool: PoolUnderTest, count: int, quantile: float) -> float:
+    """Microseconds from submitting one tiny task to holding its result, at ``quantile``
+    (0.5: the median) of ``count`` round trips."""
     samples = []
     for _ in range(count):
         started = time.perf_counter()
-        pool.call(tiny, 1)
+        if pool.call(tiny, 1) != 2:
+            raise RuntimeError("the task computed something else")
         samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1e6
+    samples.sort()
+    return samples[min(len(samples) - 1, int(quantile * len(samples)))] * 1e6
+
+
+def _cpu_map_seconds(pool: PoolUnderTest, count: int) -> float:
+    """Seconds for ``count`` CPU-bound tasks of about 100 ms, one per chunk."""
+    started = time.perf_counter()
+    results = pool.map(cpu_task, range(count), 1)
+    seconds = time.perf_counter() - started
+    if results != [_cpu_task_result(seed) for seed in range(count)]:
+        raise RuntimeError("the workers computed something else")
+    return seconds
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_task_result(seed: int) -> int:
+    return cpu_task(seed)
+
+
+def _start_ms(library: Any, method: str, count: int) -> float:
+    """Milliseconds to start and join a Process doing nothing (median of ``count``)."""
+    ctx = library.get_context(method)
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        process = ctx.Process(target=noop)
+        process.start()
+        process.join()
+        samples.append(time.perf_counter() - started)
+        if process.exitcode != 0:
+            raise RuntimeError(f"the process exited with {process.exitcode}")
+    return statistics.median(samples) * 1e3
+
+
+def _value_lock_speed(library: Any, method: str, increments: int) -> float:
+    """Increments per second of 2 processes adding to one ``Value('i')`` under its lock."""
+    ctx = library.get_context(method)
+    counter = ctx.Value("i", 0)
+    start = ctx.Event()
+    workers = [
+        ctx.Process(target=count_under_lock, args=(counter, start, increments))
+        for _ in range(WORKERS)
+    ]
+    for worker in workers:
+        worker.start()
+    started = time.perf_counter()
+    start.set()
+    for worker in workers:
+        worker.join()
+    seconds = time.perf_counter() - started
+    if counter.value != WORKERS * increments:
+        raise RuntimeError(f"the counter reads {counter.value}, not {WORKERS * increments}")
+    return WORKERS * increments / seconds
 
 
 class _ProducerFailed:
@@ -444,24 +601,59 @@ def _transfer_speed(queue_kind: QueueUnderTest, message: object, count: int) -> 
     watchdog = threading.Thread(target=_watch, args=(producer, queue), daemon=True)
     watchdog.start()
     try:
-        failed = queue.get() is _ProducerFailed
+        got = queue.get()
+        failed = got is _ProducerFailed
         started = time.perf_counter()
         for _ in range(count - 1):
             if failed:
                 break
-            failed = queue.get() is _ProducerFailed
+            got = queue.get()
+            failed = got is _ProducerFailed
         seconds = time.perf_counter() - started
         watchdog.join()
     finally:
         queue_kind.dispose(queue)
     if failed or producer.exitcode != 0:
         raise RuntimeError(f"the producer process failed with exit code {producer.exitcode}")
+    if got != message or type(got) is not type(message):
+        raise RuntimeError("a message arrived changed")
     return (count - 1) / seconds
 
 
 def _mib_transfer_speed(queue_kind: QueueUnderTest, count: int) -> float:
     """GB/s of 1 MiB ``bytes`` messages from a producer process to this one."""
     return _transfer_speed(queue_kind, b"x" * MIB, count) * MIB / 1e9
+
+
+def _channel_rows(
+    kind: WorkloadKind, sizes: Sizes, goal: Callable[[Goal], Goal | None]
+) -> list[Workload]:
+    """A Queue or Pipe row per message of MESSAGES, and one of 1 MiB messages."""
+    label = "queue" if kind is WorkloadKind.QUEUE else "pipe"
+    title = "Queue" if kind is WorkloadKind.QUEUE else "Pipe"
+    small_goal = SMALL_MESSAGE_GOAL if kind is WorkloadKind.QUEUE else PIPE_GOAL
+    rows = [
+        Workload(
+            f"{label}-{name}",
+            f"{title} 1 -> 1, {text}",
+            MSG_PER_S,
+            kind,
+            functools.partial(_transfer_speed, message=message, count=sizes.small_messages),
+            goal=goal(small_goal),
+        )
+        for name, text, message in MESSAGES
+    ]
+    rows.append(
+        Workload(
+            f"{label}-1MiB",
+            f"{title} 1 -> 1, 1 MiB",
+            GB_PER_S,
+            kind,
+            functools.partial(_mib_transfer_speed, count=sizes.big_messages),
+            goal=goal(BIG_MESSAGE_GOAL if kind is WorkloadKind.QUEUE else BIG_PIPE_GOAL),
+        )
+    )
+    return rows
 
 
 def workloads(sizes: Sizes) -> list[Workload]:
@@ -487,45 +679,55 @@ def workloads(sizes: Sizes) -> list[Workload]:
             )
     return [
         *pool_arrays,
-        Workload(
-            "queue-int",
-            "Queue 1 -> 1, int",
-            MSG_PER_S,
-            WorkloadKind.QUEUE,
-            functools.partial(_transfer_speed, message=12345, count=sizes.small_messages),
-            goal=goal(SMALL_MESSAGE_GOAL),
-        ),
-        Workload(
-            "queue-100B",
-            "Queue 1 -> 1, 100 B",
-            MSG_PER_S,
-            WorkloadKind.QUEUE,
-            functools.partial(_transfer_speed, message=b"x" * 100, count=sizes.small_messages),
-            goal=goal(SMALL_MESSAGE_GOAL),
-        ),
-        Workload(
-            "queue-1MiB",
-            "Queue 1 -> 1, 1 MiB",
-            GB_PER_S,
-            WorkloadKind.QUEUE,
-            functools.partial(_mib_transfer_speed, count=sizes.big_messages),
-            goal=goal(BIG_MESSAGE_GOAL),
-        ),
+        *_channel_rows(WorkloadKind.QUEUE, sizes, goal),
+        *_channel_rows(WorkloadKind.PIPE, sizes, goal),
         Workload(
             "apply-rtt",
             "apply_async round trip, median",
             MICROSECONDS,
             WorkloadKind.POOL,
-            functools.partial(_round_trip, count=sizes.round_trips),
+            functools.partial(_round_trip, count=sizes.round_trips, quantile=0.5),
             goal=goal(ROUND_TRIP_GOAL),
         ),
         Workload(
+            "apply-rtt-p99",
+            "apply_async round trip, p99",
+            MICROSECONDS,
+            WorkloadKind.POOL,
+            functools.partial(_round_trip, count=sizes.round_trips, quantile=0.99),
+            goal=goal(ROUND_TRIP_P99_GOAL),
+        ),
+        Workload(
             "map-tiny",
-            f"Pool.map {sizes.tiny_tasks:,} tiny tasks",
+            f"Pool.map {sizes.tiny_tasks:,} tiny tasks, {COMPANY_POOLS} other pools alive",
             ITEMS_PER_S,
             WorkloadKind.POOL,
             functools.partial(_tiny_map_speed, count=sizes.tiny_tasks),
             goal=goal(TINY_MAP_GOAL),
+        ),
+        Workload(
+            "map-cpu",
+            f"Pool.map {sizes.cpu_tasks} x 100 ms CPU tasks, chunksize 1",
+            SECONDS,
+            WorkloadKind.POOL,
+            functools.partial(_cpu_map_seconds, count=sizes.cpu_tasks),
+            goal=goal(CPU_MAP_GOAL),
+        ),
+        Workload(
+            "spawn-start",
+            "start + join a no-op Process, spawn",
+            MILLISECONDS,
+            WorkloadKind.CONTEXT,
+            functools.partial(_start_ms, method="spawn", count=sizes.starts),
+            goal=goal(SPAWN_GOAL),
+        ),
+        Workload(
+            "value-lock",
+            f"2 x {sizes.increments:,} Value('i') increments under get_lock()",
+            INCREMENTS_PER_S,
+            WorkloadKind.CONTEXT,
+            functools.partial(_value_lock_speed, method="fork", increments=sizes.increments),
+            goal=goal(VALUE_LOCK_GOAL),
         ),
     ]
 
@@ -611,6 +813,24 @@ def _warm_up(pool: PoolUnderTest, chosen: Sequence[Workload]) -> None:
         pool.map(total, [numpy.zeros(1)] * 8 * WORKERS, 1)
 
 
+def _start_company(start_method: str) -> list[Any]:
+    """COMPANY_POOLS idle stdlib pools of WORKERS processes, started and warm."""
+    ctx = _stdlib_context(start_method)
+    company = []
+    for _ in range(COMPANY_POOLS):
+        pool = ctx.Pool(WORKERS)
+        pool.map(tiny, range(WORKERS))
+        company.append(pool)
+    return company
+
+
+def _stop_company(company: list[Any]) -> None:
+    while company:
+        idle = company.pop()
+        idle.terminate()
+        idle.join()
+
+
 def run(
     chosen: Sequence[Workload],
     start_method: str,
@@ -624,19 +844,27 @@ def run(
     found = [lib for lib in libraries(start_method) if among is None or lib.name in among]
     results = Results(list(chosen), found, rounds, start_method)
     kinds = {workload.kind for workload in chosen}
-    pools: dict[str, PoolUnderTest] = {}
-    queues: dict[str, QueueUnderTest] = {}
+    subjects_of: dict[WorkloadKind, dict[str, Any]] = {kind: {} for kind in WorkloadKind}
+    pools: dict[str, PoolUnderTest] = subjects_of[WorkloadKind.POOL]
+    company: list[Any] = []
     try:
         for library in found:
             if WorkloadKind.POOL in kinds and library.pool is not None:
                 pools[library.name] = library.pool()
                 _warm_up(pools[library.name], chosen)
-            if WorkloadKind.QUEUE in kinds and library.queue is not None:
-                queues[library.name] = library.queue()
+            for kind, make in (
+                (WorkloadKind.QUEUE, library.queue),
+                (WorkloadKind.PIPE, library.pipe),
+                (WorkloadKind.CONTEXT, library.context),
+            ):
+                if kind in kinds and make is not None:
+                    subjects_of[kind][library.name] = make()
         for workload in chosen:
-            subjects: dict[str, Any] = pools if workload.kind is WorkloadKind.POOL else queues
+            subjects = subjects_of[workload.kind]
             names = list(subjects)
             on_progress(f"{workload.name}: {workload.title} ({', '.join(names)})")
+            if workload.name == "map-tiny" and not company:
+                company = _start_company(start_method)
             if workload.needs_numpy and rounds > 1:
                 # One round untimed: each library's first big transfer pays for
                 # memory it keeps and reuses (fresh pages cost more than copies).
@@ -654,11 +882,13 @@ def run(
                         results.errors[workload.name, name] = f"{type(error).__name__}: {error}"
                     else:
                         results.samples.setdefault((workload.name, name), []).append(figure)
+            _stop_company(company)
     finally:
         for pool in pools.values():
             pool.close()
+        _stop_company(company)
         _arrays.cache_clear()
-    if any(workload.name == "apply-rtt" for workload in chosen):
+    if any(workload.name.startswith("apply-rtt") for workload in chosen):
         results.pipe_floor_us = pipe_round_trip_us(ROUND_TRIPS_FOR_FLOOR)
     return results
 

@@ -143,6 +143,29 @@ def _run_bench(
     return 1 if serentak_failed else 0
 
 
+def _run_scale(start_method: str | None, quick: bool, plot: str | None) -> int:
+    from . import bench as _bench
+    from . import scale as _scale
+
+    if plot is not None:
+        try:
+            _bench.require_matplotlib()
+        except _bench.CannotRun as reason:
+            print(f"serentak bench: {reason}", file=sys.stderr)
+            return 2
+    results = _scale.run_scale(
+        start_method or DEFAULT_START_METHOD.value,
+        quick,
+        on_progress=lambda text: print(f"running {text}", file=sys.stderr, flush=True),
+    )
+    _say(f"serentak bench --scale: how costs grow, {os.cpu_count()} CPUs")
+    _say(_scale.format_scale(results))
+    if plot is not None:
+        _scale.plot_scale(results, plot)
+        _say(f"plot written to {plot}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``serentak`` command."""
     parser = argparse.ArgumentParser(prog="serentak", description=__doc__.splitlines()[0])
@@ -178,6 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="rounds of each workload, median shown (default 3; 1 with --quick)",
     )
     bench.add_argument(
+        "--scale",
+        action="store_true",
+        help="how costs grow: per-task overhead of maps of 10^3..10^6 tasks, the parent's"
+        " peak memory for imap over 10^7 items, Queue throughput for 10 B..256 MiB",
+    )
+    bench.add_argument(
         "--plot",
         metavar="FILE.png",
         help="also draw the ratios to FILE.png (needs matplotlib: pip install 'serentak[bench]')",
@@ -188,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command == "bench":
         if options.rounds is not None and options.rounds < 1:
             bench.error("--rounds must be at least 1")
+        if options.scale:
+            return _run_scale(options.start_method, options.quick, options.plot)
         return _run_bench(
             options.start_method, options.quick, options.only, options.rounds, options.plot
         )

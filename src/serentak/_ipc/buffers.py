@@ -103,20 +103,16 @@ class Packed:
             _posix.close_quietly(fd)
 
 
-# Types the stdlib pickler handles alone, in band: no handles, buffers or code.
-_ATOMS: Final = frozenset({int, float, str, bool, type(None), range})
+# Plain data is checked in C (exact str, bytes, numbers and None, in exact
+# tuples, lists, dicts and sets) up to this many objects, a KiB of str or
+# bytes counting as one; bytes are pickled in band by either pickler. Bigger
+# data is cheaper through the reused pickler's stream than pickle.dumps.
+PLAIN_BUDGET: Final = 64
 
 
-def _plain(obj: Any, depth: int = 2) -> bool:
-    """Whether ``obj`` is small plain data (atoms, in short tuples, lists and str-keyed dicts)."""
-    kind = type(obj)
-    if kind in _ATOMS:
-        return True
-    if kind not in (tuple, list, dict) or not depth or len(obj) > 8:
-        return False
-    if kind is dict:
-        return all(type(key) is str and _plain(value, depth - 1) for key, value in obj.items())
-    return all(_plain(item, depth - 1) for item in obj)
+def plain(obj: Any) -> bool:
+    """Whether ``obj`` is small plain data that the stdlib's pickler handles as is."""
+    return type(obj) is range or _native.plain_data(obj, PLAIN_BUDGET)
 
 
 class _Beside:
@@ -163,7 +159,7 @@ def pack(obj: Any, *, spawning: bool = False) -> Packed:
     Raises:
         Whatever pickling raises.
     """
-    if _plain(obj):  # a task's few numbers and strings: the stdlib's pickler, as is
+    if plain(obj):  # a task's few numbers and strings: the stdlib's pickler, as is
         return Packed(pickle.dumps(obj, PROTOCOL))
     obj = _lift(obj, _LIFT_DEPTH)
     buffers: list[pickle.PickleBuffer] = []

@@ -34,6 +34,7 @@ from __future__ import annotations
 import array
 import collections
 import os
+import pickle
 import select
 import socket
 import struct
@@ -47,8 +48,8 @@ from serentak._os import _native
 from serentak._os import posix as _posix
 from serentak._os.waiting import SIGNAL_SPAN, in_main_thread
 
-from .buffers import pack, unpack
-from .serialize import fd_received, fd_to_send
+from .buffers import pack, plain, unpack
+from .serialize import PROTOCOL, fd_received, fd_to_send
 
 _WORD: Final = struct.Struct("<I")
 _LONG: Final = struct.Struct("<Q")
@@ -214,6 +215,14 @@ class Connection:
 
     def send(self, obj: Any) -> None:
         """Send a picklable object (and the fds of any handles in it, over a socket)."""
+        if plain(obj):
+            # Small plain data (most messages): no Packed, no fds to own.
+            payload = pickle.dumps(obj, PROTOCOL)
+            if len(payload) <= _SMALL:
+                self._send_small(self._check_writable(), payload)
+            else:
+                self.send_frame(payload)
+            return
         packed = pack(obj)
         if not packed.fds:
             self.send_frame(packed.payload)
@@ -257,22 +266,13 @@ class Connection:
                 raise ValueError(f"a message can carry at most {MAX_FDS} file descriptors")
             if sock is None:
                 raise TypeError("file descriptors can only travel over a socket connection")
-        small = not fds and len(payload) <= _SMALL
+        if not fds and len(payload) <= _SMALL:
+            self._send_small(fd, payload)
+            return
         if sock is not None and in_main_thread():
             # A send to a peer that does not read would block the main thread for
             # good, and a Ctrl-C another thread took with it (see _waiting).
-            if small:
-                _send_in_spans(sock, [_WORD.pack(len(payload)) + payload], ())
-            else:
-                _send_in_spans(sock, [_header(len(payload), bool(fds)), payload], fds)
-            return
-        if small:
-            # The common case: small, no fds. One copy into a single buffer beats a
-            # scatter list.
-            data = _WORD.pack(len(payload)) + payload
-            sent = os.write(fd, data)
-            if sent < len(data):
-                self._write_rest(fd, b"", data, sent)
+            _send_in_spans(sock, [_header(len(payload), bool(fds)), payload], fds)
             return
         header = _header(len(payload), bool(fds))
         if sock is not None and fds:
@@ -281,6 +281,26 @@ class Connection:
         else:
             sent = os.writev(fd, [header, payload])
         self._write_rest(fd, header, payload, sent)
+
+    def _send_small(self, fd: int, payload: bytes | memoryview) -> None:
+        """The common case: a small frame without fds, header and payload in one
+        buffer (one copy beats a scatter list)."""
+        data = _WORD.pack(len(payload)) + payload
+        sock = self._socket
+        if sock is None:
+            sent = os.write(fd, data)
+        else:
+            try:
+                # Most often the socket has room: one call, whichever the thread.
+                sent = sock.send(data, _DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data) and in_main_thread():
+                # See send_frame: the main thread waits for room in spans.
+                _send_in_spans(sock, [memoryview(data)[sent:]], ())
+                return
+        if sent < len(data):
+            self._write_rest(fd, b"", data, sent)
 
     def send_some(self, data: memoryview, fds: Sequence[int] = ()) -> int:
         """Write as much of ``data`` (framed bytes, see :func:`frame`) as fits now.

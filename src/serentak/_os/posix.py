@@ -13,7 +13,6 @@ import select
 import signal
 import socket
 import sys
-from pathlib import Path
 from typing import Final
 
 from . import _native
@@ -116,6 +115,11 @@ def usable_cpu_count() -> int | None:
     return count
 
 
+# os.path rather than pathlib: this module is imported by every spawned child,
+# and pathlib (with urllib.parse behind it) is a noticeable part of a start.
+_CGROUP_ROOT: Final = "/sys/fs/cgroup"
+
+
 def _cgroup_cpu_quota() -> float | None:
     """CPUs' worth of time the process's cgroup (or an ancestor) may use; None if unlimited."""
     try:
@@ -127,33 +131,38 @@ def _cgroup_cpu_quota() -> float | None:
     for line in lines:
         hierarchy, controllers, path = line.split(":", 2)
         if hierarchy == "0" and controllers == "":  # cgroup v2
-            limits += _quotas_v2(Path("/sys/fs/cgroup"), path)
+            limits += _quotas_v2(_CGROUP_ROOT, path)
         elif "cpu" in controllers.split(","):  # cgroup v1
             limits += _quotas_v1(controllers, path)
     return min(limits, default=None)
 
 
-def _quotas_v2(root: Path, path: str) -> list[float]:
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read()
+
+
+def _quotas_v2(root: str, path: str) -> list[float]:
     limits = []
-    folder = root / path.lstrip("/")
+    folder = os.path.normpath(os.path.join(root, path.lstrip("/")))
     while True:
         try:
-            quota, period = (folder / "cpu.max").read_text().split()
+            quota, period = _read(os.path.join(folder, "cpu.max")).split()
             if quota != "max":
                 limits.append(int(quota) / int(period))
         except (OSError, ValueError):
             pass
-        if folder == root or root not in folder.parents:
+        if folder == root or not folder.startswith(root + "/"):
             return limits
-        folder = folder.parent
+        folder = os.path.dirname(folder)
 
 
 def _quotas_v1(controllers: str, path: str) -> list[float]:
     for mount in (controllers, "cpu", "cpu,cpuacct"):
-        folder = Path("/sys/fs/cgroup") / mount / path.lstrip("/")
+        folder = os.path.join(_CGROUP_ROOT, mount, path.lstrip("/"))
         try:
-            quota = int((folder / "cpu.cfs_quota_us").read_text())
-            period = int((folder / "cpu.cfs_period_us").read_text())
+            quota = int(_read(os.path.join(folder, "cpu.cfs_quota_us")))
+            period = int(_read(os.path.join(folder, "cpu.cfs_period_us")))
         except (OSError, ValueError):
             continue
         return [quota / period] if quota > 0 and period > 0 else []
