@@ -1689,3 +1689,33 @@ class PoolRefusingContext:
     def cpu_count(self) -> int:
         count: int = self._ctx.cpu_count()
         return count
+
+
+# ---- test_managers: the xmlrpclib serializer ------------------------------------------
+
+
+_xml_queue: Any = None
+
+
+def mgr_xml_queue() -> Any:
+    """The manager's one queue (every ``get_queue()`` proxies the same one)."""
+    global _xml_queue
+    if _xml_queue is None:
+        import queue
+
+        _xml_queue = queue.Queue()
+    return _xml_queue
+
+
+def mgr_xml_put(address: Any, authkey: bytes, values: tuple[Any, ...]) -> None:
+    """Connect to the manager at ``address`` with a client-only manager class, as the
+    stdlib documents remote managers, and put ``values`` on its queue over XML-RPC."""
+    from serentak.managers import BaseManager
+
+    class QueueClient(BaseManager):
+        pass
+
+    QueueClient.register("get_queue")
+    manager = QueueClient(address=address, authkey=authkey, serializer="xmlrpclib")
+    manager.connect()
+    manager.get_queue().put(values)  # type: ignore[attr-defined]

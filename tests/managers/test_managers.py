@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import queue as pyqueue
 import signal
 import threading
 import time
@@ -513,3 +514,66 @@ def test_a_signal_taken_by_another_thread_interrupts_a_call(ctx: Any) -> None:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+# ---- the xmlrpclib serializer -----------------------------------------------------------
+
+
+class XmlQueueManager(BaseManager):
+    """The stdlib's remote-manager example: a queue served over XML-RPC."""
+
+
+XmlQueueManager.register("get_queue", callable=_targets.mgr_xml_queue)
+
+XML_VALUES = (
+    "hello world",
+    None,
+    True,
+    2.25,
+    "hall\xe5 v\xe4rlden",
+    "\u043f\u0440\u0438\u0432\u0456\u0442",
+    b"hall\xe5 v\xe4rlden",
+)
+
+
+def test_xmlrpclib_serializer(ctx: Any) -> None:
+    """What XML-RPC carries goes both ways (a tuple comes back as a list); what it cannot
+    carry fails to send and leaves the connection in step; exceptions come back as
+    themselves; a method's proxy result works; the address can be used again at once."""
+    authkey = os.urandom(16)
+    manager = XmlQueueManager(
+        address=("127.0.0.1", 0), authkey=authkey, serializer="xmlrpclib", ctx=ctx
+    )
+    manager.start()
+    try:
+        address = manager.address
+        child = ctx.Process(target=_targets.mgr_xml_put, args=(address, authkey, XML_VALUES))
+        child.start()
+        queue = manager.get_queue()  # type: ignore[attr-defined]
+        assert queue.get(timeout=PATIENCE) == list(XML_VALUES)
+        join_all([child])
+        with pytest.raises(TypeError, match="cannot marshal"):
+            queue.put(time.sleep)
+        with pytest.raises(OverflowError):
+            queue.put(2**40)
+        with pytest.raises(pyqueue.Empty):  # raised in the manager, rebuilt here
+            queue.get(timeout=0.01)
+        assert queue.qsize() == 0  # still in step
+        del queue
+    finally:
+        manager.shutdown()
+    again = XmlQueueManager(address=address, authkey=authkey, serializer="xmlrpclib", ctx=ctx)
+    again.start()
+    again.shutdown()
+    with CounterManager(serializer="xmlrpclib", ctx=ctx) as counters:
+        auto = counters.AutoCounter()  # type: ignore[attr-defined]
+        assert auto.increment(2) == 2
+        children = auto.children(3)  # method_to_typeid: a proxy of a list in the manager
+        assert isinstance(children, ListProxy)
+        assert len(children) == 3
+        assert children[2] == 2  # (a slice is not something XML-RPC carries)
+
+
+def test_unknown_serializer() -> None:
+    with pytest.raises(ValueError, match=r"'json'.*'pickle' and 'xmlrpclib'"):
+        SyncManager(serializer="json")

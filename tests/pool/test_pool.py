@@ -691,3 +691,58 @@ def test_functions_of_a_scripts_main_module(start_method: str, tmp_path: Path, g
     done = run_script(script, start_method)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == MAIN_OUTPUT
+
+
+# ---- what the stdlib's own pool example reads -------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", ["close", "terminate", "drop"])
+def test_pool_lists_its_workers_alive_until_stopped(ctx: Any, stop: str) -> None:
+    """``pool._pool``, as the stdlib documentation's pool example reads it: every worker
+    alive while the pool runs, none once closed and joined, terminated and joined, or
+    shortly after the pool is dropped."""
+    pool = ctx.Pool(2)
+    workers = pool._pool
+    assert len(workers) == 2
+    assert all(worker.is_alive() for worker in workers)
+    assert all(running(worker.pid) for worker in workers)
+    assert pool.apply(_targets.pool_square, (3,)) == 9
+    with pytest.raises(AttributeError):
+        pool._pool = []
+    if stop == "close":
+        pool.close()
+        pool.join()
+    elif stop == "terminate":
+        pending = [pool.apply_async(_targets.pool_square, (x,)) for x in range(100)]
+        pool.terminate()
+        pool.join()
+        assert all(result.ready() for result in pending)
+    else:
+        del pool
+        assert until(lambda: not any(worker.is_alive() for worker in workers))
+    assert not any(worker.is_alive() for worker in workers)
+    assert not any(running(worker.pid) for worker in workers)
+
+
+@pytest.mark.parametrize("callbacks", [False, True])
+def test_cache_holds_the_results_not_yet_complete(ctx: Any, gates: Path, callbacks: bool) -> None:
+    """``pool._cache``, as the stdlib's example reads it: truthy while a result handed
+    out has not completed, falsy once every one has (after its callback)."""
+    seen: list[Any] = []
+    with ctx.Pool(2) as pool:
+        assert not pool._cache
+        held = pool.apply_async(
+            _targets.pool_gate, (str(gates), "held", 7), callback=seen.append if callbacks else None
+        )
+        mapped = pool.map_async(_targets.pool_square, range(4))
+        lazy = pool.imap_unordered(_targets.pool_square, range(4))
+        ordered = pool.imap(_targets.pool_square, range(4), 2)
+        assert held in pool._cache.values()
+        assert mapped.get(PATIENCE) == [0, 1, 4, 9]
+        assert sorted(lazy) == [0, 1, 4, 9]
+        assert ordered.next(PATIENCE) == 0  # read or not, all its chunks come
+        assert until(lambda: list(pool._cache.values()) == [held])
+        _targets.pool_gate_open(str(gates), "held")
+        assert held.get(PATIENCE) == 7
+        assert not pool._cache
+        assert seen == ([7] if callbacks else [])

@@ -63,18 +63,33 @@ def main() -> None:
         pool.apply_async(cube, (4,), callback=collected.append).wait()
         pool.map_async(cube, range(5), callback=collected.extend).wait()
         print("callbacks:", collected)
+        # What the documentation's own example reads: outstanding results, workers.
+        print("no outstanding results:", not pool._cache)  # type: ignore[attr-defined]
+        workers = pool._pool  # type: ignore[attr-defined]
+        print("workers alive:", all(worker.is_alive() for worker in workers))
         late = pool.apply_async(time.sleep, (0.2,))
         pool.close()
         pool.join()
         print("after close:", late.get())
+        print("workers alive after join:", any(worker.is_alive() for worker in workers))
     with multiprocessing.Pool(2) as pool:
         # Tasks still pending at terminate() never complete in the stdlib; serentak
         # fails them with PoolTerminatedError: only what both do is printed.
         for _ in range(50):
             pool.apply_async(time.sleep, (0.1,))
+        workers = pool._pool  # type: ignore[attr-defined]
         pool.terminate()
         pool.join()
-        print("terminated")
+        print("terminated; workers alive:", any(worker.is_alive() for worker in workers))
+    dropped = multiprocessing.Pool(2)
+    workers = dropped._pool  # type: ignore[attr-defined]
+    dropped.apply(cube, (2,))
+    sleeping = [dropped.apply_async(time.sleep, (0.1,)) for _ in range(20)]
+    del sleeping, dropped
+    deadline = time.monotonic() + 10  # the stdlib's workers end a little later
+    while any(worker.is_alive() for worker in workers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("collected; workers alive:", any(worker.is_alive() for worker in workers))
     sys.stdout.flush()
 
 

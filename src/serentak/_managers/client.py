@@ -52,6 +52,7 @@ from serentak._process import process as _process
 from serentak._process.listener import Client
 
 from .protocol import Address, IncRef, RefMode, Release, Reply, Returned, Token
+from .serializers import PICKLE, adapt, check_serializer
 
 Key = tuple[Address, str]
 
@@ -79,6 +80,24 @@ def serve_locally(address: Address, server: LocalServer | None) -> None:
 
 # ---- connections ---------------------------------------------------------------------
 
+# The serializer of each manager this process talks to (told by its managers and
+# proxies, which carry it); one not told of speaks pickle.
+_serializers: dict[Address, str] = {}
+
+
+def use_serializer(address: Address, serializer: str) -> None:
+    """Talk to the manager at ``address`` with ``serializer`` (connections made from now on).
+
+    Raises:
+        ValueError: serentak's managers have no such serializer.
+    """
+    _serializers[address] = check_serializer(serializer)
+
+
+def open_connection(address: Address, authkey: bytes) -> Connection:
+    """A new connection to the manager at ``address``, speaking its serializer."""
+    return adapt(Client(address, authkey=bytes(authkey)), _serializers.get(address, PICKLE))
+
 
 class _Sessions(threading.local):
     def __init__(self) -> None:
@@ -101,7 +120,7 @@ def _connection(address: Address, authkey: bytes) -> Connection:
         sessions.pid = os.getpid()
     conn = sessions.connections.get(address)
     if conn is None or conn.closed:
-        conn = Client(address, authkey=bytes(authkey))
+        conn = open_connection(address, authkey)
         sessions.connections[address] = conn
         _every_connection.add(conn)
         _logging.sub_debug("connected to the manager at %r", address)
@@ -135,7 +154,7 @@ def request(address: Address, authkey: bytes, message: object, *, what: str) -> 
     if address in _sessions.busy:
         # Unpickling this thread's reply from that manager made a proxy that
         # asks it for something: the connection is mid-reply, so use another.
-        with Client(address, authkey=bytes(authkey)) as spare:
+        with open_connection(address, authkey) as spare:
             return _exchange(spare, address, message, what, [])
     conn = _connection(address, authkey)
     _sessions.busy.add(address)

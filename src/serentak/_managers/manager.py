@@ -39,10 +39,10 @@ from serentak import _logging
 from serentak._exceptions import ProcessError
 from serentak._ipc.connection import Pipe, wait
 from serentak._process import process as _process
-from serentak._process.listener import Address, Client, arbitrary_address
+from serentak._process.listener import Address, arbitrary_address
 from serentak._process.process import AuthenticationString, current_process
 
-from .client import close_connection, request, table
+from .client import close_connection, open_connection, request, table, use_serializer
 from .protocol import (
     Create,
     Created,
@@ -72,6 +72,7 @@ from .proxy import (
     adopting,
     raise_reply,
 )
+from .serializers import check_serializer
 from .server import Server
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ def _stop_server(
         try:
             # A connection of its own: this may run in a finalizer, in the
             # middle of this thread's own request on its usual connection.
-            with Client(address, authkey=bytes(authkey)) as conn:
+            with open_connection(address, authkey) as conn:
                 conn.send(Shutdown())
                 conn.recv()
         except Exception as exc:
@@ -235,7 +236,8 @@ class BaseManager:
             default a fresh AF_UNIX address.
         authkey: the key clients must prove they hold; by default the
             calling process's ``authkey``.
-        serializer: ``"pickle"`` (the only one serentak supports).
+        serializer: ``"pickle"``, or ``"xmlrpclib"`` for XML-RPC messages
+            (what they may carry: see ``serializers.py``).
         ctx: the context whose Process runs the server; the default context if None.
         shutdown_timeout: how long ``shutdown()`` waits for the server to exit
             before terminating it, then again before killing it.
@@ -253,8 +255,7 @@ class BaseManager:
         *,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     ) -> None:
-        if serializer != "pickle":
-            raise ValueError(f"unsupported serializer {serializer!r}: serentak has 'pickle' only")
+        serializer = check_serializer(serializer)
         if authkey is None:
             authkey = current_process().authkey
         self._address = address
@@ -293,6 +294,7 @@ class BaseManager:
         """
         if self._address is None:
             raise ValueError("connect() needs the manager's address")
+        use_serializer(self._address, self._serializer)
         raise_reply(request(self._address, self._authkey, Ping(), what="connecting"))
         self._state = ManagerState.STARTED
 
@@ -349,6 +351,7 @@ class BaseManager:
             self._raise_start_failure(message)
         self._process = process
         self._address = message.address
+        use_serializer(message.address, self._serializer)
         self._state = ManagerState.STARTED
         self._finalizer = weakref.finalize(
             self,

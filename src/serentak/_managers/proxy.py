@@ -31,7 +31,7 @@ from serentak._exceptions import RemoteTraceback
 from serentak._ipc.serialize import is_spawning
 from serentak._process.process import AuthenticationString, current_process
 
-from .client import reference_for_reply, request, table
+from .client import reference_for_reply, request, table, use_serializer
 from .protocol import (
     GETVALUE,
     CallMethod,
@@ -125,7 +125,7 @@ class BaseProxy:
 
     Args:
         token: the referent's token.
-        serializer: the manager's serializer (``"pickle"``).
+        serializer: the manager's serializer (``"pickle"`` or ``"xmlrpclib"``).
         manager: the manager object this proxy came from, if in this process.
         authkey: the key to authenticate with; by default the manager's, else
             the process's ``authkey``.
@@ -153,6 +153,7 @@ class BaseProxy:
         incref: bool = True,
         manager_owned: bool = False,
     ) -> None:
+        use_serializer(token.address, serializer)
         self._token = token
         self._serializer = serializer
         self._manager = manager
@@ -203,6 +204,8 @@ class BaseProxy:
         registry = getattr(self._manager, "_registry", None)
         if registry is not None and reply.token.typeid in registry:
             proxytype = registry[reply.token.typeid].proxytype
+        elif proxytype is None:
+            proxytype = AutoProxy  # the reply could not carry a class (XML-RPC)
         # Our address for the manager, which may be spelt differently from its own.
         token = Token(reply.token.typeid, self._token.address, reply.token.id)
         with adopting(token):
@@ -313,6 +316,7 @@ def AutoProxy(
             key = manager._authkey
         else:
             key = current_process().authkey
+        use_serializer(token.address, serializer)
         reply = request(token.address, key, GetMethods(token.id), what="asking for methods")
         exposed = raise_reply(reply)
     methods = tuple(exposed or ())

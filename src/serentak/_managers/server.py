@@ -66,6 +66,7 @@ from .protocol import (
     TypeSpec,
     public_methods,
 )
+from .serializers import adapt, check_serializer
 
 # Connections a server keeps waiting to be accepted: many clients may start at once.
 _BACKLOG: Final = 128
@@ -96,7 +97,7 @@ class Server:
         registry: type id -> how to make and expose that type.
         address: where to listen; a fresh AF_UNIX address if None.
         authkey: the key every client must prove it holds.
-        serializer: ``"pickle"`` (the only one supported).
+        serializer: ``"pickle"`` or ``"xmlrpclib"`` (see ``serializers.py``).
 
     Raises:
         TypeError: ``authkey`` is not bytes.
@@ -113,8 +114,7 @@ class Server:
     ) -> None:
         if not isinstance(authkey, bytes):
             raise TypeError(f"Authkey {authkey!r} is type {type(authkey)!s}, not bytes")
-        if serializer != "pickle":
-            raise ValueError(f"unsupported serializer {serializer!r}: serentak has 'pickle' only")
+        self.serializer = check_serializer(serializer)
         self.registry = dict(registry)
         self.authkey = bytes(authkey)
         self.listener = Listener(address, backlog=_BACKLOG)
@@ -169,7 +169,8 @@ class Server:
 
     def _accept(self) -> None:
         try:
-            conn = self.listener.accept_unauthenticated()
+            # Adapted before the handshake: nothing of the client's is buffered yet.
+            conn = adapt(self.listener.accept_unauthenticated(), self.serializer)
         except OSError as exc:
             _logging.debug("accept failed: %r", exc)
             return
@@ -201,7 +202,7 @@ class Server:
                     return  # the client thread or process has gone
                 except Exception:
                     reply = Failed(
-                        f"the manager could not unpickle the request:\n{traceback.format_exc()}"
+                        f"the manager could not read the request:\n{traceback.format_exc()}"
                     )
                     request = None
                 else:

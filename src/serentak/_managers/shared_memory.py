@@ -9,12 +9,14 @@ from typing import Any
 
 from serentak._managers.manager import BaseManager
 from serentak._managers.protocol import ManagerState, Reply, Returned
+from serentak._managers.serializers import register_message
 from serentak._managers.server import Server
 from serentak._os import posix as _posix
 from serentak._process import tracker as _tracker
 from serentak._shared.named import ShareableList, SharedMemory
 
 
+@register_message
 @dataclasses.dataclass(frozen=True)
 class _TrackSegment:
     """Unlink segment ``name`` when the server shuts down."""
@@ -22,6 +24,7 @@ class _TrackSegment:
     name: str
 
 
+@register_message
 @dataclasses.dataclass(frozen=True)
 class _ReleaseSegment:
     """Unlink segment ``name`` now, and stop tracking it."""
@@ -29,6 +32,7 @@ class _ReleaseSegment:
     name: str
 
 
+@register_message
 @dataclasses.dataclass(frozen=True)
 class _ListSegments:
     """The names of the tracked segments."""

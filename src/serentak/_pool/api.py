@@ -43,6 +43,7 @@ from .engines.process import (
     Submit,
     Supervisor,
     Terminate,
+    _Worker,
 )
 from .feeder import Chunker, Feeder, MapJob, progress_bar
 from .interfaces import Engine, MapSink, ResultSink
@@ -144,6 +145,36 @@ def _shutdown(engine: Engine, feeder: Feeder) -> None:
     feeder.join()
 
 
+def _complete(result: ApplyResult | IMapIterator) -> bool:
+    if isinstance(result, IMapIterator):
+        return result.all_arrived()
+    return result.ready()
+
+
+class PoolWorker:
+    """One of a Pool's worker processes, as the stdlib's ``pool._pool`` lists them.
+
+    Read-only: the pool's supervisor thread owns the process (it reaps and
+    replaces it), so this tells only its name and pid, and whether it is
+    alive: until the pool has seen it end.
+    """
+
+    __slots__ = ("_worker", "name", "pid")
+
+    def __init__(self, worker: _Worker) -> None:
+        self._worker = worker
+        self.name: str = worker.process.name
+        self.pid: int = worker.pid
+
+    def is_alive(self) -> bool:
+        """Whether the worker runs (False once the pool has seen it end)."""
+        return not self._worker.gone
+
+    def __repr__(self) -> str:
+        state = "started" if self.is_alive() else "stopped"
+        return f"<PoolWorker name={self.name!r} pid={self.pid} {state}>"
+
+
 class BasePool:
     """The stdlib's Pool API over an engine.
 
@@ -167,6 +198,12 @@ class BasePool:
         self._state = PoolState.RUN
         self._state_lock = threading.Lock()
         self._feeder = Feeder(engine.dispatch, engine.encode, self._task_ids.__next__, engine.close)
+        # Every result handed out, weakly (a task in flight holds its result), for _cache.
+        self._results: weakref.WeakValueDictionary[int, ApplyResult | IMapIterator] = (
+            weakref.WeakValueDictionary()
+        )
+        self._results_lock = threading.Lock()
+        self._result_ids = itertools.count(1)
         # A pool dropped while running is stopped, not leaked.
         self._finalizer = weakref.finalize(self, _shutdown, engine, self._feeder)
 
@@ -237,6 +274,22 @@ class BasePool:
         name = f"{type(self).__module__}.{type(self).__qualname__}"
         return f"<{name} state={self._state.value} pool_size={self._processes}>"
 
+    @property
+    def _cache(self) -> dict[int, ApplyResult | IMapIterator]:
+        """The results not yet complete, by submission number: a snapshot, falsy once
+        every result handed out has completed (the stdlib's ``pool._cache``, read by
+        programs written for it, its own documentation's example among them)."""
+        with self._results_lock:
+            results = list(self._results.items())
+            for key, result in results:
+                if _complete(result):
+                    del self._results[key]
+            return {key: result for key, result in results if key in self._results}
+
+    def _track(self, result: ApplyResult | IMapIterator) -> None:
+        with self._results_lock:
+            self._results[next(self._result_ids)] = result
+
     # ---- apply ------------------------------------------------------------------------
 
     def apply(
@@ -302,6 +355,7 @@ class BasePool:
         )
         result = ApplyResult(callback, error_callback, self._callbacks)
         result.cancel_hook = self._cancel_hook
+        self._track(result)
         self._apply_to(result, func, args, kwds, timeout, options)
         return result
 
@@ -617,6 +671,7 @@ class BasePool:
         function = self._register(func)
         result = MapResult(callback, error_callback, self._callbacks)
         result.cancel_hook = self._cancel_hook
+        self._track(result)
         self._add_job(
             kind, function, items, len(items), chunksize, result, timeout, progress, False,
             options=options,
@@ -709,6 +764,7 @@ class BasePool:
             kind = Kind.STARMAP_EACH if kind is Kind.STARMAP else Kind.MAP_EACH
         result = iterator_class(self._callbacks, return_errors=options.errors is Errors.RETURN)
         result.cancel_hook = self._cancel_hook
+        self._track(result)
         result._job = self._add_job(
             kind,
             function,
@@ -875,6 +931,13 @@ class Pool(BasePool):
             # This process's exit joins its non-daemonic children: stop the pool
             # first (as its finalizer would), or the exit would wait for ever.
             register_before_exit(self._finalizer)
+
+    @property
+    def _pool(self) -> list[PoolWorker]:
+        """The worker processes, a snapshot (the stdlib's ``pool._pool``, read by
+        programs written for it, its own documentation's example among them); each
+        says whether it is alive. Empty once the pool has stopped."""
+        return [PoolWorker(worker) for worker in self._supervisor.workers()]
 
     def _stop_workers(self, *, kill: bool) -> None:
         """SIGTERM (SIGKILL with ``kill``) every worker: each fails the task it runs

@@ -525,6 +525,15 @@ class IMapIterator:
     def claim(self) -> bool:
         return True
 
+    def all_arrived(self) -> bool:
+        """Whether every chunk's outcome has come (read or not)."""
+        with self._condition:
+            return self._length is not None and self._next_chunk + self._unread() >= self._length
+
+    def _unread(self) -> int:
+        """How many chunks have come and wait to be read (holding the condition)."""
+        return len(self._outcomes)
+
     def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         with self._condition:
             self._outcomes[index] = outcome
@@ -548,6 +557,9 @@ class IMapUnorderedIterator(IMapIterator):
             return None
         self._next_chunk += 1
         return self._arrived.popleft()
+
+    def _unread(self) -> int:
+        return len(self._arrived)
 
     def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         with self._condition:

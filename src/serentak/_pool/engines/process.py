@@ -403,6 +403,11 @@ class Supervisor:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    def workers(self) -> list[_Worker]:
+        """The current workers: a snapshot taken under the step lock (for ``Pool._pool``)."""
+        with self._step_lock:
+            return list(self._workers.values())
+
     def worker_pids(self) -> list[int]:
         """The pids of the current workers (a snapshot, for tests and stats)."""
         return list(self._workers)
