@@ -21,6 +21,11 @@ PyInit__native(void)
             goto error;
         }
     }
+    if (PyModule_AddIntConstant(module, "PID_MASK", SERENTAK_PID_MASK) < 0 ||
+        PyModule_AddIntConstant(module, "WAITERS", SERENTAK_WAITERS) < 0 ||
+        PyModule_AddIntConstant(module, "WAIT_SLICE_NS", SERENTAK_WAIT_SLICE_NS) < 0) {
+        goto error;
+    }
     if (serentak_proc_init(module) < 0 || serentak_sync_init(module) < 0 ||
         serentak_ring_init(module) < 0) {
         goto error;

@@ -34,6 +34,19 @@ int serentak_pid_gone(pid_t pid);
 pid_t serentak_getpid(void);
 pid_t serentak_gettid(void);
 
+/* The layout of a lock word, the same for the Locks (sync.c), the ring's
+ * reader and writer locks (ring.c) and the Queue's writer lock (through the
+ * module constants PID_MASK and WAITERS): 0 when free, else the owner's pid,
+ * with WAITERS set once someone sleeps on it. */
+#define SERENTAK_PID_MASK 0x3fffffffu
+#define SERENTAK_WAITERS 0x80000000u
+
+/* How long a waiter on a shared word sleeps at once before it looks for a
+ * dead owner (and lets the main thread see a signal another thread took).
+ * Python reads it as WAIT_SLICE_NS (serentak._os.waiting.SIGNAL_SPAN). */
+#define SERENTAK_WAIT_SLICE_NS 50000000L
+#define SERENTAK_WAIT_SLICE (SERENTAK_WAIT_SLICE_NS / 1e9)
+
 /* Lock words name their owner by pid; beside each word, a stamp word holds
  * the owner's start time (clock ticks since boot, low 32 bits, never 0), so
  * that a pid reused after the owner died is not taken for the owner. The

@@ -52,10 +52,7 @@
 #include <unistd.h>
 #endif
 
-#define RING_PID_MASK 0x3fffffffu
-#define RING_WAITERS 0x80000000u
 #define RING_HOLD 0x100u
-#define RING_SLICE 0.05
 /* Copies above this release the GIL (other threads of the process go on). */
 #define RING_BIG_COPY (64 * 1024)
 /* How long a reader polls tail before sleeping on it: a sleep and a wake cost
@@ -228,13 +225,13 @@ static double
 next_sleep(double deadline)
 {
     if (isnan(deadline)) {
-        return RING_SLICE;
+        return SERENTAK_WAIT_SLICE;
     }
     double left = deadline - now();
     if (left <= 0) {
         return -1.0;
     }
-    return left < RING_SLICE ? left : RING_SLICE;
+    return left < SERENTAK_WAIT_SLICE ? left : SERENTAK_WAIT_SLICE;
 }
 
 /* Take a lock word (0 free, else owner pid | WAITERS; the protocol of
@@ -263,22 +260,22 @@ lock_word(_Atomic uint32_t *word, _Atomic uint32_t *stamp)
         current = atomic_load(word);
         if (current == 0) {
             /* Others may be asleep: keep WAITERS so that our release wakes one. */
-            if (atomic_compare_exchange_strong(word, &current, me | RING_WAITERS)) {
+            if (atomic_compare_exchange_strong(word, &current, me | SERENTAK_WAITERS)) {
                 atomic_store(stamp, serentak_start_stamp());
                 return 0;
             }
             continue;
         }
-        if (!(current & RING_WAITERS)) {
+        if (!(current & SERENTAK_WAITERS)) {
             uint32_t expected = current;
-            if (!atomic_compare_exchange_strong(word, &expected, current | RING_WAITERS)) {
+            if (!atomic_compare_exchange_strong(word, &expected, current | SERENTAK_WAITERS)) {
                 continue;
             }
-            current |= RING_WAITERS;
+            current |= SERENTAK_WAITERS;
         }
         int err;
         Py_BEGIN_ALLOW_THREADS
-        err = sleep_on(word, current, RING_SLICE);
+        err = sleep_on(word, current, SERENTAK_WAIT_SLICE);
         Py_END_ALLOW_THREADS
         if (PyErr_CheckSignals() < 0) {
             return -1;
@@ -288,7 +285,7 @@ lock_word(_Atomic uint32_t *word, _Atomic uint32_t *stamp)
         }
         int taken;
         Py_BEGIN_ALLOW_THREADS
-        taken = serentak_take_over(word, stamp, current, RING_PID_MASK, me | RING_WAITERS);
+        taken = serentak_take_over(word, stamp, current, SERENTAK_PID_MASK, me | SERENTAK_WAITERS);
         Py_END_ALLOW_THREADS
         if (taken) {
             return 0; /* taken over: nothing to repair (see the top of this file) */
@@ -301,7 +298,7 @@ unlock_word(_Atomic uint32_t *word, _Atomic uint32_t *stamp)
 {
     atomic_store(stamp, 0); /* before the word: see native.h */
     uint32_t previous = atomic_exchange(word, 0);
-    if (previous & RING_WAITERS) {
+    if (previous & SERENTAK_WAITERS) {
 #ifdef __linux__
         syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
 #endif
@@ -676,7 +673,7 @@ ring_finish_hold(RingObject *self, PyObject *unused)
         return NULL;
     }
     ring_header *h = self->h;
-    if ((atomic_load(&h->rlock) & RING_PID_MASK) != (uint32_t)serentak_getpid()) {
+    if ((atomic_load(&h->rlock) & SERENTAK_PID_MASK) != (uint32_t)serentak_getpid()) {
         PyErr_SetString(PyExc_RuntimeError, "finish_hold() without a held record");
         return NULL;
     }
@@ -701,7 +698,7 @@ ring_drop_hold(RingObject *self, PyObject *unused)
     }
     ring_header *h = self->h;
     if (self->holder == 0 || self->holder != PyThread_get_thread_ident() ||
-        (atomic_load(&h->rlock) & RING_PID_MASK) != (uint32_t)serentak_getpid()) {
+        (atomic_load(&h->rlock) & SERENTAK_PID_MASK) != (uint32_t)serentak_getpid()) {
         Py_RETURN_FALSE;
     }
     self->holder = 0;

@@ -14,10 +14,10 @@
  *                             +-------------------+
  *
  * Lock and RLock
- *     word = 0 when free, else the owner's pid | WAITERS. Acquire is one CAS
- *     from 0; a contended acquirer spins briefly, then sets WAITERS and sleeps
+ *     word = 0 when free, else the owner's pid | SERENTAK_WAITERS. Acquire is one CAS
+ *     from 0; a contended acquirer spins briefly, then sets SERENTAK_WAITERS and sleeps
  *     on the word (a shared futex: no FUTEX_PRIVATE_FLAG). Release exchanges
- *     the word to 0 and makes the wake system call only if WAITERS was set.
+ *     the word to 0 and makes the wake system call only if SERENTAK_WAITERS was set.
  *     owner_tid and depth are written by the owner only (RLock recursion, and
  *     _is_mine for both kinds).
  *
@@ -27,7 +27,7 @@
  *
  * Crash consistency
  *     Because the word names the owner's pid, a waiter can tell that the owner
- *     died: every SLICE_NS its sleep ends, and if the owner has exited (a
+ *     died: every SERENTAK_WAIT_SLICE_NS its sleep ends, and if the owner has exited (a
  *     zombie counts), or its pid now names another process (owner_stamp,
  *     see native.h), it takes the lock over with a CAS. acquire() then
  *     succeeds but warns (LockOwnerDiedWarning, registered from Python),
@@ -57,11 +57,7 @@ enum { KIND_LOCK = 0, KIND_RLOCK = 1, KIND_SEMAPHORE = 2 };
 
 #define SERENTAK_SEM_VALUE_MAX 0x7fffffffu
 /* Linux pids stay below 2**22 (PID_MAX_LIMIT); other POSIX systems lower still. */
-#define PID_MASK 0x3fffffffu
-#define WAITERS 0x80000000u
 #define STATE_MAGIC 0x53724c6bu
-/* How long a sleeper sleeps before it checks for a dead owner and signals. */
-#define SLICE_NS 50000000L
 /* Spin iterations (about 25 ns each here, so ~5 us) before sleeping. Two
  * processes doing `with lock: counter.value += 1` on two CPUs: 1.9 M
  * increments/s without spinning (every hand-over is a futex sleep and wake),
@@ -140,12 +136,12 @@ ts_add_ns(struct timespec *ts, long long ns)
     }
 }
 
-/* The end of the next sleep: SLICE_NS from now, or the deadline if sooner. */
+/* The end of the next sleep: SERENTAK_WAIT_SLICE_NS from now, or the deadline if sooner. */
 static void
 slice_end(const struct timespec *deadline, struct timespec *end)
 {
     monotonic_now(end);
-    ts_add_ns(end, SLICE_NS);
+    ts_add_ns(end, SERENTAK_WAIT_SLICE_NS);
     if (deadline != NULL && ts_before(deadline, end)) {
         *end = *deadline;
     }
@@ -269,7 +265,7 @@ lock_try(shared_state *st, uint32_t me)
 static inline int
 lock_is_mine(shared_state *st, uint32_t me, pid_t tid)
 {
-    return (atomic_load_explicit(&st->word, memory_order_relaxed) & PID_MASK) == me &&
+    return (atomic_load_explicit(&st->word, memory_order_relaxed) & SERENTAK_PID_MASK) == me &&
            atomic_load_explicit(&st->owner_tid, memory_order_relaxed) == tid;
 }
 
@@ -285,7 +281,7 @@ sem_try(shared_state *st)
     return 0;
 }
 
-/* Take a lock that is free, or whose owner has exited. `flags` is WAITERS
+/* Take a lock that is free, or whose owner has exited. `flags` is SERENTAK_WAITERS
  * when other processes may be asleep on the word. Returns 1 if acquired,
  * with *dead set to the dead owner's pid (0 if the lock was simply free). */
 static int
@@ -301,9 +297,9 @@ lock_take(shared_state *st, uint32_t me, uint32_t flags, pid_t *dead)
             continue;
         }
         /* "Cannot tell" counts as alive: a lock must never have two owners. */
-        if (serentak_take_over(&st->word, &st->owner_stamp, word, PID_MASK,
-                               me | (word & WAITERS))) {
-            *dead = (pid_t)(word & PID_MASK);
+        if (serentak_take_over(&st->word, &st->owner_stamp, word, SERENTAK_PID_MASK,
+                               me | (word & SERENTAK_WAITERS))) {
+            *dead = (pid_t)(word & SERENTAK_PID_MASK);
             return 1;
         }
         uint32_t now = atomic_load(&st->word);
@@ -323,18 +319,18 @@ lock_sleep(shared_state *st, uint32_t me, const struct timespec *until)
     for (;;) {
         uint32_t word = atomic_load(&st->word);
         if (word == 0) {
-            /* We cannot know whether others still sleep, so keep WAITERS:
+            /* We cannot know whether others still sleep, so keep SERENTAK_WAITERS:
              * at worst one needless wake at release. */
-            if (atomic_compare_exchange_strong(&st->word, &word, me | WAITERS)) {
+            if (atomic_compare_exchange_strong(&st->word, &word, me | SERENTAK_WAITERS)) {
                 return WAIT_ACQUIRED;
             }
             continue;
         }
-        if (!(word & WAITERS)) {
-            if (!atomic_compare_exchange_strong(&st->word, &word, word | WAITERS)) {
+        if (!(word & SERENTAK_WAITERS)) {
+            if (!atomic_compare_exchange_strong(&st->word, &word, word | SERENTAK_WAITERS)) {
                 continue;
             }
-            word |= WAITERS;
+            word |= SERENTAK_WAITERS;
         }
         int err = futex_wait_until(&st->word, word, until);
         if (err == ETIMEDOUT) {
@@ -369,7 +365,7 @@ lock_release_word(shared_state *st)
 {
     atomic_store(&st->owner_stamp, 0); /* before the word: see native.h */
     uint32_t old = atomic_exchange(&st->word, 0);
-    if (old & WAITERS) {
+    if (old & SERENTAK_WAITERS) {
         futex_wake(&st->word, 1);
     }
 }
@@ -437,7 +433,7 @@ lock_acquire(SemLockObject *self, int blocking, double timeout)
             return -1;
         }
         if (status == WAIT_SLICE_OVER) {
-            if (lock_take(st, me, WAITERS, &dead)) {
+            if (lock_take(st, me, SERENTAK_WAITERS, &dead)) {
                 goto acquired;
             }
             struct timespec now;
@@ -536,7 +532,7 @@ semlock_release_impl(SemLockObject *self)
         if (old == 0) {
             goto too_many;
         }
-        if (old & WAITERS) {
+        if (old & SERENTAK_WAITERS) {
             futex_wake(&st->word, 1);
         }
         return 0;
@@ -730,7 +726,7 @@ semlock_count(SemLockObject *self, PyObject *unused)
         return PyLong_FromLong(0);
     }
     uint32_t word = atomic_load(&self->st->word);
-    if ((word & PID_MASK) != (uint32_t)serentak_getpid()) {
+    if ((word & SERENTAK_PID_MASK) != (uint32_t)serentak_getpid()) {
         return PyLong_FromLong(0);
     }
     return PyLong_FromUnsignedLong(self->kind == KIND_RLOCK ? atomic_load(&self->st->depth) : 1);
@@ -785,7 +781,7 @@ semlock_owner_pid(SemLockObject *self, PyObject *unused)
     if (self->kind == KIND_SEMAPHORE) {
         return PyLong_FromLong(0);
     }
-    return PyLong_FromUnsignedLong(atomic_load(&self->st->word) & PID_MASK);
+    return PyLong_FromUnsignedLong(atomic_load(&self->st->word) & SERENTAK_PID_MASK);
 }
 
 /* For Condition.wait: release a lock held by this thread however deep, and

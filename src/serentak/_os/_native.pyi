@@ -4,6 +4,12 @@ from typing import Final
 
 from _typeshed import ReadableBuffer, WriteableBuffer
 
+# ---- module.c: the lock-word layout and the wait slice (native.h) ----
+
+PID_MASK: Final[int]
+WAITERS: Final[int]
+WAIT_SLICE_NS: Final[int]
+
 # ---- proc.c ----------------------------------------------------------------
 
 def fork() -> int: ...

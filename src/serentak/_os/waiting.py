@@ -27,10 +27,12 @@ import time
 from collections.abc import Iterator
 from typing import Final, Protocol
 
+from serentak._os import _native
+
 # The longest the main thread sleeps before it looks at signals taken by another thread.
 # Also the slice in which a waiter on a shared lock or queue word re-checks for a dead
-# owner or a missed wake; the C waits use the same length (WAIT_SLICE_NS, native.h).
-SIGNAL_SPAN: Final = 0.05
+# owner or a missed wake: one length for the C waits and these (native.h).
+SIGNAL_SPAN: Final = _native.WAIT_SLICE_NS / 1e9
 # While tasks this short are running, the pool's supervisor thread polls for their
 # results this long before it sleeps: on a virtual machine, waking an idle CPU costs
 # tens of microseconds, more than such a task.

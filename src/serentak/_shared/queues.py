@@ -93,8 +93,8 @@ __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 _MASK: Final = 0xFFFF_FFFF
 _HALF: Final = 0x8000_0000
 _MINUS_ONE: Final = _MASK  # Futex.add works modulo 2**32
-_PID_MASK: Final = 0x3FFF_FFFF
-_WAITERS: Final = 0x8000_0000
+_PID_MASK: Final = _native.PID_MASK  # the lock-word layout, defined in native.h
+_WAITERS: Final = _native.WAITERS
 _WAKE_ALL: Final = 0x7FFF_FFFF
 # Longest uninterrupted sleep: how late a dead lock owner is noticed, and how
 # late Ctrl-C is seen when it went to another thread.
