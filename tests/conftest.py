@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _pool_targets
 import serentak
 from serentak._ipc import buffers as _buffers
 from serentak._process import launch as _launch
@@ -48,7 +48,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     suddenly can: taken back for the test targets, whose faults must stay faults."""
     del session
     for cls in list(copyreg.dispatch_table):
-        if getattr(cls, "__module__", None) == "_targets":
+        if getattr(cls, "__module__", "").endswith("_targets"):
             del copyreg.dispatch_table[cls]
 
 
@@ -60,12 +60,12 @@ def ctx(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture
 def gates(tmp_path: Path) -> Iterator[Path]:
-    """A directory for ``_targets.pool_gate``; every gate is opened at the end, so no
+    """A directory for ``_pool_targets.pool_gate``; every gate is opened at the end, so no
     task stays blocked (a task of a shared cluster runs on after its pool is gone)."""
     directory = tmp_path / "gates"
     directory.mkdir()
     yield directory
-    _targets.pool_gate_open_all(str(directory))
+    _pool_targets.pool_gate_open_all(str(directory))
 
 
 @pytest.fixture(params=START_METHODS)

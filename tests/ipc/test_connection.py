@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import _hostile
-import _targets
+import _ipc_targets
 import serentak
 from _signals import interrupted_by_a_signal_to_another_thread
 from _watch import until, waiting_in_kernel
@@ -77,7 +77,7 @@ OBJECTS = [
     {1, 2, 3},
     frozenset({"a"}),
     range(3, 30, 3),
-    _targets.ConnPoint(1, 2),
+    _ipc_targets.ConnPoint(1, 2),
     list(range(10_000)),  # small enough for the socket buffer: nobody reads meanwhile
 ]
 
@@ -101,8 +101,8 @@ def test_send_recv_exceptions_functions_and_classes(pipe: tuple[Connection, Conn
     a.send(math.nan)
     assert math.isnan(b.recv())
 
-    a.send((len, _targets.ConnPoint, Unequal))
-    assert b.recv() == (len, _targets.ConnPoint, Unequal)
+    a.send((len, _ipc_targets.ConnPoint, Unequal))
+    assert b.recv() == (len, _ipc_targets.ConnPoint, Unequal)
 
     instance = Unequal(7)
     a.send([instance, instance])
@@ -548,7 +548,7 @@ def test_connection_as_a_process_argument(ctx: Any) -> None:
     """The seed's example 7.2, then EOF once the child has exited and our copy is closed."""
     parent_conn, child_conn = ctx.Pipe()
     with parent_conn, child_conn:
-        process = ctx.Process(target=_targets.conn_hello, args=(child_conn,))
+        process = ctx.Process(target=_ipc_targets.conn_hello, args=(child_conn,))
         process.start()
         process.join(PATIENCE)
         assert process.exitcode == 0
@@ -564,13 +564,13 @@ def test_objects_round_trip_through_a_child(ctx: Any) -> None:
         "text",
         b"bytes",
         [1, {2: (3,)}],
-        _targets.ConnPoint(3, 4),
+        _ipc_targets.ConnPoint(3, 4),
         ValueError("sent back"),
         {"x" * 1000: list(range(1000))},
     ]
     here, there = ctx.Pipe()
     with here, there:
-        process = ctx.Process(target=_targets.conn_echo, args=(there, len(objects)))
+        process = ctx.Process(target=_ipc_targets.conn_echo, args=(there, len(objects)))
         process.start()
         there.close()
         echoed = []
@@ -589,7 +589,7 @@ def test_50_megabytes_through_a_child(ctx: Any) -> None:
     big = bytes(range(256)) * (BIG // 256)
     here, there = ctx.Pipe()
     with here, there:
-        process = ctx.Process(target=_targets.conn_echo_bytes_then_object, args=(there,))
+        process = ctx.Process(target=_ipc_targets.conn_echo_bytes_then_object, args=(there,))
         process.start()
         there.close()
         here.send_bytes(big)
@@ -604,7 +604,7 @@ def test_many_messages_from_a_child_in_order(ctx: Any) -> None:
     count = 10_000
     here, there = ctx.Pipe(duplex=False)
     with here, there:
-        process = ctx.Process(target=_targets.conn_send_many, args=(there, count))
+        process = ctx.Process(target=_ipc_targets.conn_send_many, args=(there, count))
         process.start()
         there.close()
         received = [here.recv() for _ in range(count)]
@@ -621,7 +621,7 @@ def test_messages_of_every_size_from_a_child(ctx: Any) -> None:
     sizes += [7, 0, 262144 * 3 + 1, 2]
     here, there = ctx.Pipe()
     with here, there:
-        process = ctx.Process(target=_targets.conn_send_sizes, args=(there, sizes))
+        process = ctx.Process(target=_ipc_targets.conn_send_sizes, args=(there, sizes))
         process.start()
         there.close()
         for index, size in enumerate(sizes):
@@ -635,7 +635,7 @@ def test_wait_on_connections_and_sentinels(ctx: Any) -> None:
     out_here, out_there = ctx.Pipe()
     with go_here, go_there, out_here, out_there:
         process = ctx.Process(
-            target=_targets.conn_send_when_told, args=(go_there, out_there, "result")
+            target=_ipc_targets.conn_send_when_told, args=(go_there, out_there, "result")
         )
         process.start()
         go_there.close()
@@ -660,7 +660,7 @@ def test_connection_sent_over_a_connection(ctx: Any) -> None:
     channel_here, channel_there = ctx.Pipe()
     a, b = ctx.Pipe()
     with channel_here, channel_there, a, b:
-        process = ctx.Process(target=_targets.conn_relay_received, args=(channel_there,))
+        process = ctx.Process(target=_ipc_targets.conn_relay_received, args=(channel_there,))
         process.start()
         channel_there.close()
         channel_here.send(b)
@@ -691,11 +691,11 @@ def test_a_signal_taken_by_another_thread_interrupts_a_wait(ctx: Any, call: str)
     with go_here, go_there, here, there:
         if call == "send":
             process = ctx.Process(
-                target=_targets.conn_drain_when_told, args=(go_there, there, here)
+                target=_ipc_targets.conn_drain_when_told, args=(go_there, there, here)
             )
         else:
             process = ctx.Process(
-                target=_targets.conn_send_when_told, args=(go_there, there, "released")
+                target=_ipc_targets.conn_send_when_told, args=(go_there, there, "released")
             )
         process.start()
         go_there.close()

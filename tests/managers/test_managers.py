@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _managers_targets
 import serentak
 from _signals import interrupted_by_a_signal_to_another_thread
 from serentak._os import posix as _posix
@@ -47,15 +47,15 @@ class CounterManager(BaseManager):
 
 
 CounterProxy = MakeProxyType("CounterProxy", ("increment", "children", "fail", "unpicklable"))
-CounterManager.register("Counter", _targets.MgrCounter, CounterProxy)
+CounterManager.register("Counter", _managers_targets.MgrCounter, CounterProxy)
 CounterManager.register(
     "AutoCounter",
-    _targets.MgrCounter,
+    _managers_targets.MgrCounter,
     exposed=("increment", "children"),
     method_to_typeid={"children": "list"},
 )
 CounterManager.register("list", list, ListProxy, create_method=False)
-CounterManager.register("Blocker", _targets.MgrBlocker)
+CounterManager.register("Blocker", _managers_targets.MgrBlocker)
 
 
 def join_all(processes: list[Any]) -> None:
@@ -72,7 +72,9 @@ def test_proxies_as_process_arguments(ctx: Any) -> None:
         lst, dct, ns = manager.list(), manager.dict(), manager.Namespace(seen=False)
         value, arr, queue = manager.Value("i", 0), manager.Array("i", [0, 1]), manager.Queue()
         children = [
-            ctx.Process(target=_targets.mgr_use_proxies, args=(lst, dct, ns, value, arr, queue))
+            ctx.Process(
+                target=_managers_targets.mgr_use_proxies, args=(lst, dct, ns, value, arr, queue)
+            )
             for _ in range(2)
         ]
         for child in children:
@@ -89,7 +91,7 @@ def test_proxies_as_process_arguments(ctx: Any) -> None:
 def test_proxies_through_a_queue_and_a_pipe(ctx: Any) -> None:
     with ctx.Manager() as manager:
         queue, replies = ctx.Queue(), ctx.Queue()
-        child = ctx.Process(target=_targets.mgr_take_from_queue, args=(queue, replies))
+        child = ctx.Process(target=_managers_targets.mgr_take_from_queue, args=(queue, replies))
         child.start()
         lst = manager.list(["from the parent"])
         queue.put(lst)  # the child is running: this proxy travels as a pickle
@@ -98,7 +100,7 @@ def test_proxies_through_a_queue_and_a_pipe(ctx: Any) -> None:
         assert lst[:] == ["from the parent", "from the child"]
 
         ours, theirs = ctx.Pipe()
-        child = ctx.Process(target=_targets.mgr_take_from_pipe, args=(theirs,))
+        child = ctx.Process(target=_managers_targets.mgr_take_from_pipe, args=(theirs,))
         child.start()
         theirs.close()
         dct = manager.dict(parent=True)
@@ -114,11 +116,12 @@ def test_many_threads_in_many_processes(ctx: Any) -> None:
     with ctx.Manager() as manager:
         lock, counter = manager.Lock(), manager.Value("i", 0)
         children = [
-            ctx.Process(target=_targets.mgr_count_up, args=(lock, counter, 25, 3)) for _ in range(2)
+            ctx.Process(target=_managers_targets.mgr_count_up, args=(lock, counter, 25, 3))
+            for _ in range(2)
         ]
         for child in children:
             child.start()
-        _targets.mgr_count_up(lock, counter, 25, 3)
+        _managers_targets.mgr_count_up(lock, counter, 25, 3)
         join_all(children)
         assert counter.value == 3 * 25 * 3
 
@@ -127,7 +130,9 @@ def test_events_barriers_and_conditions(ctx: Any) -> None:
     with ctx.Manager() as manager:
         event, barrier = manager.Event(), manager.Barrier(2)
         condition, state = manager.Condition(), manager.dict(ready=False)
-        child = ctx.Process(target=_targets.mgr_sync_child, args=(event, barrier, condition, state))
+        child = ctx.Process(
+            target=_managers_targets.mgr_sync_child, args=(event, barrier, condition, state)
+        )
         child.start()
         assert barrier.parties == 2
         assert barrier.wait(PATIENCE) in (0, 1)
@@ -150,7 +155,7 @@ def test_joinable_queue_rlock_and_semaphore(ctx: Any) -> None:
         tasks, results = manager.JoinableQueue(), manager.Queue()
         rlock, semaphore = manager.RLock(), manager.Semaphore(0)
         child = ctx.Process(
-            target=_targets.mgr_queue_worker, args=(tasks, results, rlock, semaphore)
+            target=_managers_targets.mgr_queue_worker, args=(tasks, results, rlock, semaphore)
         )
         child.start()
         for item in (1, 2, 3, None):
@@ -167,16 +172,16 @@ def test_joinable_queue_rlock_and_semaphore(ctx: Any) -> None:
 
 def test_pool_proxy(ctx: Any) -> None:
     with ctx.Manager() as manager, manager.Pool(2) as pool:
-        assert pool.map(_targets.mgr_square, range(6)) == [0, 1, 4, 9, 16, 25]
-        assert pool.apply_async(_targets.mgr_square, (7,)).get(PATIENCE) == 49
-        assert sorted(pool.imap_unordered(_targets.mgr_square, range(4))) == [0, 1, 4, 9]
-        assert list(pool.imap(_targets.mgr_square, range(3))) == [0, 1, 4]
+        assert pool.map(_managers_targets.mgr_square, range(6)) == [0, 1, 4, 9, 16, 25]
+        assert pool.apply_async(_managers_targets.mgr_square, (7,)).get(PATIENCE) == 49
+        assert sorted(pool.imap_unordered(_managers_targets.mgr_square, range(4))) == [0, 1, 4, 9]
+        assert list(pool.imap(_managers_targets.mgr_square, range(3))) == [0, 1, 4]
 
 
 def test_proxies_as_pool_task_arguments(ctx: Any) -> None:
     with ctx.Manager() as manager, ctx.Pool(2) as pool:
         lst = manager.list()
-        results = [pool.apply_async(_targets.mgr_pool_task, (lst, n)) for n in range(4)]
+        results = [pool.apply_async(_managers_targets.mgr_pool_task, (lst, n)) for n in range(4)]
         assert [result.get(PATIENCE) for result in results] == [0, 2, 4, 6]
         assert sorted(lst) == [0, 1, 2, 3]
 
@@ -193,14 +198,16 @@ INHERITANCE_ONLY = "^{} objects should only be shared between processes through 
 
 def test_handles_reach_pool_workers_by_inheritance_and_as_proxies(ctx: Any) -> None:
     lock, queue, value = ctx.Lock(), ctx.Queue(), ctx.Value("i", 0)
-    with ctx.Pool(2, _targets.mgr_handles_init, (lock, queue, value)) as pool:
-        assert pool.map(_targets.mgr_handles_use, range(1, 5)) == [1, 2, 3, 4]
+    with ctx.Pool(2, _managers_targets.mgr_handles_init, (lock, queue, value)) as pool:
+        assert pool.map(_managers_targets.mgr_handles_use, range(1, 5)) == [1, 2, 3, 4]
         assert sorted(queue.get(timeout=PATIENCE) for _ in range(4)) == [1, 2, 3, 4]
     assert value.value == 10
     queue.close()
     with ctx.Manager() as manager, ctx.Pool(2) as pool:
         proxies = (manager.Lock(), manager.Queue(), manager.Value("i", 0))
-        results = [pool.apply_async(_targets.mgr_handles_use, (n, *proxies)) for n in range(1, 5)]
+        results = [
+            pool.apply_async(_managers_targets.mgr_handles_use, (n, *proxies)) for n in range(1, 5)
+        ]
         assert [result.get(PATIENCE) for result in results] == [1, 2, 3, 4]
         assert sorted(proxies[1].get(timeout=PATIENCE) for _ in range(4)) == [1, 2, 3, 4]
         assert proxies[2].value == 10
@@ -213,16 +220,16 @@ def test_handles_as_task_arguments_get_the_stdlibs_error(ctx: Any) -> None:
         for name, handle in handles.items():
             message = INHERITANCE_ONLY.format(name)
             with pytest.raises(RuntimeError, match=message):
-                pool.apply_async(_targets.mgr_handle_name, (handle,)).get(PATIENCE)
+                pool.apply_async(_managers_targets.mgr_handle_name, (handle,)).get(PATIENCE)
             with pytest.raises(RuntimeError, match=message):
-                pool.map(_targets.mgr_handle_name, [handle])
+                pool.map(_managers_targets.mgr_handle_name, [handle])
             # The stdlib's feeder thread prints this error and drops the item;
             # serentak raises it from put() itself.
             with pytest.raises(RuntimeError, match=message):
                 queue.put(handle)
             with pytest.raises(RuntimeError, match=message):
                 ours.send(handle)
-        assert pool.apply(_targets.mgr_square, (3,)) == 9  # the pool is unharmed
+        assert pool.apply(_managers_targets.mgr_square, (3,)) == 9  # the pool is unharmed
     assert queue.empty()
     for closing in (handles["Queue"], queue):
         closing.close()
@@ -324,7 +331,7 @@ def test_connect_and_authentication(ctx: Any, tmp_path: Any) -> None:
 
         with RawClient(address) as raw:
             raw.recv_bytes()  # the challenge
-            raw.send(_targets.MgrMarker(str(marker)))
+            raw.send(_managers_targets.MgrMarker(str(marker)))
             assert raw.recv_bytes() == b"#FAILURE#"
             with pytest.raises(EOFError):
                 raw.recv_bytes()
@@ -337,7 +344,7 @@ def test_connect_and_authentication(ctx: Any, tmp_path: Any) -> None:
 def test_manager_killed_in_the_middle_of_a_call(ctx: Any) -> None:
     started = ctx.Event()
     manager = CounterManager(ctx=ctx)
-    manager.start(_targets.mgr_remember_event, (started,))
+    manager.start(_managers_targets.mgr_remember_event, (started,))
     blocker = manager.Blocker()  # type: ignore[attr-defined]
     process = manager._process
     assert process is not None
@@ -360,7 +367,9 @@ def test_manager_killed_in_the_middle_of_a_call(ctx: Any) -> None:
 
 def test_manager_dies_with_its_owner(ctx: Any) -> None:
     ours, theirs = ctx.Pipe()
-    owner = ctx.Process(target=_targets.mgr_start_and_report, args=(ctx.get_start_method(), theirs))
+    owner = ctx.Process(
+        target=_managers_targets.mgr_start_and_report, args=(ctx.get_start_method(), theirs)
+    )
     owner.start()
     theirs.close()
     assert ours.poll(PATIENCE)
@@ -394,7 +403,7 @@ def test_lifecycle_errors(ctx: Any) -> None:
         lst.append(1)
     failing = SyncManager(ctx=ctx)
     with pytest.raises(ArithmeticError, match="no good"):
-        failing.start(_targets.mgr_initializer_fails, ("no good",))
+        failing.start(_managers_targets.mgr_initializer_fails, ("no good",))
 
 
 @pytest.fixture(scope="module")
@@ -523,7 +532,7 @@ class XmlQueueManager(BaseManager):
     """The stdlib's remote-manager example: a queue served over XML-RPC."""
 
 
-XmlQueueManager.register("get_queue", callable=_targets.mgr_xml_queue)
+XmlQueueManager.register("get_queue", callable=_managers_targets.mgr_xml_queue)
 
 XML_VALUES = (
     "hello world",
@@ -547,7 +556,9 @@ def test_xmlrpclib_serializer(ctx: Any) -> None:
     manager.start()
     try:
         address = manager.address
-        child = ctx.Process(target=_targets.mgr_xml_put, args=(address, authkey, XML_VALUES))
+        child = ctx.Process(
+            target=_managers_targets.mgr_xml_put, args=(address, authkey, XML_VALUES)
+        )
         child.start()
         queue = manager.get_queue()  # type: ignore[attr-defined]
         assert queue.get(timeout=PATIENCE) == list(XML_VALUES)

@@ -14,7 +14,7 @@ script in a process of its own (its cluster's resource tracker lives and
 dies with it).
 
 Where a test must know that a task has started, the task writes a file and
-the test polls for it (``_targets.pool_gate``): no sleep stands in for an event.
+the test polls for it (``_pool_targets.pool_gate``): no sleep stands in for an event.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import _targets
+import _pool_targets
 import serentak
 import serentak.pool
 from _scripts import read_line
@@ -66,7 +66,7 @@ class Cluster:
         self.scheduler_file = directory / "scheduler.json"
         env = dict(os.environ)
         env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = "1"
-        # The workers import the tasks of _targets by name, as the test process does.
+        # The workers import the tasks of _pool_targets by name, as the test process does.
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(":")
         common = ["--scheduler-file", str(self.scheduler_file), "--no-dashboard"]
         common += ["--host", "127.0.0.1"]
@@ -195,15 +195,15 @@ def test_a_pool_of_the_cluster(pool: Pool, cluster: Cluster) -> None:
 
 
 def test_apply(pool: Pool) -> None:
-    assert pool.apply(_targets.pool_add, (2, 3)) == 5
-    assert pool.apply(_targets.pool_echo, (1, "a"), {"k": [2]}) == ((1, "a"), {"k": [2]})
-    assert pool.apply(_targets.pool_echo) == ((), {})
+    assert pool.apply(_pool_targets.pool_add, (2, 3)) == 5
+    assert pool.apply(_pool_targets.pool_echo, (1, "a"), {"k": [2]}) == ((1, "a"), {"k": [2]})
+    assert pool.apply(_pool_targets.pool_echo) == ((), {})
 
 
 def test_async_result_before_and_after_the_task_finishes(pool: Pool, gates: Path) -> None:
-    result = pool.apply_async(_targets.pool_gate, (str(gates), "task", 42))
+    result = pool.apply_async(_pool_targets.pool_gate, (str(gates), "task", 42))
     assert isinstance(result, serentak.pool.AsyncResult)
-    assert _targets.pool_gate_started(str(gates), "task")
+    assert _pool_targets.pool_gate_started(str(gates), "task")
     assert not result.ready()
     with pytest.raises(ValueError):
         result.successful()
@@ -213,7 +213,7 @@ def test_async_result_before_and_after_the_task_finishes(pool: Pool, gates: Path
         result.get(timeout=SHORT)
     assert isinstance(caught.value, builtins.TimeoutError)
 
-    _targets.pool_gate_open(str(gates), "task")
+    _pool_targets.pool_gate_open(str(gates), "task")
     assert result.get(PATIENCE) == 42
     assert result.ready()
     assert result.successful()
@@ -221,23 +221,25 @@ def test_async_result_before_and_after_the_task_finishes(pool: Pool, gates: Path
 
 def test_callbacks_have_run_when_get_returns(pool: Pool) -> None:
     seen: list[Any] = []
-    assert pool.apply_async(_targets.pool_square, (7,), callback=seen.append).get(PATIENCE) == 49
+    assert (
+        pool.apply_async(_pool_targets.pool_square, (7,), callback=seen.append).get(PATIENCE) == 49
+    )
     assert seen == [49]
 
     errors: list[BaseException] = []
     failing = pool.apply_async(
-        _targets.pool_raise, ("no",), callback=seen.append, error_callback=errors.append
+        _pool_targets.pool_raise, ("no",), callback=seen.append, error_callback=errors.append
     )
     with pytest.raises(ValueError, match=r"^no$"):
         failing.get(PATIENCE)
     assert not failing.successful()
     assert [str(e) for e in errors] == ["no"]
 
-    mapped = pool.map_async(_targets.pool_square, range(5), callback=seen.append)
+    mapped = pool.map_async(_pool_targets.pool_square, range(5), callback=seen.append)
     assert mapped.get(PATIENCE) == [0, 1, 4, 9, 16]
     assert seen == [49, [0, 1, 4, 9, 16]]
     failed_map = pool.starmap_async(
-        _targets.pool_fault, [(("raise", 3),)], error_callback=errors.append
+        _pool_targets.pool_fault, [(("raise", 3),)], error_callback=errors.append
     )
     with pytest.raises(ValueError, match="task 3 raised"):
         failed_map.get(PATIENCE)
@@ -249,40 +251,42 @@ def test_callbacks_have_run_when_get_returns(pool: Pool) -> None:
 
 @pytest.mark.parametrize("chunksize", [None, 1, 7])
 def test_map(pool: Pool, chunksize: int | None) -> None:
-    assert pool.map(_targets.pool_square, range(100), chunksize) == [x * x for x in range(100)]
+    assert pool.map(_pool_targets.pool_square, range(100), chunksize) == [x * x for x in range(100)]
 
 
 def test_map_takes_any_iterable_and_empty_ones(pool: Pool) -> None:
-    assert pool.map(_targets.pool_square, (x for x in range(5))) == [0, 1, 4, 9, 16]
-    assert pool.map(_targets.pool_square, []) == []
-    assert pool.map_async(_targets.pool_square, iter([3])).get(PATIENCE) == [9]
+    assert pool.map(_pool_targets.pool_square, (x for x in range(5))) == [0, 1, 4, 9, 16]
+    assert pool.map(_pool_targets.pool_square, []) == []
+    assert pool.map_async(_pool_targets.pool_square, iter([3])).get(PATIENCE) == [9]
 
 
 def test_starmap(pool: Pool) -> None:
     pairs = [(x, x + 1) for x in range(40)]
-    assert pool.starmap(_targets.pool_add, pairs, 3) == [a + b for a, b in pairs]
-    assert pool.starmap_async(_targets.pool_add, pairs).get(PATIENCE) == [a + b for a, b in pairs]
+    assert pool.starmap(_pool_targets.pool_add, pairs, 3) == [a + b for a, b in pairs]
+    assert pool.starmap_async(_pool_targets.pool_add, pairs).get(PATIENCE) == [
+        a + b for a, b in pairs
+    ]
 
 
 @pytest.mark.parametrize("chunksize", [1, 4])
 def test_imap_gives_results_in_order(pool: Pool, chunksize: int) -> None:
-    iterator = pool.imap(_targets.pool_square, range(30), chunksize)
+    iterator = pool.imap(_pool_targets.pool_square, range(30), chunksize)
     assert list(iterator) == [x * x for x in range(30)]
 
 
 def test_imap_unordered_gives_every_result(pool: Pool) -> None:
-    assert sorted(pool.imap_unordered(_targets.pool_square, range(30))) == [
+    assert sorted(pool.imap_unordered(_pool_targets.pool_square, range(30))) == [
         x * x for x in range(30)
     ]
 
 
 def test_imap_unordered_gives_results_as_they_complete(pool: Pool, gates: Path) -> None:
     items = [("slow", str(gates)), ("quick", str(gates))]
-    iterator = pool.imap_unordered(_targets.distributed_gate_item, items, chunksize=1)
-    assert _targets.pool_gate_started(str(gates), "slow")
-    _targets.pool_gate_open(str(gates), "quick")
+    iterator = pool.imap_unordered(_pool_targets.distributed_gate_item, items, chunksize=1)
+    assert _pool_targets.pool_gate_started(str(gates), "slow")
+    _pool_targets.pool_gate_open(str(gates), "quick")
     assert iterator.next(PATIENCE) == "quick"
-    _targets.pool_gate_open(str(gates), "slow")
+    _pool_targets.pool_gate_open(str(gates), "slow")
     assert iterator.next(PATIENCE) == "slow"
 
 
@@ -295,7 +299,7 @@ def test_imap_reads_an_endless_input_lazily(pool: Pool) -> None:
             taken.append(next(pulled))
             yield x
 
-    iterator = pool.imap(_targets.pool_square, endless(), chunksize=1)
+    iterator = pool.imap(_pool_targets.pool_square, endless(), chunksize=1)
     assert [iterator.next(PATIENCE) for _ in range(10)] == [x * x for x in range(10)]
     # The feeder keeps at most its look-ahead window (4 per worker, plus 4) unread.
     window = 4 * WORKERS + 4
@@ -304,11 +308,11 @@ def test_imap_reads_an_endless_input_lazily(pool: Pool) -> None:
 
 
 def test_imap_next_with_a_timeout(pool: Pool, gates: Path) -> None:
-    iterator = pool.imap(_targets.distributed_gate_item, [("only", str(gates))])
-    assert _targets.pool_gate_started(str(gates), "only")
+    iterator = pool.imap(_pool_targets.distributed_gate_item, [("only", str(gates))])
+    assert _pool_targets.pool_gate_started(str(gates), "only")
     with pytest.raises(serentak.TimeoutError):
         iterator.next(SHORT)
-    _targets.pool_gate_open(str(gates), "only")
+    _pool_targets.pool_gate_open(str(gates), "only")
     assert iterator.next(PATIENCE) == "only"
     with pytest.raises(StopIteration):
         iterator.next(PATIENCE)
@@ -322,19 +326,21 @@ def test_lambdas_closures_and_local_functions(pool: Pool) -> None:
 
     assert pool.map(lambda x: x * 3, range(4)) == [0, 3, 6, 9]
     assert pool.map(local, range(3)) == [10, 11, 12]
-    assert pool.apply(functools.partial(_targets.pool_add, 100), (1,)) == 101
+    assert pool.apply(functools.partial(_pool_targets.pool_add, 100), (1,)) == 101
 
 
 def test_progress_bar_reaches_100_percent_with_the_right_total(
     pool: Pool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert pool.map(_targets.pool_square, range(23), progress=True) == [x * x for x in range(23)]
+    assert pool.map(_pool_targets.pool_square, range(23), progress=True) == [
+        x * x for x in range(23)
+    ]
     final = capsys.readouterr().err.rsplit("\r", 1)[-1]  # tqdm's bar, on stderr
     assert "100%" in final
     assert "23/23" in final
 
     out = io.StringIO()
-    assert pool.map(_targets.pool_square, range(57), progress={"file": out}) == [
+    assert pool.map(_pool_targets.pool_square, range(57), progress={"file": out}) == [
         x * x for x in range(57)
     ]
     final = out.getvalue().rsplit("\r", 1)[-1]
@@ -342,7 +348,7 @@ def test_progress_bar_reaches_100_percent_with_the_right_total(
     assert "57/57" in final
 
     out = io.StringIO()
-    results = list(pool.imap(_targets.pool_square, range(9), progress={"file": out}))
+    results = list(pool.imap(_pool_targets.pool_square, range(9), progress={"file": out}))
     assert len(results) == 9
     assert until(lambda: "9/9" in out.getvalue().rsplit("\r", 1)[-1])
 
@@ -351,10 +357,10 @@ def test_initializer_runs_on_each_worker_before_its_first_task(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     noted = tmp_path / "initialized"
-    with Pool(cluster.address, None, _targets.pool_init, (str(noted), "ready")) as pool:
-        results = pool.map(_targets.pool_initialized, range(40), chunksize=1)
+    with Pool(cluster.address, None, _pool_targets.pool_init, (str(noted), "ready")) as pool:
+        results = pool.map(_pool_targets.pool_initialized, range(40), chunksize=1)
         assert results == [(x, "ready") for x in range(40)]
-        ran_on = {pid for _, pid in pool.map(_targets.pool_pid, range(40), chunksize=1)}
+        ran_on = {pid for _, pid in pool.map(_pool_targets.pool_pid, range(40), chunksize=1)}
     initialized = [int(pid) for pid in lines(noted)]
     assert sorted(initialized) == sorted(set(initialized)), "twice on one worker"
     assert ran_on <= set(initialized)
@@ -389,16 +395,16 @@ def test_functions_of_main_share_a_namespace_per_pool(cluster: Cluster) -> None:
 
 
 def test_an_initializer_that_raises_fails_every_task(cluster: Cluster) -> None:
-    with Pool(cluster.address, None, _targets.pool_init_fails, ("no setup",)) as pool:
+    with Pool(cluster.address, None, _pool_targets.pool_init_fails, ("no setup",)) as pool:
         with pytest.raises(RuntimeError, match="no setup") as caught:
-            pool.apply(_targets.pool_square, (2,))
+            pool.apply(_pool_targets.pool_square, (2,))
         assert "initializer raised" in str(caught.value.__cause__)
         with pytest.raises(RuntimeError, match="no setup"):
-            pool.map(_targets.pool_square, range(10))
+            pool.map(_pool_targets.pool_square, range(10))
 
 
 def test_stats_count_the_tasks(pool: Pool) -> None:
-    pool.map(_targets.pool_square, range(12), chunksize=3)
+    pool.map(_pool_targets.pool_square, range(12), chunksize=3)
     stats = pool.stats()
     assert stats.tasks_done == 4
     assert stats.tasks_failed == 0
@@ -414,9 +420,9 @@ def test_submitting_to_a_stopped_pool_raises(cluster: Cluster, stop: str) -> Non
     pool = Pool(cluster.address)
     getattr(pool, stop)()
     with pytest.raises(ValueError, match="Pool not running"):
-        pool.apply_async(_targets.pool_square, (1,))
+        pool.apply_async(_pool_targets.pool_square, (1,))
     with pytest.raises(ValueError, match="Pool not running"):
-        pool.map(_targets.pool_square, [1])
+        pool.map(_pool_targets.pool_square, [1])
     pool.join()
 
 
@@ -429,8 +435,8 @@ def test_close_then_join_finishes_the_queued_tasks_and_closes_the_client(
     cluster: Cluster,
 ) -> None:
     pool = Pool(cluster.address)
-    results = [pool.apply_async(_targets.pool_square, (x,)) for x in range(10)]
-    mapped = pool.map_async(_targets.pool_square, range(100), chunksize=3)
+    results = [pool.apply_async(_pool_targets.pool_square, (x,)) for x in range(10)]
+    mapped = pool.map_async(_pool_targets.pool_square, range(100), chunksize=3)
     pool.close()
     pool.join()
     assert [r.get(0) for r in results] == [x * x for x in range(10)]
@@ -441,9 +447,9 @@ def test_close_then_join_finishes_the_queued_tasks_and_closes_the_client(
 
 def test_terminate_fails_the_unfinished_tasks(cluster: Cluster, gates: Path) -> None:
     with Pool(cluster.address) as pool:
-        held = pool.apply_async(_targets.pool_gate, (str(gates), "held"))
-        queued = pool.map_async(_targets.pool_square, range(10))
-        assert _targets.pool_gate_started(str(gates), "held")
+        held = pool.apply_async(_pool_targets.pool_gate, (str(gates), "held"))
+        queued = pool.map_async(_pool_targets.pool_square, range(10))
+        assert _pool_targets.pool_gate_started(str(gates), "held")
         pool.terminate()
         with pytest.raises(serentak.PoolTerminatedError):
             held.get(PATIENCE)
@@ -463,21 +469,21 @@ def first_error_line(func: Callable[..., Any], text: str) -> int:
 
 
 RAISE_THROUGH: dict[str, Callable[[Pool], object]] = {
-    "apply": lambda pool: pool.apply(_targets.pool_raise, ("boom",)),
-    "map": lambda pool: pool.map(_targets.pool_raise, ["boom"]),
-    "imap": lambda pool: next(pool.imap(_targets.pool_raise, ["boom"])),
+    "apply": lambda pool: pool.apply(_pool_targets.pool_raise, ("boom",)),
+    "map": lambda pool: pool.map(_pool_targets.pool_raise, ["boom"]),
+    "imap": lambda pool: next(pool.imap(_pool_targets.pool_raise, ["boom"])),
 }
 
 
 @pytest.mark.parametrize("submit", RAISE_THROUGH)
 def test_a_raising_task_brings_its_remote_traceback(pool: Pool, submit: str) -> None:
-    line = first_error_line(_targets.pool_raise, "raise ValueError")
+    line = first_error_line(_pool_targets.pool_raise, "raise ValueError")
     with pytest.raises(ValueError, match=r"^boom$") as caught:
         RAISE_THROUGH[submit](pool)
     cause = caught.value.__cause__
     assert isinstance(cause, serentak.pool.RemoteTraceback)
     text = str(cause)
-    assert f'{_targets.__file__}", line {line}, in pool_raise' in text, text
+    assert f'{_pool_targets.__file__}", line {line}, in pool_raise' in text, text
     assert "ValueError: boom" in text
 
 
@@ -487,7 +493,7 @@ def test_a_raising_task_brings_its_remote_traceback(pool: Pool, submit: str) -> 
 )
 def test_what_cannot_travel_back_fails_only_its_task(pool: Pool, fault: str) -> None:
     items = [("ok", 1), (fault, 2), ("ok", 3)]
-    results = [pool.apply_async(_targets.pool_fault, (item,)) for item in items]
+    results = [pool.apply_async(_pool_targets.pool_fault, (item,)) for item in items]
     assert results[0].get(PATIENCE) == 10
     assert results[2].get(PATIENCE) == 30
     with pytest.raises(BaseException) as caught:
@@ -496,8 +502,8 @@ def test_what_cannot_travel_back_fails_only_its_task(pool: Pool, fault: str) -> 
 
 
 def test_an_unpicklable_argument_fails_only_its_task(pool: Pool) -> None:
-    bad = pool.apply_async(_targets.pool_return, (threading.Lock(),))
-    good = pool.apply_async(_targets.pool_square, (5,))
+    bad = pool.apply_async(_pool_targets.pool_return, (threading.Lock(),))
+    good = pool.apply_async(_pool_targets.pool_square, (5,))
     with pytest.raises(Exception, match="pickle"):
         bad.get(PATIENCE)
     assert good.get(PATIENCE) == 25
@@ -509,18 +515,18 @@ def test_a_task_that_kills_its_worker_fails_with_worker_lost(
     """The culprit kills every worker it runs on (os.kill(os.getpid(), SIGKILL)): Dask
     runs it again on another worker once (the cluster's allowed-failures), then it fails
     with WorkerLostError. A task running on the other worker meanwhile is not touched."""
-    held = pool.apply_async(_targets.pool_gate, (str(gates), "held", "survived"))
-    assert _targets.pool_gate_started(str(gates), "held")
-    culprit = pool.apply_async(_targets.pool_fault, (("sigkill", 1),))
+    held = pool.apply_async(_pool_targets.pool_gate, (str(gates), "held", "survived"))
+    assert _pool_targets.pool_gate_started(str(gates), "held")
+    culprit = pool.apply_async(_pool_targets.pool_fault, (("sigkill", 1),))
     with pytest.raises(serentak.WorkerLostError, match="died") as caught:
         culprit.get(PATIENCE)
     assert "allowed-failures=1" in str(caught.value)
     assert "KilledWorker" in repr(caught.value.__cause__)
-    _targets.pool_gate_open(str(gates), "held")
+    _pool_targets.pool_gate_open(str(gates), "held")
     assert held.get(PATIENCE) == "survived"
     assert pool.stats().tasks_lost == 1
     back_to(cluster, WORKERS)
-    assert pool.map(_targets.pool_square, range(5)) == [0, 1, 4, 9, 16]
+    assert pool.map(_pool_targets.pool_square, range(5)) == [0, 1, 4, 9, 16]
 
 
 def test_tasks_queued_with_the_culprit_are_run_elsewhere(pool: Pool) -> None:
@@ -529,7 +535,7 @@ def test_tasks_queued_with_the_culprit_are_run_elsewhere(pool: Pool) -> None:
     against every task the worker held, and cannot tell which one killed it), fails with
     WorkerLostError as the culprit does. Nothing hangs, and no result is wrong."""
     items = [("sigkill" if x == 5 else "ok", x) for x in range(20)]
-    results = [pool.apply_async(_targets.pool_fault, (item,)) for item in items]
+    results = [pool.apply_async(_pool_targets.pool_fault, (item,)) for item in items]
     outcomes: list[object] = []
     for result in results:
         try:
@@ -545,12 +551,12 @@ def test_tasks_queued_with_the_culprit_are_run_elsewhere(pool: Pool) -> None:
 def test_map_raises_worker_lost_instead_of_hanging(pool: Pool) -> None:
     items = [("sigkill" if x == 3 else "ok", x) for x in range(8)]
     with pytest.raises(serentak.WorkerLostError):
-        pool.map(_targets.pool_fault, items, chunksize=1)
+        pool.map(_pool_targets.pool_fault, items, chunksize=1)
 
 
 def test_apply_async_timeout(pool: Pool, gates: Path) -> None:
     started = time.monotonic()
-    overdue = pool.apply_async(_targets.pool_gate, (str(gates), "overdue"), timeout=0.5)
+    overdue = pool.apply_async(_pool_targets.pool_gate, (str(gates), "overdue"), timeout=0.5)
     with pytest.raises(serentak.TimeoutError, match=r"timeout of 0\.5 s") as caught:
         overdue.get(PATIENCE)
     assert 0.5 <= time.monotonic() - started < 5
@@ -559,8 +565,8 @@ def test_apply_async_timeout(pool: Pool, gates: Path) -> None:
     assert "in pool_gate" in where, where  # where the task was when its time ran out
     # Its worker moved on: both workers still take tasks (the overdue one runs on
     # until the gate opens, on a thread of its own).
-    assert pool.map(_targets.pool_square, range(10), chunksize=1) == [x * x for x in range(10)]
-    assert pool.apply(_targets.pool_square, (4,), timeout=PATIENCE) == 16
+    assert pool.map(_pool_targets.pool_square, range(10), chunksize=1) == [x * x for x in range(10)]
+    assert pool.apply(_pool_targets.pool_square, (4,), timeout=PATIENCE) == 16
     assert pool.stats().tasks_timed_out == 1
 
 
@@ -568,10 +574,10 @@ def test_map_timeout_fails_the_overdue_chunk(pool: Pool, gates: Path) -> None:
     items = [("overdue" if x == 4 else f"quick{x}", str(gates)) for x in range(8)]
     for x in range(8):
         if x != 4:
-            _targets.pool_gate_open(str(gates), f"quick{x}")
+            _pool_targets.pool_gate_open(str(gates), f"quick{x}")
     with pytest.raises(serentak.TimeoutError):
-        pool.map(_targets.distributed_gate_item, items, timeout=0.5)
-    iterator = pool.imap(_targets.distributed_gate_item, items, timeout=0.5)
+        pool.map(_pool_targets.distributed_gate_item, items, timeout=0.5)
+    iterator = pool.imap(_pool_targets.distributed_gate_item, items, timeout=0.5)
     got: list[Any] = []
     for _ in items:
         try:
@@ -583,25 +589,25 @@ def test_map_timeout_fails_the_overdue_chunk(pool: Pool, gates: Path) -> None:
 
 def test_long_job_options_seed_errors_and_journal(pool: Pool, tmp_path: Path) -> None:
     with serentak.get_context("fork").Pool(2) as local:
-        expected = local.map(_targets.pool_draws, range(12), seed=9)
-    assert pool.map(_targets.pool_draws, range(12), seed=9) == expected
-    task = functools.partial(_targets.pool_fail_on, 4)
+        expected = local.map(_pool_targets.pool_draws, range(12), seed=9)
+    assert pool.map(_pool_targets.pool_draws, range(12), seed=9) == expected
+    task = functools.partial(_pool_targets.pool_fail_on, 4)
     results: list[Any] = pool.map(task, range(8), errors="return")
     assert isinstance(results[4], ValueError)
     assert results[:4] + results[5:] == [0, 2, 4, 6, 10, 12, 14]
     journal = tmp_path / "j"
-    assert pool.map(_targets.pool_square, range(6), journal=journal) == [0, 1, 4, 9, 16, 25]
-    assert pool.map(_targets.pool_square, range(6), journal=journal) == [0, 1, 4, 9, 16, 25]
+    assert pool.map(_pool_targets.pool_square, range(6), journal=journal) == [0, 1, 4, 9, 16, 25]
+    assert pool.map(_pool_targets.pool_square, range(6), journal=journal) == [0, 1, 4, 9, 16, 25]
     # What Dask decides itself: said at the call.
     with pytest.raises(ValueError, match="cannot run tasks again"):
-        pool.map(_targets.pool_square, range(3), retries=1)
+        pool.map(_pool_targets.pool_square, range(3), retries=1)
     with pytest.raises(ValueError, match="memory_limit"):
-        pool.apply_async(_targets.pool_square, (3,), memory_limit="1GiB")
+        pool.apply_async(_pool_targets.pool_square, (3,), memory_limit="1GiB")
 
 
 def test_timeout_must_be_positive(pool: Pool) -> None:
     with pytest.raises(ValueError, match="positive"):
-        pool.apply_async(_targets.pool_square, (1,), timeout=0)
+        pool.apply_async(_pool_targets.pool_square, (1,), timeout=0)
 
 
 # ---- Ctrl-C, in this process -------------------------------------------------------------------
@@ -612,7 +618,7 @@ def interrupt_once(gates: Path, name: str) -> threading.Thread:
     KeyboardInterrupt as Ctrl-C would."""
 
     def interrupt() -> None:
-        if _targets.pool_gate_started(str(gates), name):
+        if _pool_targets.pool_gate_started(str(gates), name):
             # To the main thread itself, as a terminal's SIGINT reaches it, so that
             # it interrupts a wait that blocks without a timeout.
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
@@ -623,12 +629,12 @@ def interrupt_once(gates: Path, name: str) -> threading.Thread:
 
 
 WAITS: dict[str, Callable[[Pool, list[tuple[str, str]]], object]] = {
-    "map": lambda pool, items: pool.map(_targets.distributed_gate_item, items, chunksize=1),
+    "map": lambda pool, items: pool.map(_pool_targets.distributed_gate_item, items, chunksize=1),
     "get": lambda pool, items: pool.map_async(
-        _targets.distributed_gate_item, items, chunksize=1
+        _pool_targets.distributed_gate_item, items, chunksize=1
     ).get(),
-    "imap": lambda pool, items: list(pool.imap(_targets.distributed_gate_item, items)),
-    "apply": lambda pool, items: pool.apply(_targets.distributed_gate_item, (items[0],)),
+    "imap": lambda pool, items: list(pool.imap(_pool_targets.distributed_gate_item, items)),
+    "apply": lambda pool, items: pool.apply(_pool_targets.distributed_gate_item, (items[0],)),
 }
 
 
@@ -644,12 +650,12 @@ def test_ctrl_c_cancels_the_calls_tasks_and_the_pool_goes_on(
     interrupter.join()
     assert time.monotonic() - started < 5
     for name, directory in items:
-        _targets.pool_gate_open(directory, name)
+        _pool_targets.pool_gate_open(directory, name)
     # The pool goes on; the cancelled tasks never start: the two running when
     # Ctrl-C came ran (one per worker; they wait for their gates), and the
     # bound leaves room for one more per worker should a worker be slow to hear
     # of the cancel (KeyboardInterrupt waits for that a quarter second at most).
-    assert pool.map(_targets.pool_square, range(4)) == [0, 1, 4, 9]
+    assert pool.map(_pool_targets.pool_square, range(4)) == [0, 1, 4, 9]
     ran = list(gates.glob("*.started"))
     assert len(ran) <= 2 * WORKERS, sorted(p.name for p in ran)
 
@@ -660,36 +666,36 @@ def test_ctrl_c_cancels_the_calls_tasks_and_the_pool_goes_on(
 def test_a_big_input_shared_by_many_tasks_is_scattered_once(pool: Pool, gates: Path) -> None:
     array = np.arange(1 << 18, dtype=np.float64)  # 2 MiB
     items = [(array, str(gates), x) for x in range(20)]
-    result = pool.starmap_async(_targets.distributed_checksum, items, chunksize=1)
+    result = pool.starmap_async(_pool_targets.distributed_checksum, items, chunksize=1)
     # While the first task is held, the ones after it were sent: one copy of the
     # array on the cluster, held by every worker.
-    assert _targets.pool_gate_started(str(gates), "0")
+    assert _pool_targets.pool_gate_started(str(gates), "0")
     assert until(lambda: pool.scattered == 1)
     copies = [k for k in pool.client.who_has() if str(k).startswith("ndarray-")]
     assert len(copies) == 1
     assert until(lambda: len(pool.client.who_has()[copies[0]]) == WORKERS)
-    _targets.pool_gate_open(str(gates), "0")
+    _pool_targets.pool_gate_open(str(gates), "0")
     assert result.get(PATIENCE) == [(array.nbytes, float(array.sum()), x) for x in range(20)]
     assert pool.scattered == 1
 
     # Done with it, the pool forgets it: a changed array goes again, never stale.
     array[:] = 1.0
-    _targets.pool_gate_open(str(gates), "0")
-    again = pool.starmap(_targets.distributed_checksum, items, chunksize=1)
+    _pool_targets.pool_gate_open(str(gates), "0")
+    again = pool.starmap(_pool_targets.distributed_checksum, items, chunksize=1)
     assert again == [(array.nbytes, float(array.size), x) for x in range(20)]
     assert pool.scattered == 2
 
 
 def test_a_big_function_is_scattered_once(pool: Pool) -> None:
     weights = bytes(3 << 20)
-    func = functools.partial(_targets.distributed_weighted, weights)
+    func = functools.partial(_pool_targets.distributed_weighted, weights)
     assert pool.map(func, range(20), chunksize=1) == [len(weights) + x for x in range(20)]
     assert pool.scattered == 1
 
 
 def test_distinct_big_inputs_are_sent_not_scattered(pool: Pool) -> None:
     arrays = [np.full(1 << 18, x, dtype=np.float64) for x in range(6)]
-    assert pool.map(_targets.distributed_sum, arrays, chunksize=1) == [
+    assert pool.map(_pool_targets.distributed_sum, arrays, chunksize=1) == [
         float(a.sum()) for a in arrays
     ]
     assert pool.scattered == 0

@@ -14,7 +14,7 @@ from typing import Any
 import joblib
 import pytest
 
-import _targets
+import _pool_targets
 import serentak
 import serentak.joblib
 
@@ -33,12 +33,12 @@ def on_serentak(ctx: Any, n_jobs: int = 2, **options: Any) -> Any:
 
 def test_parallel_runs_on_serentak_workers(ctx: Any) -> None:
     with on_serentak(ctx):
-        results = joblib.Parallel()(joblib.delayed(_targets.pool_pid)(i) for i in range(1000))
+        results = joblib.Parallel()(joblib.delayed(_pool_targets.pool_pid)(i) for i in range(1000))
     assert [value for value, _ in results] == list(range(1000))
     pids = {pid for _, pid in results}
     assert 1 <= len(pids) <= 2
     with on_serentak(ctx):
-        again = joblib.Parallel()(joblib.delayed(_targets.pool_pid)(i) for i in range(10))
+        again = joblib.Parallel()(joblib.delayed(_pool_targets.pool_pid)(i) for i in range(10))
     assert {pid for _, pid in again} <= pids  # the workers were kept
 
 
@@ -52,9 +52,11 @@ def test_return_as_generator_and_lambdas(ctx: Any) -> None:
 
 def test_an_error_propagates_and_the_backend_goes_on(ctx: Any) -> None:
     with on_serentak(ctx), pytest.raises(ValueError, match="item 7 is bad"):
-        joblib.Parallel()(joblib.delayed(_targets.joblib_fail_on)(7, i) for i in range(20))
+        joblib.Parallel()(joblib.delayed(_pool_targets.joblib_fail_on)(7, i) for i in range(20))
     with on_serentak(ctx):
-        assert joblib.Parallel()(joblib.delayed(_targets.pool_square)(i) for i in range(5)) == [
+        assert joblib.Parallel()(
+            joblib.delayed(_pool_targets.pool_square)(i) for i in range(5)
+        ) == [
             0,
             1,
             4,
@@ -66,7 +68,7 @@ def test_an_error_propagates_and_the_backend_goes_on(ctx: Any) -> None:
 def test_a_dead_worker_surfaces_as_worker_lost_error(ctx: Any) -> None:
     with on_serentak(ctx), pytest.raises(serentak.WorkerLostError, match="SIGKILL"):
         joblib.Parallel(batch_size=1)(
-            joblib.delayed(_targets.joblib_die_on)(3, i) for i in range(8)
+            joblib.delayed(_pool_targets.joblib_die_on)(3, i) for i in range(8)
         )
 
 
@@ -75,7 +77,7 @@ def test_more_workers_than_allowed_is_an_error(ctx: Any) -> None:
         on_serentak(ctx, n_jobs=4, max_workers=2),
         pytest.raises(ValueError, match=r"n_jobs=4 .*max_workers=2"),
     ):
-        joblib.Parallel()(joblib.delayed(_targets.pool_square)(i) for i in range(3))
+        joblib.Parallel()(joblib.delayed(_pool_targets.pool_square)(i) for i in range(3))
 
 
 def test_scikit_learn_cross_val_score_runs_on_it(ctx: Any) -> None:

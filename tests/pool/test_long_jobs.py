@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _pool_targets
 import serentak
 from _scripts import run_script, running_script
 from _watch import descendants_of, lines, still_running_after, until
@@ -34,16 +34,16 @@ def test_a_task_killing_its_worker_twice_succeeds_with_two_retries(
     attempts = tmp_path / "attempts"
     mapped = tmp_path / "mapped"
     with ctx.Pool(2) as pool:
-        result = pool.apply_async(_targets.pool_die_first, (str(attempts), 2, "ok"), retries=2)
+        result = pool.apply_async(_pool_targets.pool_die_first, (str(attempts), 2, "ok"), retries=2)
         assert result.get(PATIENCE) == "ok"
         assert len(lines(attempts)) == 3
-        task = functools.partial(_targets.pool_die_first, str(mapped), 2)
+        task = functools.partial(_pool_targets.pool_die_first, str(mapped), 2)
         assert pool.map(task, [7], retries=2) == [7]
         assert len(lines(mapped)) == 3
         stats = pool.stats()
         assert stats.retries == 4
         assert stats.tasks_lost == 4
-        assert pool.map(_targets.pool_square, range(5)) == [0, 1, 4, 9, 16]  # the pool goes on
+        assert pool.map(_pool_targets.pool_square, range(5)) == [0, 1, 4, 9, 16]  # the pool goes on
 
 
 def test_a_task_out_of_retries_fails_saying_how_many_attempts_and_chains_the_first(
@@ -51,7 +51,7 @@ def test_a_task_out_of_retries_fails_saying_how_many_attempts_and_chains_the_fir
 ) -> None:
     attempts = tmp_path / "attempts"
     with ctx.Pool(2, retries=1) as pool:  # the pool-wide default
-        result = pool.apply_async(_targets.pool_die_first, (str(attempts), 2, "ok"))
+        result = pool.apply_async(_pool_targets.pool_die_first, (str(attempts), 2, "ok"))
         with pytest.raises(serentak.WorkerLostError, match=r"SIGKILL.*attempt 2 of 2") as info:
             result.get(PATIENCE)
         assert len(lines(attempts)) == 2
@@ -67,13 +67,13 @@ def test_retry_on_and_backoff(ctx: Any, tmp_path: Path) -> None:
     once = tmp_path / "once"
     with ctx.Pool(2) as pool:
         started = time.monotonic()
-        task = functools.partial(_targets.pool_fail_first, str(flaky), 2)
+        task = functools.partial(_pool_targets.pool_fail_first, str(flaky), 2)
         assert pool.map(task, [5], retries=2, retry_on=ConnectionError, backoff=0.1) == [5]
         # 0.1 s before the first retry, 0.2 s before the second.
         assert time.monotonic() - started >= 0.3
         assert len(lines(flaky)) == 3
         # An exception not in retry_on (by default: a lost worker, a timeout) fails at once.
-        task = functools.partial(_targets.pool_fail_first, str(once), 2)
+        task = functools.partial(_pool_targets.pool_fail_first, str(once), 2)
         with pytest.raises(ConnectionError, match="flaky") as info:
             pool.map(task, [5], retries=2)
         assert len(lines(once)) == 1
@@ -85,7 +85,7 @@ def test_an_item_raising_in_a_map_whose_items_fail_alone_is_retried(
 ) -> None:
     with ctx.Pool(2) as pool:
         for n, call in enumerate(("imap", "journal", "errors")):
-            flaky = functools.partial(_targets.pool_fail_first, str(tmp_path / call), 1)
+            flaky = functools.partial(_pool_targets.pool_fail_first, str(tmp_path / call), 1)
             options: dict[str, Any] = {"retries": 1, "retry_on": ConnectionError}
             if call == "imap":
                 results = list(pool.imap(flaky, [n], **options))
@@ -102,7 +102,7 @@ def test_a_retried_exception_keeps_its_remote_traceback_and_chains_the_first(
 ) -> None:
     flaky = tmp_path / "flaky"
     with ctx.Pool(1) as pool:
-        task = functools.partial(_targets.pool_fail_first, str(flaky), 5)
+        task = functools.partial(_pool_targets.pool_fail_first, str(flaky), 5)
         with pytest.raises(ConnectionError) as info:
             pool.apply(task, (1,), retries=2, retry_on=(ConnectionError,))
     assert info.value.attempts == 3  # type: ignore[attr-defined]
@@ -115,9 +115,9 @@ def test_a_retried_exception_keeps_its_remote_traceback_and_chains_the_first(
 def test_the_executor_retries_submit_and_map(ctx: Any, tmp_path: Path) -> None:
     attempts = tmp_path / "attempts"
     with serentak.ProcessPoolExecutor(2, mp_context=ctx, retries=2) as executor:
-        future = executor.submit(_targets.pool_die_first, str(attempts), 2, "ok")
+        future = executor.submit(_pool_targets.pool_die_first, str(attempts), 2, "ok")
         assert future.result(PATIENCE) == "ok"
-        assert list(executor.map(_targets.pool_square, range(4))) == [0, 1, 4, 9]
+        assert list(executor.map(_pool_targets.pool_square, range(4))) == [0, 1, 4, 9]
     assert len(lines(attempts)) == 3
 
 
@@ -125,7 +125,7 @@ def test_the_executor_retries_submit_and_map(ctx: Any, tmp_path: Path) -> None:
 
 
 def test_errors_return_gives_every_value_and_the_exception_in_place(ctx: Any) -> None:
-    task = functools.partial(_targets.pool_fail_on, 500)
+    task = functools.partial(_pool_targets.pool_fail_on, 500)
     with ctx.Pool(2) as pool:
         results = pool.map(task, range(1000), errors="return")
         assert len(results) == 1000
@@ -138,7 +138,7 @@ def test_errors_return_gives_every_value_and_the_exception_in_place(ctx: Any) ->
         ]
         # chunksize 50: the other 49 items of the bad one's chunk still come back.
         starred = pool.starmap(
-            _targets.pool_fail_on, [(3, i) for i in range(100)], chunksize=50, errors="return"
+            _pool_targets.pool_fail_on, [(3, i) for i in range(100)], chunksize=50, errors="return"
         )
         assert isinstance(starred[3], ValueError)
         assert starred[:3] + starred[4:] == [2 * i for i in range(100) if i != 3]
@@ -149,9 +149,9 @@ def test_errors_return_gives_every_value_and_the_exception_in_place(ctx: Any) ->
 def test_errors_return_puts_a_lost_worker_in_place_of_its_item(ctx: Any, tmp_path: Path) -> None:
     attempts = tmp_path / "attempts"
     with ctx.Pool(2) as pool:
-        results = pool.map(_targets.pool_square, range(3), errors="return")
+        results = pool.map(_pool_targets.pool_square, range(3), errors="return")
         assert results == [0, 1, 4]
-        killer = functools.partial(_targets.pool_die_first, str(attempts), 1)
+        killer = functools.partial(_pool_targets.pool_die_first, str(attempts), 1)
         results = pool.map(killer, ["a"], errors="return")
         assert isinstance(results[0], serentak.WorkerLostError)
 
@@ -159,7 +159,7 @@ def test_errors_return_puts_a_lost_worker_in_place_of_its_item(ctx: Any, tmp_pat
 def test_executor_map_errors_return(ctx: Any) -> None:
     with serentak.ProcessPoolExecutor(2, mp_context=ctx) as executor:
         results: list[Any] = list(
-            executor.map(_targets.pool_fail_on, [5] * 10, range(10), errors="return")
+            executor.map(_pool_targets.pool_fail_on, [5] * 10, range(10), errors="return")
         )
     assert isinstance(results[5], ValueError)
     assert results[:5] + results[6:] == [2 * i for i in range(10) if i != 5]
@@ -172,9 +172,9 @@ def test_a_seeded_map_is_the_same_with_any_workers_and_chunking(ctx: Any) -> Non
     runs = []
     for workers in (1, 2, 4):
         with ctx.Pool(workers, seed=1234) as pool:
-            runs.append(pool.map(_targets.pool_draws, range(60)))
-            runs.append(pool.map(_targets.pool_draws, range(60), chunksize=1))
-            runs.append(list(pool.imap_unordered(_targets.pool_draws, range(60), seed=1234)))
+            runs.append(pool.map(_pool_targets.pool_draws, range(60)))
+            runs.append(pool.map(_pool_targets.pool_draws, range(60), chunksize=1))
+            runs.append(list(pool.imap_unordered(_pool_targets.pool_draws, range(60), seed=1234)))
     first = runs[0]
     for run in runs[1:]:
         assert sorted(run) == first
@@ -186,9 +186,9 @@ def test_the_seed_and_index_make_the_stream(ctx: Any) -> None:
     import numpy
 
     with ctx.Pool(2) as pool:
-        seeded = pool.map(_targets.pool_draws, range(10), seed=7)
-        other = pool.map(_targets.pool_draws, range(10), seed=8)
-        starred = pool.starmap(_targets.pool_draws, [(i,) for i in range(10)], seed=7)
+        seeded = pool.map(_pool_targets.pool_draws, range(10), seed=7)
+        other = pool.map(_pool_targets.pool_draws, range(10), seed=8)
+        starred = pool.starmap(_pool_targets.pool_draws, [(i,) for i in range(10)], seed=7)
     assert seeded == starred
     assert [row[1] for row in seeded] != [row[1] for row in other]
     expected = numpy.random.Generator(
@@ -209,10 +209,10 @@ def test_task_rng_outside_a_seeded_task_is_an_error() -> None:
 
 def test_a_task_past_its_memory_limit_fails_alone_within_a_second(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
-        pool.map(_targets.pool_square, range(4))  # the workers are up
+        pool.map(_pool_targets.pool_square, range(4))  # the workers are up
         started = time.monotonic()
-        hog = pool.apply_async(_targets.pool_allocate, (2 << 30,), memory_limit="256MiB")
-        others = [pool.apply_async(_targets.pool_square, (i,)) for i in range(20)]
+        hog = pool.apply_async(_pool_targets.pool_allocate, (2 << 30,), memory_limit="256MiB")
+        others = [pool.apply_async(_pool_targets.pool_square, (i,)) for i in range(20)]
         with pytest.raises(serentak.MemoryLimitError, match=r"256\.0 MiB") as info:
             hog.get(PATIENCE)
         caught = time.monotonic() - started
@@ -222,14 +222,14 @@ def test_a_task_past_its_memory_limit_fails_alone_within_a_second(ctx: Any) -> N
         stats = pool.stats()
         assert stats.tasks_over_memory == 1
         # The limit is the task's: the replaced worker runs the next task unlimited.
-        assert pool.apply(_targets.pool_allocate, (300 << 20,)) == 300 << 20
+        assert pool.apply(_pool_targets.pool_allocate, (300 << 20,)) == 300 << 20
 
 
 def test_a_pool_wide_memory_limit_and_one_task_under_it(ctx: Any) -> None:
     with ctx.Pool(1, memory_limit=512 << 20) as pool:
-        assert pool.map(_targets.pool_allocate, [1 << 20] * 3) == [1 << 20] * 3
+        assert pool.map(_pool_targets.pool_allocate, [1 << 20] * 3) == [1 << 20] * 3
         with pytest.raises(serentak.MemoryLimitError, match=r"512\.0 MiB"):
-            pool.map(_targets.pool_allocate, [2 << 30])
+            pool.map(_pool_targets.pool_allocate, [2 << 30])
 
 
 # ---- journal -----------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def _done_in(journal: Path) -> list[int]:
 def test_a_journal_skips_what_it_holds_and_survives_a_torn_record(ctx: Any, tmp_path: Path) -> None:
     journal = tmp_path / "j"
     executions = tmp_path / "executions"
-    task = functools.partial(_targets.pool_record, str(executions))
+    task = functools.partial(_pool_targets.pool_record, str(executions))
     with ctx.Pool(2) as pool:
         first = pool.map(task, range(40), chunksize=5, journal=journal)
         assert [x for x, _ in first] == list(range(40))
@@ -311,12 +311,12 @@ def test_a_journal_skips_what_it_holds_and_survives_a_torn_record(ctx: Any, tmp_
 def test_a_journal_of_failed_items_runs_them_again(ctx: Any, tmp_path: Path) -> None:
     journal = tmp_path / "j"
     with ctx.Pool(2) as pool:
-        task = functools.partial(_targets.pool_fail_on, 3)
+        task = functools.partial(_pool_targets.pool_fail_on, 3)
         results = pool.map(task, range(6), journal=journal, errors="return")
         assert isinstance(results[3], ValueError)
         assert len(_journal_items(journal, task)) == 5  # the failure is not recorded
         # The same function (a partial's name is its function's) now succeeds on item 3.
-        fixed = functools.partial(_targets.pool_fail_on, -1)
+        fixed = functools.partial(_pool_targets.pool_fail_on, -1)
         assert pool.map(fixed, range(6), journal=journal) == [0, 2, 4, 6, 8, 10]
     assert len(_journal_items(journal, task)) == 6
 
@@ -330,14 +330,14 @@ def _journal_items(journal: Path, func: Any) -> dict[int, Any]:
 def test_a_journal_of_another_function_or_other_inputs_is_refused(ctx: Any, tmp_path: Path) -> None:
     journal = tmp_path / "j"
     with ctx.Pool(2) as pool:
-        pool.map(_targets.pool_square, range(10), journal=journal)
+        pool.map(_pool_targets.pool_square, range(10), journal=journal)
         with pytest.raises(ValueError, match=r"pool_square.*not of .*pool_pid"):
-            pool.map(_targets.pool_pid, range(10), journal=journal)
+            pool.map(_pool_targets.pool_pid, range(10), journal=journal)
         with pytest.raises(ValueError, match=r"other inputs \(item 4"):
-            pool.map(_targets.pool_square, [0, 1, 2, 3, 40, 5, 6, 7, 8, 9], journal=journal)
+            pool.map(_pool_targets.pool_square, [0, 1, 2, 3, 40, 5, 6, 7, 8, 9], journal=journal)
         with pytest.raises(ValueError, match="starmap"):
-            pool.starmap(_targets.pool_square, [(i,) for i in range(10)], journal=journal)
-        assert pool.map(_targets.pool_square, range(12), journal=journal)[-1] == 121
+            pool.starmap(_pool_targets.pool_square, [(i,) for i in range(10)], journal=journal)
+        assert pool.map(_pool_targets.pool_square, range(12), journal=journal)[-1] == 121
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -363,12 +363,12 @@ BAD_CALLS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
 
 def test_bad_options_fail_at_the_call_before_any_task_runs(ctx: Any, tmp_path: Path) -> None:
     ran = tmp_path / "ran"
-    task = functools.partial(_targets.pool_record, str(ran))
+    task = functools.partial(_pool_targets.pool_record, str(ran))
     with ctx.Pool(1) as pool:
         for method, options, error, message in BAD_CALLS:
             call = getattr(pool, method)
             arguments = ((1,),) if method == "apply_async" else ([(1,), (2,)],)
-            func = _targets.pool_add if method == "starmap" else task
+            func = _pool_targets.pool_add if method == "starmap" else task
             with pytest.raises(error, match=message):
                 call(func, *arguments, **options)
         with pytest.raises(ValueError, match=r"directory .* does not exist"):
@@ -400,10 +400,10 @@ def test_the_thread_pool_says_what_it_cannot_do() -> None:
 
 def test_journal_records_are_framed_after_the_magic(tmp_path: Path) -> None:
     journal = tmp_path / "j"
-    opened = Journal.open(journal, _targets.pool_square, star=False)
+    opened = Journal.open(journal, _pool_targets.pool_square, star=False)
     opened.append([(0, b"x" * 12, 0)])
     opened.close()
     assert journal.read_bytes().startswith(MAGIC)
-    again = Journal.open(journal, _targets.pool_square, star=False)
+    again = Journal.open(journal, _pool_targets.pool_square, star=False)
     again.close()
     assert again.done == {0: (b"x" * 12, 0)}

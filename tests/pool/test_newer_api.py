@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _pool_targets
 import serentak
 
 PATIENCE = 20.0
@@ -44,7 +44,7 @@ class Counted:
 def test_imap_buffersize_reads_at_most_that_many_items_ahead(ctx: Any, method: str) -> None:
     source = Counted(list(range(40)))
     with ctx.Pool(2) as pool:
-        results = getattr(pool, method)(_targets.pool_square, source, buffersize=3)
+        results = getattr(pool, method)(_pool_targets.pool_square, source, buffersize=3)
         seen = []
         for consumed, value in enumerate(results, 1):
             seen.append(value)
@@ -58,7 +58,7 @@ def test_imap_buffer_bytes_bounds_the_pickled_input_ahead(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
         # Two and a half chunks' worth: a third goes while under the bound, no fourth.
         results = pool.imap(
-            _targets.pool_nbytes, source, chunksize=1, buffer_bytes=5 * megabyte // 2
+            _pool_targets.pool_nbytes, source, chunksize=1, buffer_bytes=5 * megabyte // 2
         )
         for consumed, value in enumerate(results, 1):
             assert value == megabyte
@@ -67,14 +67,14 @@ def test_imap_buffer_bytes_bounds_the_pickled_input_ahead(ctx: Any) -> None:
 
 def test_one_item_bigger_than_buffer_bytes_still_goes(ctx: Any) -> None:
     with ctx.Pool(1) as pool:
-        sizes = list(pool.imap(_targets.pool_nbytes, [b"x" * 100_000] * 3, buffer_bytes=10))
+        sizes = list(pool.imap(_pool_targets.pool_nbytes, [b"x" * 100_000] * 3, buffer_bytes=10))
     assert sizes == [100_000] * 3
 
 
 @pytest.mark.parametrize("method", ["imap", "imap_unordered"])
 def test_a_reader_that_stops_early_does_not_keep_join_waiting(ctx: Any, method: str) -> None:
     pool = ctx.Pool(2)
-    results = getattr(pool, method)(_targets.pool_square, range(200), buffersize=2)
+    results = getattr(pool, method)(_pool_targets.pool_square, range(200), buffersize=2)
     first = next(results)
     pool.close()
     pool.join()
@@ -86,7 +86,9 @@ def test_executor_map_buffersize_reads_lazily(ctx: Any) -> None:
     source = Counted(list(range(30)))
     with serentak.ProcessPoolExecutor(2, mp_context=ctx) as executor:
         seen = []
-        for consumed, value in enumerate(executor.map(_targets.pool_square, source, buffersize=2)):
+        for consumed, value in enumerate(
+            executor.map(_pool_targets.pool_square, source, buffersize=2)
+        ):
             seen.append(value)
             assert source.taken <= consumed + 1 + 2
     assert seen == [x * x for x in range(30)]
@@ -98,13 +100,13 @@ def test_executor_map_buffersize_reads_lazily(ctx: Any) -> None:
 def test_bad_buffersize_fails_at_the_call(ctx: Any, value: Any, error: type[Exception]) -> None:
     with ctx.Pool(1) as pool, serentak.ProcessPoolExecutor(1, mp_context=ctx) as executor:
         with pytest.raises(error, match="buffersize"):
-            pool.imap(_targets.pool_square, range(3), buffersize=value)
+            pool.imap(_pool_targets.pool_square, range(3), buffersize=value)
         with pytest.raises(error, match="buffersize"):
-            pool.imap_unordered(_targets.pool_square, range(3), buffersize=value)
+            pool.imap_unordered(_pool_targets.pool_square, range(3), buffersize=value)
         with pytest.raises(error, match="buffer_bytes"):
-            pool.imap(_targets.pool_square, range(3), buffer_bytes=value)
+            pool.imap(_pool_targets.pool_square, range(3), buffer_bytes=value)
         with pytest.raises(error, match="buffersize"):
-            executor.map(_targets.pool_square, range(3), buffersize=value)
+            executor.map(_pool_targets.pool_square, range(3), buffersize=value)
 
 
 # ---- terminate_workers / kill_workers --------------------------------------------------------
@@ -117,12 +119,12 @@ def test_stopping_the_workers_fails_running_calls_and_the_executor_goes_on(
     ctx: Any, gates: Path, method: str, signal_name: str
 ) -> None:
     with serentak.ProcessPoolExecutor(1, mp_context=ctx) as executor:
-        running = executor.submit(_targets.pool_gate, str(gates), "held")
-        assert _targets.pool_gate_started(str(gates), "held")
-        queued = executor.submit(_targets.pool_square, 2)
+        running = executor.submit(_pool_targets.pool_gate, str(gates), "held")
+        assert _pool_targets.pool_gate_started(str(gates), "held")
+        queued = executor.submit(_pool_targets.pool_square, 2)
         getattr(executor, method)()
         # Submitted at once: it must not go to a worker being stopped.
-        after = executor.submit(_targets.pool_square, 6)
+        after = executor.submit(_pool_targets.pool_square, 6)
         error = running.exception(PATIENCE)
         assert isinstance(error, serentak.WorkerLostError)
         assert signal_name in str(error)
@@ -131,8 +133,8 @@ def test_stopping_the_workers_fails_running_calls_and_the_executor_goes_on(
             queued.result(PATIENCE)
         # Fresh workers take what comes next.
         assert after.result(PATIENCE) == 36
-        assert executor.submit(_targets.pool_square, 5).result(PATIENCE) == 25
-        assert list(executor.map(_targets.pool_square, range(3))) == [0, 1, 4]
+        assert executor.submit(_pool_targets.pool_square, 5).result(PATIENCE) == 25
+        assert list(executor.map(_pool_targets.pool_square, range(3))) == [0, 1, 4]
 
 
 def test_stopping_the_workers_after_shutdown_raises(ctx: Any) -> None:

@@ -1,7 +1,7 @@
 """The Pool API (serentak._pool.api, _results, _feeder): the stdlib's multiprocessing.pool docs.
 
 Every test runs under every start method (the ``ctx`` fixture), with pools of
-two workers. Tasks live in ``_targets`` (or are lambdas and closures, which
+two workers. Tasks live in ``_pool_targets`` (or are lambdas and closures, which
 travel by value). Where a test must know that a task has started or a worker
 is up, the task or the pool's initializer writes to a file and the test polls
 for that file: no sleep stands in for an event.
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _pool_targets
 import serentak
 import serentak.pool
 from _scripts import run_script
@@ -53,7 +53,7 @@ def started_workers(path: Path, count: int) -> list[int]:
 
 def noted(tmp_path: Path) -> tuple[Callable[[str], None], tuple[str]]:
     """initializer and initargs that note each worker's pid in tmp_path/workers."""
-    return _targets.pool_note_pid, (str(tmp_path / "workers"),)
+    return _pool_targets.pool_note_pid, (str(tmp_path / "workers"),)
 
 
 # ---- construction ----------------------------------------------------------------------------
@@ -62,13 +62,13 @@ def noted(tmp_path: Path) -> tuple[Callable[[str], None], tuple[str]]:
 def test_ctx_pool_is_a_serentak_pool_pool(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
         assert isinstance(pool, serentak.pool.Pool)
-        assert pool.map(_targets.pool_square, range(5)) == [0, 1, 4, 9, 16]
+        assert pool.map(_pool_targets.pool_square, range(5)) == [0, 1, 4, 9, 16]
 
 
 def test_context_argument_chooses_the_start_method(ctx: Any) -> None:
     """pool.Pool(context=ctx): workers named as the stdlib names them (e.g. SpawnPoolWorker-1)."""
     with serentak.pool.Pool(2, context=ctx) as pool:
-        reports = pool.map(_targets.pool_whoami, range(8), chunksize=1)
+        reports = pool.map(_pool_targets.pool_whoami, range(8), chunksize=1)
     prefix = METHOD_NAMES[ctx.get_start_method()] + "PoolWorker-"
     for report in reports:
         assert report["name"].startswith(prefix), report
@@ -82,7 +82,7 @@ def test_processes_defaults_to_cpu_count(ctx: Any, tmp_path: Path) -> None:
     with ctx.Pool(initializer=initializer, initargs=initargs) as pool:
         pids = started_workers(tmp_path / "workers", ctx.cpu_count())
         assert len(set(pids)) == ctx.cpu_count()
-        assert pool.apply(_targets.pool_square, (3,)) == 9
+        assert pool.apply(_pool_targets.pool_square, (3,)) == 9
 
 
 @pytest.mark.parametrize("processes", [0, -1])
@@ -104,11 +104,11 @@ def test_maxtasksperchild_must_be_positive(ctx: Any, maxtasksperchild: int) -> N
 
 def test_initializer_runs_once_in_each_worker_with_initargs(ctx: Any, tmp_path: Path) -> None:
     workers = tmp_path / "workers"
-    with ctx.Pool(2, _targets.pool_init, (str(workers), "set up")) as pool:
+    with ctx.Pool(2, _pool_targets.pool_init, (str(workers), "set up")) as pool:
         pids = started_workers(workers, 2)
-        results = pool.map(_targets.pool_initialized, range(20), chunksize=1)
+        results = pool.map(_pool_targets.pool_initialized, range(20), chunksize=1)
         assert results == [(x, "set up") for x in range(20)]
-        ran_on = {pid for _, pid in pool.map(_targets.pool_pid, range(20), chunksize=1)}
+        ran_on = {pid for _, pid in pool.map(_pool_targets.pool_pid, range(20), chunksize=1)}
     assert ran_on <= set(pids)
     assert len(lines(workers)) == 2, "an initializer ran more than once per worker"
 
@@ -121,11 +121,13 @@ def test_maxtasksperchild_replaces_workers_without_losing_or_repeating_tasks(
     initializer, initargs = noted(tmp_path)
     with ctx.Pool(2, initializer, initargs, maxtasksperchild=2) as pool:
         if submit == "apply_async":
-            handles = [pool.apply_async(_targets.pool_record, (str(record), i)) for i in range(12)]
+            handles = [
+                pool.apply_async(_pool_targets.pool_record, (str(record), i)) for i in range(12)
+            ]
             results = [handle.get(PATIENCE) for handle in handles]
         else:
             results = pool.starmap(
-                _targets.pool_record, [(str(record), i) for i in range(12)], chunksize=1
+                _pool_targets.pool_record, [(str(record), i) for i in range(12)], chunksize=1
             )
         # Each worker ran at most 2 tasks (chunks), so at least 6 ran them.
         started_workers(tmp_path / "workers", 6)
@@ -149,10 +151,12 @@ def test_tasks_submitted_before_close_run_when_workers_retire_after_it(
     pool = ctx.Pool(3, maxtasksperchild=1)
     try:
         if submit == "apply_async":
-            handles = [pool.apply_async(_targets.pool_record, (str(record), i)) for i in range(6)]
+            handles = [
+                pool.apply_async(_pool_targets.pool_record, (str(record), i)) for i in range(6)
+            ]
         else:
             mapped = pool.starmap_async(
-                _targets.pool_record, [(str(record), i) for i in range(6)], chunksize=1
+                _pool_targets.pool_record, [(str(record), i) for i in range(6)], chunksize=1
             )
         pool.close()
         pool.join()
@@ -174,10 +178,10 @@ def test_a_pool_cannot_start_in_a_pool_worker_or_a_daemonic_process(ctx: Any) ->
     method = ctx.get_start_method()
     message = "daemonic processes are not allowed to have children"
     with ctx.Pool(1) as pool:
-        assert pool.apply(_targets.pool_try_nested_pool, (method,)) == message
-        assert pool.apply(_targets.pool_square, (3,)) == 9
+        assert pool.apply(_pool_targets.pool_try_nested_pool, (method,)) == message
+        assert pool.apply(_pool_targets.pool_square, (3,)) == 9
     ours, theirs = ctx.Pipe()
-    process = ctx.Process(target=_targets.pool_nested_pool_reports, args=(theirs, method))
+    process = ctx.Process(target=_pool_targets.pool_nested_pool_reports, args=(theirs, method))
     process.daemon = True
     process.start()
     theirs.close()
@@ -192,16 +196,16 @@ def test_a_pool_cannot_start_in_a_pool_worker_or_a_daemonic_process(ctx: Any) ->
 
 def test_apply(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
-        assert pool.apply(_targets.pool_add, (2, 3)) == 5
-        assert pool.apply(_targets.pool_echo, (1, "a"), {"k": [2]}) == ((1, "a"), {"k": [2]})
-        assert pool.apply(_targets.pool_echo) == ((), {})
+        assert pool.apply(_pool_targets.pool_add, (2, 3)) == 5
+        assert pool.apply(_pool_targets.pool_echo, (1, "a"), {"k": [2]}) == ((1, "a"), {"k": [2]})
+        assert pool.apply(_pool_targets.pool_echo) == ((), {})
 
 
 def test_async_result_before_and_after_the_task_finishes(ctx: Any, gates: Path) -> None:
     with ctx.Pool(2) as pool:
-        result = pool.apply_async(_targets.pool_gate, (str(gates), "task", 42))
+        result = pool.apply_async(_pool_targets.pool_gate, (str(gates), "task", 42))
         assert isinstance(result, serentak.pool.AsyncResult)
-        assert _targets.pool_gate_started(str(gates), "task")
+        assert _pool_targets.pool_gate_started(str(gates), "task")
         assert not result.ready()
         with pytest.raises(ValueError):
             result.successful()
@@ -211,7 +215,7 @@ def test_async_result_before_and_after_the_task_finishes(ctx: Any, gates: Path) 
             result.get(timeout=SHORT)
         assert isinstance(caught.value, builtins.TimeoutError)
 
-        _targets.pool_gate_open(str(gates), "task")
+        _pool_targets.pool_gate_open(str(gates), "task")
         result.wait(PATIENCE)
         assert result.ready()
         assert result.successful()
@@ -221,7 +225,7 @@ def test_async_result_before_and_after_the_task_finishes(ctx: Any, gates: Path) 
 
 def test_successful_is_false_when_the_task_raised(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
-        result = pool.apply_async(_targets.pool_raise, ("no",))
+        result = pool.apply_async(_pool_targets.pool_raise, ("no",))
         result.wait(PATIENCE)
         assert result.ready()
         assert not result.successful()
@@ -232,7 +236,7 @@ def test_successful_is_false_when_the_task_raised(ctx: Any) -> None:
 def test_apply_async_callback_has_run_when_get_returns(ctx: Any) -> None:
     got: list[Any] = []
     with ctx.Pool(2) as pool:
-        result = pool.apply_async(_targets.pool_square, (7,), callback=got.append)
+        result = pool.apply_async(_pool_targets.pool_square, (7,), callback=got.append)
         assert result.get(PATIENCE) == 49
         assert got == [49]
 
@@ -242,7 +246,7 @@ def test_error_callback_has_run_when_get_raises(ctx: Any) -> None:
     got: list[Any] = []
     with ctx.Pool(2) as pool:
         result = pool.apply_async(
-            _targets.pool_raise, ("bad",), callback=got.append, error_callback=errors.append
+            _pool_targets.pool_raise, ("bad",), callback=got.append, error_callback=errors.append
         )
         with pytest.raises(ValueError, match="bad"):
             result.get(PATIENCE)
@@ -258,9 +262,9 @@ def test_callbacks_have_run_when_join_returns(ctx: Any) -> None:
     pool = ctx.Pool(2)
     try:
         for x in range(10):
-            pool.apply_async(_targets.pool_square, (x,), callback=squares.append)
-        pool.apply_async(_targets.pool_raise, ("bad",), error_callback=errors.append)
-        pool.map_async(_targets.pool_square, range(3), callback=lists.append)
+            pool.apply_async(_pool_targets.pool_square, (x,), callback=squares.append)
+        pool.apply_async(_pool_targets.pool_raise, ("bad",), error_callback=errors.append)
+        pool.map_async(_pool_targets.pool_square, range(3), callback=lists.append)
         pool.close()
         pool.join()
     finally:
@@ -272,7 +276,7 @@ def test_callbacks_have_run_when_join_returns(ctx: Any) -> None:
 
 def test_wait_without_timeout_returns_once_ready(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
-        result = pool.apply_async(_targets.pool_square, (4,))
+        result = pool.apply_async(_pool_targets.pool_square, (4,))
         result.wait()
         assert result.ready()
         assert result.get() == 16
@@ -284,21 +288,23 @@ def test_wait_without_timeout_returns_once_ready(ctx: Any) -> None:
 @pytest.mark.parametrize("chunksize", [None, 1, 3, 100])
 def test_map(ctx: Any, chunksize: int | None) -> None:
     with ctx.Pool(2) as pool:
-        assert pool.map(_targets.pool_square, range(23), chunksize) == [x * x for x in range(23)]
+        assert pool.map(_pool_targets.pool_square, range(23), chunksize) == [
+            x * x for x in range(23)
+        ]
 
 
 def test_map_takes_any_iterable(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
-        assert pool.map(_targets.pool_square, []) == []
-        assert pool.map(_targets.pool_square, (x for x in range(5))) == [0, 1, 4, 9, 16]
-        assert pool.map(_targets.pool_square, {3}) == [9]
+        assert pool.map(_pool_targets.pool_square, []) == []
+        assert pool.map(_pool_targets.pool_square, (x for x in range(5))) == [0, 1, 4, 9, 16]
+        assert pool.map(_pool_targets.pool_square, {3}) == [9]
         assert pool.map(len, ["a", "bb"]) == [1, 2]
 
 
 def test_map_async_callback_has_run_when_get_returns(ctx: Any) -> None:
     got: list[Any] = []
     with ctx.Pool(2) as pool:
-        result = pool.map_async(_targets.pool_square, range(6), 2, callback=got.append)
+        result = pool.map_async(_pool_targets.pool_square, range(6), 2, callback=got.append)
         assert isinstance(result, serentak.pool.MapResult)
         assert result.get(PATIENCE) == [0, 1, 4, 9, 16, 25]
         assert got == [[0, 1, 4, 9, 16, 25]]
@@ -309,7 +315,7 @@ def test_map_async_error_callback_has_run_when_get_raises(ctx: Any) -> None:
     errors: list[BaseException] = []
     with ctx.Pool(2) as pool:
         items = [("ok", 0), ("raise", 1), ("ok", 2)]
-        result = pool.map_async(_targets.pool_fault, items, error_callback=errors.append)
+        result = pool.map_async(_pool_targets.pool_fault, items, error_callback=errors.append)
         with pytest.raises(ValueError, match="task 1 raised"):
             result.get(PATIENCE)
         assert [type(error) for error in errors] == [ValueError]
@@ -318,16 +324,16 @@ def test_map_async_error_callback_has_run_when_get_raises(ctx: Any) -> None:
 def test_starmap(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
         pairs = [(x, 10 * x) for x in range(9)]
-        assert pool.starmap(_targets.pool_add, pairs) == [11 * x for x in range(9)]
-        assert pool.starmap(_targets.pool_add, pairs, 4) == [11 * x for x in range(9)]
-        assert pool.starmap(_targets.pool_add, iter(pairs)) == [11 * x for x in range(9)]
-        assert pool.starmap(_targets.pool_add, []) == []
+        assert pool.starmap(_pool_targets.pool_add, pairs) == [11 * x for x in range(9)]
+        assert pool.starmap(_pool_targets.pool_add, pairs, 4) == [11 * x for x in range(9)]
+        assert pool.starmap(_pool_targets.pool_add, iter(pairs)) == [11 * x for x in range(9)]
+        assert pool.starmap(_pool_targets.pool_add, []) == []
 
 
 def test_starmap_async_callback_has_run_when_get_returns(ctx: Any) -> None:
     got: list[Any] = []
     with ctx.Pool(2) as pool:
-        result = pool.starmap_async(_targets.pool_add, [(1, 2), (3, 4)], callback=got.append)
+        result = pool.starmap_async(_pool_targets.pool_add, [(1, 2), (3, 4)], callback=got.append)
         assert result.get(PATIENCE) == [3, 7]
         assert got == [[3, 7]]
 
@@ -337,14 +343,17 @@ def test_new_tasks_after_short_ones_are_spread_over_the_workers(ctx: Any, gates:
     of unknown length still start on different workers: none waits behind another."""
     with ctx.Pool(2) as pool:
         assert (
-            pool.starmap(_targets.pool_add, [(i, 1) for i in range(2000)], chunksize=1)[-1] == 2000
+            pool.starmap(_pool_targets.pool_add, [(i, 1) for i in range(2000)], chunksize=1)[-1]
+            == 2000
         )
-        gate = functools.partial(_targets.pool_gate, str(gates))
+        gate = functools.partial(_pool_targets.pool_gate, str(gates))
         result = pool.map_async(gate, ["first", "second"], chunksize=1)
-        assert _targets.pool_gate_started(str(gates), "first")
-        assert _targets.pool_gate_started(str(gates), "second"), "both tasks sent to one worker"
-        _targets.pool_gate_open(str(gates), "first")
-        _targets.pool_gate_open(str(gates), "second")
+        assert _pool_targets.pool_gate_started(str(gates), "first")
+        assert _pool_targets.pool_gate_started(str(gates), "second"), (
+            "both tasks sent to one worker"
+        )
+        _pool_targets.pool_gate_open(str(gates), "first")
+        _pool_targets.pool_gate_open(str(gates), "second")
         assert result.get(PATIENCE) == [None, None]
 
 
@@ -371,13 +380,13 @@ def test_a_signal_taken_by_another_thread_interrupts_the_wait(
         raise _Signalled
 
     def signal_this_thread() -> None:
-        if _targets.pool_gate_started(str(gates), "held"):
+        if _pool_targets.pool_gate_started(str(gates), "held"):
             signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
         # Were the signal not acted on, the wait ends with the task, and the test fails.
         interrupted.wait(PATIENCE / 4)
-        _targets.pool_gate_open(str(gates), "held")
+        _pool_targets.pool_gate_open(str(gates), "held")
 
-    task = functools.partial(_targets.pool_gate, str(gates))
+    task = functools.partial(_pool_targets.pool_gate, str(gates))
     previous = signal.signal(signal.SIGUSR1, raise_signalled)
     signaller = threading.Thread(target=signal_this_thread, daemon=True)
     try:
@@ -398,11 +407,11 @@ def test_a_signal_taken_by_another_thread_interrupts_the_wait(
 @pytest.mark.parametrize("chunksize", [1, 4])
 def test_imap_gives_results_in_order(ctx: Any, chunksize: int) -> None:
     with ctx.Pool(2) as pool:
-        results = pool.imap(_targets.pool_square, range(21), chunksize)
+        results = pool.imap(_pool_targets.pool_square, range(21), chunksize)
         assert isinstance(results, serentak.pool.IMapIterator)
         assert iter(results) is results
         assert list(results) == [x * x for x in range(21)]
-        assert list(pool.imap(_targets.pool_square, [])) == []
+        assert list(pool.imap(_pool_targets.pool_square, [])) == []
 
 
 @pytest.mark.parametrize("chunksize", [None, 1])
@@ -415,7 +424,7 @@ def test_imap_reads_an_endless_input_lazily(ctx: Any, chunksize: int | None) -> 
             yield x
 
     with ctx.Pool(2) as pool:
-        results = pool.imap(_targets.pool_square, numbers(), chunksize)
+        results = pool.imap(_pool_targets.pool_square, numbers(), chunksize)
         assert [next(results) for _ in range(10)] == [x * x for x in range(10)]
         if chunksize == 1:
             assert next(pulled) < 100, "imap read far ahead of what was consumed"
@@ -434,22 +443,22 @@ def test_adaptive_chunks_read_one_item_per_worker_until_a_task_has_reported(
             yield f"g{i}"
 
     with ctx.Pool(2) as pool:
-        results = pool.imap(functools.partial(_targets.pool_gate, str(gates)), names())
-        assert _targets.pool_gate_started(str(gates), "g0")
-        assert _targets.pool_gate_started(str(gates), "g1")
+        results = pool.imap(functools.partial(_pool_targets.pool_gate, str(gates)), names())
+        assert _pool_targets.pool_gate_started(str(gates), "g0")
+        assert _pool_targets.pool_gate_started(str(gates), "g1")
         assert pulled == [0, 1]
         for i in range(10):
-            _targets.pool_gate_open(str(gates), f"g{i}")
+            _pool_targets.pool_gate_open(str(gates), f"g{i}")
         assert list(results) == [None] * 10
 
 
 def test_imap_next_with_a_timeout(ctx: Any, gates: Path) -> None:
     with ctx.Pool(2) as pool:
-        results = pool.imap(functools.partial(_targets.pool_gate, str(gates), "task"), [5])
-        assert _targets.pool_gate_started(str(gates), "task")
+        results = pool.imap(functools.partial(_pool_targets.pool_gate, str(gates), "task"), [5])
+        assert _pool_targets.pool_gate_started(str(gates), "task")
         with pytest.raises(serentak.TimeoutError):
             results.next(timeout=SHORT)
-        _targets.pool_gate_open(str(gates), "task")
+        _pool_targets.pool_gate_open(str(gates), "task")
         assert results.next(timeout=PATIENCE) == 5
         with pytest.raises(StopIteration):
             results.next(timeout=PATIENCE)
@@ -458,7 +467,7 @@ def test_imap_next_with_a_timeout(ctx: Any, gates: Path) -> None:
 @pytest.mark.parametrize("chunksize", [1, 3])
 def test_imap_unordered_gives_every_result(ctx: Any, chunksize: int) -> None:
     with ctx.Pool(2) as pool:
-        results = pool.imap_unordered(_targets.pool_square, range(21), chunksize)
+        results = pool.imap_unordered(_pool_targets.pool_square, range(21), chunksize)
         assert isinstance(results, serentak.pool.IMapUnorderedIterator)
         assert sorted(results) == [x * x for x in range(21)]
 
@@ -468,38 +477,38 @@ def test_imap_unordered_gives_results_as_they_complete(ctx: Any, gates: Path) ->
     directory = str(gates)
     with ctx.Pool(2) as pool:
         results = pool.imap_unordered(
-            lambda x: _targets.pool_gate(directory, "first", x) if x == 0 else x, range(4), 1
+            lambda x: _pool_targets.pool_gate(directory, "first", x) if x == 0 else x, range(4), 1
         )
-        assert _targets.pool_gate_started(directory, "first")
+        assert _pool_targets.pool_gate_started(directory, "first")
         early = [results.next(timeout=QUICK) for _ in range(3)]
         assert sorted(early) == [1, 2, 3]
-        _targets.pool_gate_open(directory, "first")
+        _pool_targets.pool_gate_open(directory, "first")
         assert results.next(timeout=PATIENCE) == 0
 
 
 def test_a_held_task_does_not_hold_up_the_tasks_behind_it(ctx: Any, gates: Path) -> None:
     """apply_async: while one worker is held, the other runs what comes after."""
     with ctx.Pool(2) as pool:
-        held = pool.apply_async(_targets.pool_gate, (str(gates), "held", "held"))
-        assert _targets.pool_gate_started(str(gates), "held")
-        others = [pool.apply_async(_targets.pool_square, (x,)) for x in range(4)]
+        held = pool.apply_async(_pool_targets.pool_gate, (str(gates), "held", "held"))
+        assert _pool_targets.pool_gate_started(str(gates), "held")
+        others = [pool.apply_async(_pool_targets.pool_square, (x,)) for x in range(4)]
         assert [other.get(QUICK) for other in others] == [0, 1, 4, 9]
         assert not held.ready()
-        _targets.pool_gate_open(str(gates), "held")
+        _pool_targets.pool_gate_open(str(gates), "held")
         assert held.get(PATIENCE) == "held"
 
 
 # ---- lifecycle -------------------------------------------------------------------------------
 
 SUBMISSIONS: dict[str, Callable[[Any], object]] = {
-    "apply": lambda pool: pool.apply(_targets.pool_square, (1,)),
-    "apply_async": lambda pool: pool.apply_async(_targets.pool_square, (1,)),
-    "map": lambda pool: pool.map(_targets.pool_square, [1]),
-    "map_async": lambda pool: pool.map_async(_targets.pool_square, [1]),
-    "imap": lambda pool: pool.imap(_targets.pool_square, [1]),
-    "imap_unordered": lambda pool: pool.imap_unordered(_targets.pool_square, [1]),
-    "starmap": lambda pool: pool.starmap(_targets.pool_add, [(1, 2)]),
-    "starmap_async": lambda pool: pool.starmap_async(_targets.pool_add, [(1, 2)]),
+    "apply": lambda pool: pool.apply(_pool_targets.pool_square, (1,)),
+    "apply_async": lambda pool: pool.apply_async(_pool_targets.pool_square, (1,)),
+    "map": lambda pool: pool.map(_pool_targets.pool_square, [1]),
+    "map_async": lambda pool: pool.map_async(_pool_targets.pool_square, [1]),
+    "imap": lambda pool: pool.imap(_pool_targets.pool_square, [1]),
+    "imap_unordered": lambda pool: pool.imap_unordered(_pool_targets.pool_square, [1]),
+    "starmap": lambda pool: pool.starmap(_pool_targets.pool_add, [(1, 2)]),
+    "starmap_async": lambda pool: pool.starmap_async(_pool_targets.pool_add, [(1, 2)]),
 }
 
 
@@ -537,16 +546,16 @@ def test_join_while_running_raises(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
         with pytest.raises(ValueError):
             pool.join()
-        assert pool.apply(_targets.pool_square, (2,)) == 4
+        assert pool.apply(_pool_targets.pool_square, (2,)) == 4
 
 
 def test_close_then_join_finishes_the_queued_tasks(ctx: Any, tmp_path: Path) -> None:
     initializer, initargs = noted(tmp_path)
     pool = ctx.Pool(2, initializer, initargs)
     try:
-        results = [pool.apply_async(_targets.pool_square, (x,)) for x in range(10)]
-        mapped = pool.map_async(_targets.pool_square, range(10), 3)
-        lazy = pool.imap(_targets.pool_square, range(10))
+        results = [pool.apply_async(_pool_targets.pool_square, (x,)) for x in range(10)]
+        mapped = pool.map_async(_pool_targets.pool_square, range(10), 3)
+        lazy = pool.imap(_pool_targets.pool_square, range(10))
         pool.close()
         pool.join()
         assert all(result.ready() for result in results)
@@ -573,8 +582,8 @@ def test_terminate_stops_running_tasks_at_once(ctx: Any, tmp_path: Path, gates: 
     initializer, initargs = noted(tmp_path)
     pool = ctx.Pool(2, initializer, initargs)
     try:
-        held = pool.apply_async(_targets.pool_gate, (str(gates), "held"))
-        assert _targets.pool_gate_started(str(gates), "held")
+        held = pool.apply_async(_pool_targets.pool_gate, (str(gates), "held"))
+        assert _pool_targets.pool_gate_started(str(gates), "held")
         pids = started_workers(tmp_path / "workers", 2)
         started = time.monotonic()
         pool.terminate()
@@ -592,21 +601,21 @@ def test_terminate_stops_running_tasks_at_once(ctx: Any, tmp_path: Path, gates: 
 def test_leaving_the_with_block_terminates(ctx: Any, tmp_path: Path, gates: Path) -> None:
     initializer, initargs = noted(tmp_path)
     with ctx.Pool(2, initializer, initargs) as pool:
-        held = pool.apply_async(_targets.pool_gate, (str(gates), "held"))
-        assert _targets.pool_gate_started(str(gates), "held")
+        held = pool.apply_async(_pool_targets.pool_gate, (str(gates), "held"))
+        assert _pool_targets.pool_gate_started(str(gates), "held")
         pids = started_workers(tmp_path / "workers", 2)
     assert not any(running(pid) for pid in pids)
     held.wait(PATIENCE)
     assert held.ready()
     assert not held.successful()
     with pytest.raises(ValueError, match=r"^Pool not running$"):
-        pool.apply_async(_targets.pool_square, (1,))
+        pool.apply_async(_pool_targets.pool_square, (1,))
 
 
 def test_a_pool_dropped_while_running_stops_its_workers(ctx: Any, tmp_path: Path) -> None:
     initializer, initargs = noted(tmp_path)
     pool = ctx.Pool(2, initializer, initargs)
-    assert pool.apply(_targets.pool_square, (3,)) == 9
+    assert pool.apply(_pool_targets.pool_square, (3,)) == 9
     pids = started_workers(tmp_path / "workers", 2)
     del pool
     assert until(lambda: not any(running(pid) for pid in pids))
@@ -706,14 +715,14 @@ def test_pool_lists_its_workers_alive_until_stopped(ctx: Any, stop: str) -> None
     assert len(workers) == 2
     assert all(worker.is_alive() for worker in workers)
     assert all(running(worker.pid) for worker in workers)
-    assert pool.apply(_targets.pool_square, (3,)) == 9
+    assert pool.apply(_pool_targets.pool_square, (3,)) == 9
     with pytest.raises(AttributeError):
         pool._pool = []
     if stop == "close":
         pool.close()
         pool.join()
     elif stop == "terminate":
-        pending = [pool.apply_async(_targets.pool_square, (x,)) for x in range(100)]
+        pending = [pool.apply_async(_pool_targets.pool_square, (x,)) for x in range(100)]
         pool.terminate()
         pool.join()
         assert all(result.ready() for result in pending)
@@ -732,17 +741,19 @@ def test_cache_holds_the_results_not_yet_complete(ctx: Any, gates: Path, callbac
     with ctx.Pool(2) as pool:
         assert not pool._cache
         held = pool.apply_async(
-            _targets.pool_gate, (str(gates), "held", 7), callback=seen.append if callbacks else None
+            _pool_targets.pool_gate,
+            (str(gates), "held", 7),
+            callback=seen.append if callbacks else None,
         )
-        mapped = pool.map_async(_targets.pool_square, range(4))
-        lazy = pool.imap_unordered(_targets.pool_square, range(4))
-        ordered = pool.imap(_targets.pool_square, range(4), 2)
+        mapped = pool.map_async(_pool_targets.pool_square, range(4))
+        lazy = pool.imap_unordered(_pool_targets.pool_square, range(4))
+        ordered = pool.imap(_pool_targets.pool_square, range(4), 2)
         assert held in pool._cache.values()
         assert mapped.get(PATIENCE) == [0, 1, 4, 9]
         assert sorted(lazy) == [0, 1, 4, 9]
         assert ordered.next(PATIENCE) == 0  # read or not, all its chunks come
         assert until(lambda: list(pool._cache.values()) == [held])
-        _targets.pool_gate_open(str(gates), "held")
+        _pool_targets.pool_gate_open(str(gates), "held")
         assert held.get(PATIENCE) == 7
         assert not pool._cache
         assert seen == ([7] if callbacks else [])

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _pool_targets
 import serentak
 import serentak.pool
 from _scripts import read_line, rest_of_output, running_script
@@ -58,7 +58,7 @@ class Workers:
 
     def __init__(self, tmp_path: Path) -> None:
         self.path = tmp_path / "workers"
-        self.initializer = _targets.pool_note_pid
+        self.initializer = _pool_targets.pool_note_pid
         self.initargs = (str(self.path),)
 
     def started(self, count: int) -> list[int]:
@@ -85,7 +85,7 @@ def check_pool_goes_on(pool: Any, workers: Workers, before: list[int], *, died: 
     if died:
         assert len(workers.started(len(before) + 1)) == len(before) + 1
         assert until(lambda: sum(not running(pid) for pid in before) == 1)
-    assert pool.map(_targets.pool_square, range(8), chunksize=1) == [x * x for x in range(8)]
+    assert pool.map(_pool_targets.pool_square, range(8), chunksize=1) == [x * x for x in range(8)]
     if not died:
         assert lines(workers.path) == [str(pid) for pid in before], "a worker was replaced"
         assert all(running(pid) for pid in before)
@@ -137,13 +137,15 @@ def test_fault_matrix(ctx: Any, workers: Workers, fault: str, submit: str) -> No
         with workers.executor(ctx) as executor:
             before = workers.started(2)
             started = time.monotonic()
-            futures = [executor.submit(_targets.pool_fault, item) for item in items_with(fault)]
+            futures = [
+                executor.submit(_pool_targets.pool_fault, item) for item in items_with(fault)
+            ]
             error = futures[2].exception(PATIENCE)
             failed_after = time.monotonic() - started
             check_error(error, fault)
             others = [f.result(PATIENCE) for n, f in enumerate(futures) if n != 2]
             assert others == OTHERS
-            assert executor.submit(_targets.pool_square, 9).result(PATIENCE) == 81
+            assert executor.submit(_pool_targets.pool_square, 9).result(PATIENCE) == 81
             if died:
                 assert len(workers.started(3)) == 3
         if died:
@@ -154,7 +156,9 @@ def test_fault_matrix(ctx: Any, workers: Workers, fault: str, submit: str) -> No
         before = workers.started(2)
         started = time.monotonic()
         if submit == "apply_async":
-            results = [pool.apply_async(_targets.pool_fault, (item,)) for item in items_with(fault)]
+            results = [
+                pool.apply_async(_pool_targets.pool_fault, (item,)) for item in items_with(fault)
+            ]
             results[2].wait(PATIENCE)
             failed_after = time.monotonic() - started
             assert results[2].ready()
@@ -164,11 +168,11 @@ def test_fault_matrix(ctx: Any, workers: Workers, fault: str, submit: str) -> No
             assert [r.get(PATIENCE) for n, r in enumerate(results) if n != 2] == OTHERS
         elif submit == "map":
             with pytest.raises(BaseException) as caught:
-                pool.map(_targets.pool_fault, items_with(fault), chunksize=1)
+                pool.map(_pool_targets.pool_fault, items_with(fault), chunksize=1)
             failed_after = time.monotonic() - started
             check_error(caught.value, fault)
         else:
-            iterator = pool.imap_unordered(_targets.pool_fault, items_with(fault), 1)
+            iterator = pool.imap_unordered(_pool_targets.pool_fault, items_with(fault), 1)
             values, errors = [], []
             failed_after = PATIENCE
             while True:
@@ -195,20 +199,24 @@ def test_fault_matrix(ctx: Any, workers: Workers, fault: str, submit: str) -> No
 @pytest.mark.parametrize(
     "call",
     [
-        pytest.param(lambda pool, items: pool.map(_targets.pool_fault, items, 3), id="map-chunked"),
         pytest.param(
-            lambda pool, items: pool.starmap(_targets.pool_fault, [(i,) for i in items]),
+            lambda pool, items: pool.map(_pool_targets.pool_fault, items, 3), id="map-chunked"
+        ),
+        pytest.param(
+            lambda pool, items: pool.starmap(_pool_targets.pool_fault, [(i,) for i in items]),
             id="starmap",
         ),
-        pytest.param(lambda pool, items: list(pool.imap(_targets.pool_fault, items)), id="imap"),
         pytest.param(
-            lambda pool, items: pool.map_async(_targets.pool_fault, items).get(PATIENCE),
+            lambda pool, items: list(pool.imap(_pool_targets.pool_fault, items)), id="imap"
+        ),
+        pytest.param(
+            lambda pool, items: pool.map_async(_pool_targets.pool_fault, items).get(PATIENCE),
             id="map_async",
         ),
         pytest.param(
-            lambda pool, items: pool.starmap_async(_targets.pool_fault, [(i,) for i in items]).get(
-                PATIENCE
-            ),
+            lambda pool, items: pool.starmap_async(
+                _pool_targets.pool_fault, [(i,) for i in items]
+            ).get(PATIENCE),
             id="starmap_async",
         ),
     ],
@@ -226,7 +234,7 @@ def test_map_family_raises_worker_lost_instead_of_hanging(
 def test_imap_goes_on_after_a_dead_worker(ctx: Any, workers: Workers) -> None:
     """imap: the dead worker's position raises; the positions after it still come, in order."""
     with workers.pool(ctx) as pool:
-        iterator = pool.imap(_targets.pool_fault, items_with("sigkill"), chunksize=1)
+        iterator = pool.imap(_pool_targets.pool_fault, items_with("sigkill"), chunksize=1)
         assert [next(iterator), next(iterator)] == [0, 10]
         with pytest.raises(serentak.WorkerLostError):
             next(iterator)
@@ -243,7 +251,7 @@ def test_imap_with_adaptive_chunks_keeps_every_position_after_a_dead_worker(
     )
     with workers.pool(ctx) as pool:
         outcomes: list[object] = []
-        iterator = pool.imap(_targets.pool_fault, items)
+        iterator = pool.imap(_pool_targets.pool_fault, items)
         while True:
             try:
                 outcomes.append(next(iterator))
@@ -268,7 +276,7 @@ def test_200_tasks_every_tenth_kills_its_worker(ctx: Any, workers: Workers) -> N
         workers.started(2)
         started = time.monotonic()
         results = [
-            pool.apply_async(_targets.pool_record_or_die, (str(record), n)) for n in range(200)
+            pool.apply_async(_pool_targets.pool_record_or_die, (str(record), n)) for n in range(200)
         ]
         for result in results:
             result.wait(PATIENCE)
@@ -280,7 +288,7 @@ def test_200_tasks_every_tenth_kills_its_worker(ctx: Any, workers: Workers) -> N
                 values.append(result.get(0))
             except serentak.WorkerLostError:
                 lost.append(n)
-        assert pool.apply(_targets.pool_square, (5,)) == 25
+        assert pool.apply(_pool_targets.pool_square, (5,)) == 25
         # A replacement for each death (the last may still be starting).
         assert until(lambda: len(lines(workers.path)) == 22)
     assert values == [n for n in range(200) if n % 10]
@@ -295,18 +303,18 @@ def test_200_tasks_every_tenth_kills_its_worker(ctx: Any, workers: Workers) -> N
 
 
 RAISE_THROUGH: dict[str, Callable[[Any], object]] = {
-    "apply": lambda pool: pool.apply(_targets.pool_raise, ("boom",)),
-    "map": lambda pool: pool.map(_targets.pool_raise, ["boom"]),
-    "imap": lambda pool: next(pool.imap(_targets.pool_raise, ["boom"])),
+    "apply": lambda pool: pool.apply(_pool_targets.pool_raise, ("boom",)),
+    "map": lambda pool: pool.map(_pool_targets.pool_raise, ["boom"]),
+    "imap": lambda pool: next(pool.imap(_pool_targets.pool_raise, ["boom"])),
 }
 
 
 @pytest.mark.parametrize("submit", [*RAISE_THROUGH, "executor"])
 def test_a_raising_task_brings_its_remote_traceback(ctx: Any, submit: str) -> None:
-    line = first_error_line(_targets.pool_raise, "raise ValueError")
+    line = first_error_line(_pool_targets.pool_raise, "raise ValueError")
     if submit == "executor":
         with serentak.ProcessPoolExecutor(2, mp_context=ctx) as executor:
-            error = executor.submit(_targets.pool_raise, "boom").exception(PATIENCE)
+            error = executor.submit(_pool_targets.pool_raise, "boom").exception(PATIENCE)
     else:
         with ctx.Pool(2) as pool, pytest.raises(ValueError, match=r"^boom$") as caught:
             RAISE_THROUGH[submit](pool)
@@ -315,7 +323,7 @@ def test_a_raising_task_brings_its_remote_traceback(ctx: Any, submit: str) -> No
     cause = error.__cause__
     assert isinstance(cause, serentak.pool.RemoteTraceback)
     text = str(cause)
-    assert f'{_targets.__file__}", line {line}, in pool_raise' in text, text
+    assert f'{_pool_targets.__file__}", line {line}, in pool_raise' in text, text
     assert "ValueError: boom" in text
 
 
@@ -325,7 +333,7 @@ def test_imap_by_default_fails_only_the_failing_item(ctx: Any, submit: str) -> N
     raises costs that item alone, every other item's result still comes."""
     items = [("raise" if x == 60 else "ok", x) for x in range(100)]
     with ctx.Pool(2) as pool:
-        iterator = getattr(pool, submit)(_targets.pool_fault, items)
+        iterator = getattr(pool, submit)(_pool_targets.pool_fault, items)
         values, errors = [], []
         while True:
             try:
@@ -353,7 +361,9 @@ def test_what_cannot_travel_back_fails_only_its_task(
 ) -> None:
     with workers.pool(ctx) as pool:
         before = workers.started(2)
-        results = [pool.apply_async(_targets.pool_fault, (item,)) for item in items_with(fault)]
+        results = [
+            pool.apply_async(_pool_targets.pool_fault, (item,)) for item in items_with(fault)
+        ]
         results[2].wait(PATIENCE)
         assert results[2].ready()
         with pytest.raises(Exception, match=names):
@@ -367,7 +377,7 @@ def test_a_result_that_cannot_be_pickled_raises_maybe_encoding_error(ctx: Any) -
     errors: list[BaseException] = []
     with ctx.Pool(2) as pool:
         result = pool.apply_async(
-            _targets.pool_fault, (("unpicklable_result", 1),), error_callback=errors.append
+            _pool_targets.pool_fault, (("unpicklable_result", 1),), error_callback=errors.append
         )
         with pytest.raises(serentak.pool.MaybeEncodingError) as caught:
             result.get(PATIENCE)
@@ -389,8 +399,8 @@ def test_a_result_that_cannot_be_pickled_raises_maybe_encoding_error(ctx: Any) -
 def test_a_map_whose_chunk_cannot_be_pickled_raises_maybe_encoding_error(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
         with pytest.raises(serentak.pool.MaybeEncodingError, match="Error sending result"):
-            pool.map(_targets.pool_fault, [("ok", 0), ("unpicklable_result", 1)], chunksize=2)
-        assert pool.map(_targets.pool_square, range(3)) == [0, 1, 4]
+            pool.map(_pool_targets.pool_fault, [("ok", 0), ("unpicklable_result", 1)], chunksize=2)
+        assert pool.map(_pool_targets.pool_square, range(3)) == [0, 1, 4]
 
 
 @pytest.mark.parametrize(
@@ -402,15 +412,15 @@ def test_a_base_exception_fails_the_task_and_the_worker_survives(
 ) -> None:
     with workers.pool(ctx, processes=1) as pool:
         [pid] = workers.started(1)
-        result = pool.apply_async(_targets.pool_fault, ((fault, 1),))
+        result = pool.apply_async(_pool_targets.pool_fault, ((fault, 1),))
         result.wait(PATIENCE)
         assert result.ready()
         assert not result.successful()
         with pytest.raises(expected):
             result.get(0)
         with pytest.raises(expected):
-            pool.map(_targets.pool_fault, [("ok", 0), (fault, 1)])
-        assert pool.apply(_targets.pool_pid, (1,)) == (1, pid)
+            pool.map(_pool_targets.pool_fault, [("ok", 0), (fault, 1)])
+        assert pool.apply(_pool_targets.pool_pid, (1,)) == (1, pid)
     assert lines(workers.path) == [str(pid)]
 
 
@@ -419,18 +429,21 @@ def test_a_base_exception_fails_the_task_and_the_worker_survives(
 def test_faults_while_a_task_travels(ctx: Any, workers: Workers, how: str, phase: str) -> None:
     """{raise, os._exit, crash} while the worker unpickles the task or pickles its result."""
     if phase == "pickling the result":
-        task: tuple[Callable[..., Any], tuple[Any, ...]] = (_targets.pool_result_that_fails, (how,))
+        task: tuple[Callable[..., Any], tuple[Any, ...]] = (
+            _pool_targets.pool_result_that_fails,
+            (how,),
+        )
     else:
         argument = {
-            "raise": _targets.PoolRaiseWhenUnpickled,
-            "exit": _targets.PoolExitWhenUnpickled,
-            "crash": _targets.PoolCrashWhenUnpickled,
+            "raise": _pool_targets.PoolRaiseWhenUnpickled,
+            "exit": _pool_targets.PoolExitWhenUnpickled,
+            "crash": _pool_targets.PoolCrashWhenUnpickled,
         }[how]()
-        task = (_targets.pool_return, (argument,))
+        task = (_pool_targets.pool_return, (argument,))
     with workers.pool(ctx) as pool:
         before = workers.started(2)
         result = pool.apply_async(*task)
-        others = [pool.apply_async(_targets.pool_square, (x,)) for x in range(4)]
+        others = [pool.apply_async(_pool_targets.pool_square, (x,)) for x in range(4)]
         result.wait(PATIENCE)
         assert result.ready()
         if how == "raise" and phase == "pickling the result":
@@ -451,12 +464,12 @@ def test_an_unpicklable_argument_fails_only_its_task(ctx: Any) -> None:
     import threading
 
     with ctx.Pool(2) as pool:
-        result = pool.apply_async(_targets.pool_return, (threading.Lock(),))
+        result = pool.apply_async(_pool_targets.pool_return, (threading.Lock(),))
         result.wait(PATIENCE)
         assert result.ready()
         with pytest.raises(Exception, match="lock"):
             result.get(0)
-        assert pool.apply(_targets.pool_square, (3,)) == 9
+        assert pool.apply(_pool_targets.pool_square, (3,)) == 9
 
 
 # ---- timeouts --------------------------------------------------------------------------------
@@ -488,9 +501,9 @@ def test_apply_async_timeout(ctx: Any, workers: Workers) -> None:
         before = workers.started(2)
         started = time.monotonic()
         result = pool.apply_async(
-            _targets.pool_block_forever, (str(blocked),), timeout=TASK_TIMEOUT
+            _pool_targets.pool_block_forever, (str(blocked),), timeout=TASK_TIMEOUT
         )
-        others = [pool.apply_async(_targets.pool_square, (x,)) for x in range(6)]
+        others = [pool.apply_async(_pool_targets.pool_square, (x,)) for x in range(6)]
         result.wait(PATIENCE)
         elapsed = time.monotonic() - started
         assert result.ready()
@@ -503,14 +516,14 @@ def test_apply_async_timeout(ctx: Any, workers: Workers) -> None:
 
 def test_apply_timeout_that_is_not_reached(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
-        assert pool.apply(_targets.pool_square, (3,), timeout=PATIENCE) == 9
-        assert pool.apply_async(_targets.pool_square, (4,), timeout=PATIENCE).get() == 16
+        assert pool.apply(_pool_targets.pool_square, (3,), timeout=PATIENCE) == 9
+        assert pool.apply_async(_pool_targets.pool_square, (4,), timeout=PATIENCE).get() == 16
 
 
 @pytest.mark.parametrize("submit", ["map", "starmap", "map_async"])
 def test_map_timeout(ctx: Any, workers: Workers, submit: str) -> None:
     blocked = workers.path.with_name("blocked")
-    function = functools.partial(_targets.pool_block_on, str(blocked), 3)
+    function = functools.partial(_pool_targets.pool_block_on, str(blocked), 3)
     with workers.pool(ctx) as pool:
         before = workers.started(2)
         if submit == "map":
@@ -523,7 +536,7 @@ def test_map_timeout(ctx: Any, workers: Workers, submit: str) -> None:
         else:
             arguments = [(str(blocked), 3, x) for x in range(6)]
             expect_task_timeout(
-                lambda: pool.starmap(_targets.pool_block_on, arguments, timeout=TASK_TIMEOUT)
+                lambda: pool.starmap(_pool_targets.pool_block_on, arguments, timeout=TASK_TIMEOUT)
             )
         check_blocker_killed(workers, blocked, before)
         check_pool_goes_on(pool, workers, before, died=True)
@@ -540,7 +553,7 @@ def test_imap_timeout_fails_the_overdue_task_and_goes_on(
     ctx: Any, workers: Workers, chunksize: int, expected: list[object]
 ) -> None:
     blocked = workers.path.with_name("blocked")
-    function = functools.partial(_targets.pool_block_on, str(blocked), 3)
+    function = functools.partial(_pool_targets.pool_block_on, str(blocked), 3)
     with workers.pool(ctx) as pool:
         before = workers.started(2)
         iterator = pool.imap(function, range(6), chunksize, timeout=TASK_TIMEOUT)
@@ -559,7 +572,7 @@ def test_imap_timeout_fails_the_overdue_task_and_goes_on(
 
 def test_imap_unordered_timeout(ctx: Any, workers: Workers) -> None:
     blocked = workers.path.with_name("blocked")
-    function = functools.partial(_targets.pool_block_on, str(blocked), 3)
+    function = functools.partial(_pool_targets.pool_block_on, str(blocked), 3)
     with workers.pool(ctx) as pool:
         before = workers.started(2)
         iterator = pool.imap_unordered(function, range(6), timeout=TASK_TIMEOUT)
@@ -820,11 +833,11 @@ def test_a_signal_taken_by_another_thread_interrupts_join(ctx: Any, gates: Path)
     """The kernel may hand a process's SIGINT to any thread (a pool has several). One taken
     by another thread must still interrupt the main thread's join() while a task runs on."""
     with ctx.Pool(2) as pool:
-        result = pool.apply_async(_targets.pool_gate, (str(gates), "held", "done"))
-        assert _targets.pool_gate_started(str(gates), "held")
+        result = pool.apply_async(_pool_targets.pool_gate, (str(gates), "held", "done"))
+        assert _pool_targets.pool_gate_started(str(gates), "held")
         pool.close()
         with interrupted_by_a_signal_to_another_thread(
-            lambda: _targets.pool_gate_open(str(gates), "held")
+            lambda: _pool_targets.pool_gate_open(str(gates), "held")
         ):
             pool.join()
         pool.join()
@@ -842,7 +855,7 @@ def test_a_signal_taken_by_another_thread_interrupts_join_while_a_callback_runs(
         go.wait(PATIENCE)
 
     with ctx.Pool(2) as pool:
-        pool.apply_async(_targets.pool_square, (3,), callback=callback)
+        pool.apply_async(_pool_targets.pool_square, (3,), callback=callback)
         assert started.wait(PATIENCE)
         pool.close()
         with interrupted_by_a_signal_to_another_thread(go.set):

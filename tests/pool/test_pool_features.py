@@ -3,7 +3,7 @@ state, recycling, right-sizing and statistics (serentak._pool.feeder, _pool, _ex
 
 Behaviour runs under every start method (``ctx``), with pools of two workers.
 Where a test must know that a task has started it holds the task at a gate
-(``_targets.pool_gate``); where it must know that the workers are up, their
+(``_pool_targets.pool_gate``); where it must know that the workers are up, their
 initializer notes their pids in a file the test polls. Timing bounds are
 derived in the tests' comments so that a loaded two-core machine cannot trip
 them: what they catch is a factor of two, not a few milliseconds.
@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import pytest
 import tqdm.auto
 
-import _targets
+import _pool_targets
 import serentak
 from _scripts import run_script, script_env
 from _watch import lines, until
@@ -103,17 +103,17 @@ def fake_bar(monkeypatch: pytest.MonkeyPatch) -> type[FakeBar]:
 
 def _progress_calls(pool: Any) -> dict[str, Callable[[dict[str, Any]], list[Any]]]:
     """Each map-family call over the 57 items 0..56, given the progress option."""
-    square = _targets.pool_square
+    square = _pool_targets.pool_square
     return {
         "map": lambda bar: pool.map(square, range(57), progress=bar),
         "map of a generator": lambda bar: pool.map(square, (x for x in range(57)), progress=bar),
         "map chunksize=5": lambda bar: pool.map(square, range(57), 5, progress=bar),
         "map_async": lambda bar: pool.map_async(square, range(57), progress=bar).get(PATIENCE),
         "starmap": lambda bar: pool.starmap(
-            _targets.pool_add, [(x * x, 0) for x in range(57)], progress=bar
+            _pool_targets.pool_add, [(x * x, 0) for x in range(57)], progress=bar
         ),
         "starmap_async": lambda bar: pool.starmap_async(
-            _targets.pool_add, [(x * x, 0) for x in range(57)], progress=bar
+            _pool_targets.pool_add, [(x * x, 0) for x in range(57)], progress=bar
         ).get(PATIENCE),
         "imap": lambda bar: list(pool.imap(square, range(57), progress=bar)),
         "imap chunksize=4": lambda bar: list(pool.imap(square, range(57), 4, progress=bar)),
@@ -141,7 +141,9 @@ def test_progress_bar_reaches_100_percent_with_the_right_total(ctx: Any) -> None
 def test_progress_bar_of_an_input_without_length_counts_without_total(ctx: Any) -> None:
     with ctx.Pool(2) as pool:
         out = io.StringIO()
-        results = pool.imap(_targets.pool_square, (x for x in range(40)), progress={"file": out})
+        results = pool.imap(
+            _pool_targets.pool_square, (x for x in range(40)), progress={"file": out}
+        )
         assert list(results) == [x * x for x in range(40)]
     states = bar_states(out.getvalue())
     assert states[-1] == (40, None), out.getvalue()
@@ -151,7 +153,7 @@ def test_progress_bar_of_an_input_without_length_counts_without_total(ctx: Any) 
 def test_executor_map_progress_bar(ctx: Any) -> None:
     out = io.StringIO()
     with serentak.ProcessPoolExecutor(2, mp_context=ctx) as executor:
-        results = executor.map(_targets.pool_add, range(30), range(40), progress={"file": out})
+        results = executor.map(_pool_targets.pool_add, range(30), range(40), progress={"file": out})
         assert list(results) == [2 * x for x in range(30)]
     states = bar_states(out.getvalue())
     # The total is the shortest input's length, as zip() and map() stop there.
@@ -168,17 +170,17 @@ def test_progress_bar_advances_as_tasks_finish(ctx: Any, gates: Path, submit: st
     options = {"file": out, **EVERY_UPDATE}
 
     def task(x: int) -> Any:
-        return _targets.pool_gate(directory, "first", x) if x == 0 else x
+        return _pool_targets.pool_gate(directory, "first", x) if x == 0 else x
 
     with ctx.Pool(2) as pool:
         if submit == "map_async":
             result = pool.map_async(task, range(20), progress=options)
         else:
             result = pool.imap_unordered(task, range(20), progress=options)
-        assert _targets.pool_gate_started(directory, "first")
+        assert _pool_targets.pool_gate_started(directory, "first")
         assert until(lambda: any(n > 0 for n, _ in bar_states(out.getvalue()))), out.getvalue()
         assert (20, 20) not in bar_states(out.getvalue())
-        _targets.pool_gate_open(directory, "first")
+        _pool_targets.pool_gate_open(directory, "first")
         values = result.get(PATIENCE) if submit == "map_async" else list(result)
         assert sorted(values) == list(range(20))
     assert bar_states(out.getvalue())[-1] == (20, 20)
@@ -187,11 +189,11 @@ def test_progress_bar_advances_as_tasks_finish(ctx: Any, gates: Path, submit: st
 def test_progress_is_off_by_default_and_true_means_tqdm_auto(
     ctx: Any, fake_bar: type[FakeBar]
 ) -> None:
-    square = _targets.pool_square
+    square = _pool_targets.pool_square
     with ctx.Pool(2) as pool:
         pool.map(square, range(30))
         list(pool.imap(square, range(30)))
-        pool.starmap(_targets.pool_add, [(1, 2)] * 5)
+        pool.starmap(_pool_targets.pool_add, [(1, 2)] * 5)
         pool.map(square, range(30), progress=False)
         assert fake_bar.made == [], "a bar without progress="
 
@@ -215,7 +217,7 @@ def test_many_tiny_tasks_go_in_few_chunks(ctx: Any, submit: str) -> None:
     dozen of them (pool.stats() counts chunks apart from tasks). The bound allows chunks
     a hundred times smaller than that: only per-item (or near) dispatch fails it."""
     items = 200_000
-    square = _targets.pool_square
+    square = _pool_targets.pool_square
     with ctx.Pool(2) as pool:
         if submit == "map":
             results = pool.map(square, range(items))
@@ -240,10 +242,10 @@ def test_few_slow_tasks_are_spread_over_the_workers(ctx: Any, tmp_path: Path) ->
     """
     seconds = 0.04
     workers = tmp_path / "workers"
-    with ctx.Pool(2, _targets.pool_note_pid, (str(workers),)) as pool:
+    with ctx.Pool(2, _pool_targets.pool_note_pid, (str(workers),)) as pool:
         started_workers(workers, 2)  # both up before the clock starts
         began = time.monotonic()
-        results = pool.map(functools.partial(_targets.feat_sleep_echo, seconds), range(50))
+        results = pool.map(functools.partial(_pool_targets.feat_sleep_echo, seconds), range(50))
         elapsed = time.monotonic() - began
         stats = pool.stats()
     assert results == list(range(50))
@@ -257,12 +259,12 @@ def test_few_slow_tasks_are_spread_over_the_workers(ctx: Any, tmp_path: Path) ->
 
 def test_an_explicit_chunksize_is_obeyed(ctx: Any) -> None:
     """100 items in chunks of 7 are 15 chunks (of 100 tasks), whichever call, however fast."""
-    square = _targets.pool_square
+    square = _pool_targets.pool_square
     pairs = [(x, x) for x in range(100)]
     calls: dict[str, Callable[[Any], object]] = {
         "map": lambda pool: pool.map(square, range(100), 7),
         "map_async": lambda pool: pool.map_async(square, range(100), 7).get(PATIENCE),
-        "starmap": lambda pool: pool.starmap(_targets.pool_add, pairs, 7),
+        "starmap": lambda pool: pool.starmap(_pool_targets.pool_add, pairs, 7),
         "imap": lambda pool: list(pool.imap(square, range(100), 7)),
         "imap of a generator": lambda pool: list(pool.imap(square, iter(range(100)), 7)),
         "imap_unordered": lambda pool: list(pool.imap_unordered(square, range(100), 7)),
@@ -297,7 +299,7 @@ def test_imap_looks_ahead_a_bounded_number_of_items(ctx: Any, method: str) -> No
     ahead = []
     with ctx.Pool(2) as pool:
         results = getattr(pool, method)(
-            functools.partial(_targets.feat_sleep_echo, 0.005), numbers()
+            functools.partial(_pool_targets.feat_sleep_echo, 0.005), numbers()
         )
         for consumed in range(1, 151):
             next(results)
@@ -311,7 +313,7 @@ def test_imap_of_an_endless_input_yields_and_can_be_stopped(ctx: Any, method: st
     drops the iterator the input is read no more, and close() + join() return."""
     pool = ctx.Pool(2)
     try:
-        results = getattr(pool, method)(_targets.pool_square, itertools.count())
+        results = getattr(pool, method)(_pool_targets.pool_square, itertools.count())
         taken = list(itertools.islice(results, 5000))
         del results
         pool.close()
@@ -341,15 +343,15 @@ def test_map_reads_its_whole_input_at_the_call_as_the_stdlibs_does(ctx: Any) -> 
         raise KeyError("the input broke")
 
     with ctx.Pool(2) as pool:
-        result = pool.map_async(_targets.pool_square, numbers())
+        result = pool.map_async(_pool_targets.pool_square, numbers())
         assert pulled == list(range(30)), "map_async returned before reading its input"
         assert result.get(PATIENCE) == [x * x for x in range(30)]
         # The input's exception comes from the call itself, not from get().
         with pytest.raises(KeyError, match="the input broke"):
-            pool.map_async(_targets.pool_square, broken())
+            pool.map_async(_pool_targets.pool_square, broken())
         with pytest.raises(KeyError, match="the input broke"):
-            pool.map(_targets.pool_square, broken())
-        assert pool.map(_targets.pool_square, range(3)) == [0, 1, 4]
+            pool.map(_pool_targets.pool_square, broken())
+        assert pool.map(_pool_targets.pool_square, range(3)) == [0, 1, 4]
 
 
 # ---- 4. worker state -------------------------------------------------------------------------
@@ -361,8 +363,8 @@ def test_the_initializer_builds_worker_state_that_tasks_reach(
 ) -> None:
     """serentak.worker_state(): built by the initializer in each worker (a replacement
     builds its own), kept from task to task, reached by every task of that worker."""
-    with ctx.Pool(2, _targets.feat_state_init, ("model",), maxtasksperchild) as pool:
-        results = pool.map(_targets.feat_state_use, range(12), chunksize=1)
+    with ctx.Pool(2, _pool_targets.feat_state_init, ("model",), maxtasksperchild) as pool:
+        results = pool.map(_pool_targets.feat_state_use, range(12), chunksize=1)
         stats = pool.stats()
     assert [x for x, *_ in results] == list(range(12))
     assert {value for _, value, *_ in results} == {"model"}
@@ -397,8 +399,8 @@ def test_a_worker_whose_memory_grows_is_recycled_with_no_task_lost(
     exactly once, tasks sent ahead to a retiring worker included."""
     limit = resident_memory_mb() + 64  # above a fresh worker's own size, whatever the method
     record = tmp_path / "record"
-    task = functools.partial(_targets.feat_leak, str(record), LEAK_MB)
-    pool = ctx.Pool(2, _targets.feat_ballast, (limit, HEADROOM_MB), max_memory_per_child=limit)
+    task = functools.partial(_pool_targets.feat_leak, str(record), LEAK_MB)
+    pool = ctx.Pool(2, _pool_targets.feat_ballast, (limit, HEADROOM_MB), max_memory_per_child=limit)
     try:
         if submit == "apply_async":
             handles = [pool.apply_async(task, (i,)) for i in range(TASKS)]
@@ -482,7 +484,7 @@ def test_workers_get_thread_limits_unless_the_user_set_them(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     with ctx.Pool(workers) as pool:
-        seen = pool.apply(_targets.feat_environ, (list(THREAD_LIMIT_VARIABLES),))
+        seen = pool.apply(_pool_targets.feat_environ, (list(THREAD_LIMIT_VARIABLES),))
     share = str(max(1, ctx.cpu_count() // workers))
     assert seen == dict.fromkeys(THREAD_LIMIT_VARIABLES, share) | {"OMP_NUM_THREADS": "7"}
 
@@ -586,7 +588,7 @@ def test_stats_tell_what_each_worker_did(ctx: Any) -> None:
     """Tasks done and failed per worker, busy time, restarts and lost tasks; and the
     final figures once the pool has stopped."""
     seconds = 0.01
-    task = functools.partial(_targets.feat_sleep_or_raise, seconds)
+    task = functools.partial(_pool_targets.feat_sleep_or_raise, seconds)
     pool = ctx.Pool(2)
     try:
         handles = [pool.apply_async(task, (x,)) for x in range(12)]
@@ -609,7 +611,7 @@ def test_stats_tell_what_each_worker_did(ctx: Any) -> None:
         assert sum(w.tasks_failed for w in stats.workers) == 4
 
         with pytest.raises(serentak.WorkerLostError):
-            pool.apply(_targets.pool_os_exit, (3,))
+            pool.apply(_pool_targets.pool_os_exit, (3,))
         after = pool.stats()
         assert (after.restarts, after.tasks_lost) == (1, 1)
         (gone,) = [w for w in after.workers if not w.alive]

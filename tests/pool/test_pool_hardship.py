@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _pool_targets
 import serentak
 import serentak.pool
 from _scripts import read_line, rest_of_output, running_script, script_env
@@ -82,7 +82,7 @@ def test_a_refused_fork_fails_one_start_and_the_pool_replaces_the_worker_later(
 def test_a_pool_that_cannot_start_all_its_workers_raises_the_original_error(ctx: Any) -> None:
     """The second worker cannot be created: Pool() raises that OSError, having
     stopped the first worker and closed its pipes (the leak check sees to it)."""
-    refusing = _targets.PoolRefusingContext(ctx, refuse_from=2)
+    refusing = _pool_targets.PoolRefusingContext(ctx, refuse_from=2)
     with pytest.raises(BlockingIOError, match="refused by the test"):
         serentak.pool.Pool(3, context=refusing)
     assert refusing.created == 2
@@ -101,7 +101,7 @@ def test_a_result_too_big_to_send_twice_fails_at_most_its_task(ctx: Any) -> None
         error: MemoryError | None = None
         size = 0
         try:
-            size = len(pool.apply(_targets.pool_big_result_under_limit, (400, 700)))
+            size = len(pool.apply(_pool_targets.pool_big_result_under_limit, (400, 700)))
         except MemoryError as exc:
             error = exc
         if error is None:
@@ -121,7 +121,7 @@ def test_a_killed_worker_delivers_the_items_it_finished(ctx: Any, tmp_path: Path
     and each ran exactly once (the chunk's items before it had finished, those
     after it had not begun)."""
     marker, record = tmp_path / "killed", tmp_path / "record"
-    task = functools.partial(_targets.pool_kill_once_at, str(marker), str(record), 1500)
+    task = functools.partial(_pool_targets.pool_kill_once_at, str(marker), str(record), 1500)
     results: dict[int, Any] = {}
     with ctx.Pool(2) as pool:
         iterator = pool.imap(task, range(3000))
@@ -157,7 +157,7 @@ def test_a_task_sent_to_a_worker_that_died_before_reading_it_runs_elsewhere(ctx:
 def test_stats_count_tasks_and_chunks_apart(ctx: Any) -> None:
     """300 tasks in chunks of 10: 300 tasks done, in 30 chunks."""
     with ctx.Pool(2) as pool:
-        pool.map(_targets.pool_square, range(300), 10)
+        pool.map(_pool_targets.pool_square, range(300), 10)
         stats = pool.stats()
     assert (stats.tasks_done, stats.chunks_done) == (300, 30)
     assert "chunks" in str(stats)

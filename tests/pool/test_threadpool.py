@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _pool_targets
 import serentak.dummy
 import serentak.pool
 from _signals import interrupted_by_a_signal_to_another_thread
@@ -64,7 +64,7 @@ def gate() -> Iterator[Gate]:
 
 def test_tasks_run_in_threads_of_this_process(make_pool: Callable[..., Any]) -> None:
     with make_pool(2) as pool:
-        reports = pool.map(_targets.pool_whoami, range(6), chunksize=1)
+        reports = pool.map(_pool_targets.pool_whoami, range(6), chunksize=1)
     assert {report["pid"] for report in reports} == {os.getpid()}
     assert threading.get_ident() not in {report["thread"] for report in reports}
 
@@ -73,8 +73,8 @@ def test_nothing_is_pickled(make_pool: Callable[..., Any]) -> None:
     lock = threading.Lock()
     seen: list[int] = []
     with make_pool(2) as pool:
-        assert pool.apply(_targets.pool_thread_lock, (lock, 1)) == (1, True)
-        assert pool.map(lambda x: _targets.pool_thread_lock(lock, x), range(3)) == [
+        assert pool.apply(_pool_targets.pool_thread_lock, (lock, 1)) == (1, True)
+        assert pool.map(lambda x: _pool_targets.pool_thread_lock(lock, x), range(3)) == [
             (0, True),
             (1, True),
             (2, True),
@@ -90,15 +90,18 @@ def test_nothing_is_pickled(make_pool: Callable[..., Any]) -> None:
 def test_the_api(make_pool: Callable[..., Any]) -> None:
     got: list[Any] = []
     with make_pool(2) as pool:
-        assert pool.apply(_targets.pool_add, (1, 2)) == 3
-        assert pool.apply_async(_targets.pool_square, (4,), callback=got.append).get(PATIENCE) == 16
+        assert pool.apply(_pool_targets.pool_add, (1, 2)) == 3
+        assert (
+            pool.apply_async(_pool_targets.pool_square, (4,), callback=got.append).get(PATIENCE)
+            == 16
+        )
         assert got == [16]
-        assert pool.map(_targets.pool_square, range(5), 2) == [0, 1, 4, 9, 16]
-        assert pool.map_async(_targets.pool_square, range(3)).get(PATIENCE) == [0, 1, 4]
-        assert list(pool.imap(_targets.pool_square, range(5), 2)) == [0, 1, 4, 9, 16]
-        assert sorted(pool.imap_unordered(_targets.pool_square, range(5))) == [0, 1, 4, 9, 16]
-        assert pool.starmap(_targets.pool_add, [(1, 2), (3, 4)]) == [3, 7]
-        assert pool.starmap_async(_targets.pool_add, [(5, 6)]).get(PATIENCE) == [11]
+        assert pool.map(_pool_targets.pool_square, range(5), 2) == [0, 1, 4, 9, 16]
+        assert pool.map_async(_pool_targets.pool_square, range(3)).get(PATIENCE) == [0, 1, 4]
+        assert list(pool.imap(_pool_targets.pool_square, range(5), 2)) == [0, 1, 4, 9, 16]
+        assert sorted(pool.imap_unordered(_pool_targets.pool_square, range(5))) == [0, 1, 4, 9, 16]
+        assert pool.starmap(_pool_targets.pool_add, [(1, 2), (3, 4)]) == [3, 7]
+        assert pool.starmap_async(_pool_targets.pool_add, [(5, 6)]).get(PATIENCE) == [11]
 
 
 def test_a_task_exception_is_the_very_object(make_pool: Callable[..., Any]) -> None:
@@ -122,7 +125,7 @@ def test_a_task_exception_is_the_very_object(make_pool: Callable[..., Any]) -> N
 def test_initializer_runs_in_each_thread(make_pool: Callable[..., Any]) -> None:
     threads: queue.SimpleQueue[int] = queue.SimpleQueue()
     with make_pool(3, lambda: threads.put(threading.get_ident())) as pool:
-        assert pool.map(_targets.pool_square, range(6)) == [x * x for x in range(6)]
+        assert pool.map(_pool_targets.pool_square, range(6)) == [x * x for x in range(6)]
     pool.join()
     idents = [threads.get_nowait() for _ in range(threads.qsize())]
     assert len(idents) == 3
@@ -138,7 +141,7 @@ def test_async_result_while_a_task_is_held(make_pool: Callable[..., Any], gate: 
             result.successful()
         with pytest.raises(serentak.TimeoutError):
             result.get(0.05)
-        assert [pool.apply(_targets.pool_square, (x,)) for x in range(3)] == [0, 1, 4]
+        assert [pool.apply(_pool_targets.pool_square, (x,)) for x in range(3)] == [0, 1, 4]
         gate.go.set()
         assert result.get(PATIENCE) == "held"
 
@@ -147,18 +150,18 @@ def test_lifecycle(make_pool: Callable[..., Any]) -> None:
     pool = make_pool(2)
     with pytest.raises(ValueError, match=r"^Pool is still running$"):
         pool.join()
-    results = [pool.apply_async(_targets.pool_square, (x,)) for x in range(10)]
+    results = [pool.apply_async(_pool_targets.pool_square, (x,)) for x in range(10)]
     pool.close()
     with pytest.raises(ValueError, match=r"^Pool not running$"):
-        pool.apply_async(_targets.pool_square, (1,))
+        pool.apply_async(_pool_targets.pool_square, (1,))
     with pytest.raises(ValueError, match=r"^Pool not running$"):
-        pool.map(_targets.pool_square, [1])
+        pool.map(_pool_targets.pool_square, [1])
     pool.join()
     assert [result.get(0) for result in results] == [x * x for x in range(10)]
     with make_pool(2) as other:
         pass
     with pytest.raises(ValueError, match=r"^Pool not running$"):
-        other.apply(_targets.pool_square, (1,))
+        other.apply(_pool_targets.pool_square, (1,))
 
 
 def test_constructor_checks_its_arguments(make_pool: Callable[..., Any]) -> None:
@@ -170,7 +173,7 @@ def test_constructor_checks_its_arguments(make_pool: Callable[..., Any]) -> None
 
 def test_timeout_is_refused_as_a_thread_cannot_be_stopped() -> None:
     with serentak.pool.ThreadPool(2) as pool, pytest.raises(ValueError):
-        pool.apply_async(_targets.pool_square, (1,), timeout=1.0)
+        pool.apply_async(_pool_targets.pool_square, (1,), timeout=1.0)
 
 
 # ---- the same calls through the stdlib -------------------------------------------------------
@@ -181,13 +184,15 @@ def run_program(pool_class: Callable[..., Any]) -> list[Any]:
     outcomes: list[Any] = []
     callbacks: list[Any] = []
     with pool_class(2) as pool:
-        outcomes.append(pool.map(_targets.pool_square, range(7), 3))
-        outcomes.append(pool.starmap(_targets.pool_add, [(1, 2), (3, 4)]))
-        outcomes.append(list(pool.imap(_targets.pool_square, iter(range(4)))))
-        outcomes.append(sorted(pool.imap_unordered(_targets.pool_square, range(4))))
-        result = pool.map_async(_targets.pool_square, [3], callback=callbacks.append)
+        outcomes.append(pool.map(_pool_targets.pool_square, range(7), 3))
+        outcomes.append(pool.starmap(_pool_targets.pool_add, [(1, 2), (3, 4)]))
+        outcomes.append(list(pool.imap(_pool_targets.pool_square, iter(range(4)))))
+        outcomes.append(sorted(pool.imap_unordered(_pool_targets.pool_square, range(4))))
+        result = pool.map_async(_pool_targets.pool_square, [3], callback=callbacks.append)
         outcomes.append((result.get(PATIENCE), list(callbacks)))
-        failed = pool.apply_async(_targets.pool_raise, ("bad",), error_callback=callbacks.append)
+        failed = pool.apply_async(
+            _pool_targets.pool_raise, ("bad",), error_callback=callbacks.append
+        )
         failed.wait(PATIENCE)
         # Types only: an exception keeps its traceback's frames, and they the pool.
         called = [type(argument).__name__ for argument in callbacks]
@@ -197,11 +202,11 @@ def run_program(pool_class: Callable[..., Any]) -> list[Any]:
             failed.get()
         except ValueError as exc:
             outcomes.append(("ValueError", str(exc)))
-        outcomes.append(pool.map(_targets.pool_square, []))
+        outcomes.append(pool.map(_pool_targets.pool_square, []))
         pool.close()
         pool.join()
         try:
-            pool.apply(_targets.pool_square, (1,))
+            pool.apply(_pool_targets.pool_square, (1,))
         except ValueError as exc:
             outcomes.append(("ValueError", str(exc)))
     return outcomes
@@ -291,7 +296,7 @@ def test_dummy_queue_lock_and_pipe_are_shared_by_threads() -> None:
     lock = serentak.dummy.Lock()
     with serentak.dummy.Pool(2) as pool:
         pool.map(items.put, range(4))
-        assert pool.apply(_targets.pool_thread_lock, (lock, 7)) == (7, True)
+        assert pool.apply(_pool_targets.pool_thread_lock, (lock, 7)) == (7, True)
     assert sorted(items.get_nowait() for _ in range(4)) == [0, 1, 2, 3]
     near, far = serentak.dummy.Pipe()
     near.send({"a": 1})

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _process_targets
 import serentak
 from _scripts import run_script
 
@@ -39,7 +39,7 @@ def restore_logger() -> Iterator[logging.Logger]:
 
 def _report(ctx: Any) -> dict[str, Any]:
     here, there = ctx.Pipe()
-    process = ctx.Process(target=_targets.child_report_state, args=(there,))
+    process = ctx.Process(target=_process_targets.child_report_state, args=(there,))
     process.start()
     there.close()
     try:
@@ -58,7 +58,7 @@ def test_a_grandchild_sees_its_terminated_parent_end(ctx: Any) -> None:
     terminated is still there to report it through ``parent_process()``."""
     here, there = ctx.Pipe(duplex=False)
     child = ctx.Process(
-        target=_targets.child_start_watcher_then_wait, args=(there, ctx.get_start_method())
+        target=_process_targets.child_start_watcher_then_wait, args=(there, ctx.get_start_method())
     )
     child.start()
     there.close()
@@ -117,7 +117,7 @@ def test_atexit_handlers_of_the_child_run_and_the_parents_do_not(ctx: Any, tmp_p
 
     atexit.register(parent_handler)
     try:
-        process = ctx.Process(target=_targets.child_register_atexit, args=(str(theirs),))
+        process = ctx.Process(target=_process_targets.child_register_atexit, args=(str(theirs),))
         process.start()
         process.join(PATIENCE)
     finally:
@@ -136,7 +136,7 @@ def test_a_default_socket_timeout_does_not_reach_serentaks_sockets(ctx: Any) -> 
     try:
         here, there = ctx.Pipe()
         queue = ctx.Queue()
-        process = ctx.Process(target=_targets.child_echo_after_go, args=(there,))
+        process = ctx.Process(target=_process_targets.child_echo_after_go, args=(there,))
         process.start()
         there.close()
         here.send("echo")
@@ -145,7 +145,7 @@ def test_a_default_socket_timeout_does_not_reach_serentaks_sockets(ctx: Any) -> 
         process.join(PATIENCE)
         assert process.exitcode == 0
         process.close()
-        process = ctx.Process(target=_targets.child_queue_put, args=(queue, "queued"))
+        process = ctx.Process(target=_process_targets.child_queue_put, args=(queue, "queued"))
         process.start()
         assert queue.get(timeout=PATIENCE) == "queued"
         process.join(PATIENCE)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _managers_targets
 import serentak
 from _signals import interrupted_by_a_signal_to_another_thread
 from serentak import _logging, reduction
@@ -53,7 +53,7 @@ def in_thread(target: Callable[[], object]) -> tuple[threading.Thread, list[Any]
 def test_child_clients(ctx: Any, family: str, address: Any) -> None:
     with Listener(address, family=family, authkey=b"key") as listener:
         children = [
-            ctx.Process(target=_targets.lst_client, args=(listener.address, b"key", n))
+            ctx.Process(target=_managers_targets.lst_client, args=(listener.address, b"key", n))
             for n in range(2)
         ]
         for child in children:
@@ -74,7 +74,7 @@ def test_child_clients(ctx: Any, family: str, address: Any) -> None:
 @pytest.mark.parametrize("family", ["AF_UNIX", "AF_INET"])
 def test_child_listener(ctx: Any, family: str) -> None:
     ours, theirs = ctx.Pipe()
-    child = ctx.Process(target=_targets.lst_server, args=(theirs, family, None))
+    child = ctx.Process(target=_managers_targets.lst_server, args=(theirs, family, None))
     child.start()
     theirs.close()
     assert ours.poll(PATIENCE)
@@ -91,13 +91,17 @@ def test_child_listener(ctx: Any, family: str) -> None:
 @pytest.mark.parametrize(("family", "address"), [("AF_UNIX", None), ("AF_INET", ("127.0.0.1", 0))])
 def test_wrong_key_is_refused_and_the_listener_goes_on(ctx: Any, family: str, address: Any) -> None:
     with Listener(address, family=family, authkey=b"right") as listener:
-        child = ctx.Process(target=_targets.lst_client, args=(listener.address, b"wrong", "x"))
+        child = ctx.Process(
+            target=_managers_targets.lst_client, args=(listener.address, b"wrong", "x")
+        )
         child.start()
         with pytest.raises(serentak.AuthenticationError, match="digest received was wrong"):
             listener.accept()
         child.join(PATIENCE)
         assert child.exitcode == 1  # its Client raised AuthenticationError
-        thread, outcome = in_thread(lambda: _targets.lst_client(listener.address, b"right", "y"))
+        thread, outcome = in_thread(
+            lambda: _managers_targets.lst_client(listener.address, b"right", "y")
+        )
         with listener.accept() as conn:
             assert conn.recv() == "y"
             conn.send("ok")
@@ -113,7 +117,7 @@ def test_a_client_without_the_key_gets_nothing_unpickled(tmp_path: Any) -> None:
         def intrude() -> bytes:
             with Client(listener.address) as raw:  # no key: it skips the challenge
                 raw.recv_bytes()
-                raw.send(_targets.MgrMarker(str(marker)))
+                raw.send(_managers_targets.MgrMarker(str(marker)))
                 return raw.recv_bytes()
 
         thread, outcome = in_thread(intrude)
@@ -311,7 +315,8 @@ def test_a_signal_taken_by_another_thread_interrupts_accept(ctx: Any) -> None:
     go = ctx.Event()
     with Listener(authkey=b"key") as listener:
         child = ctx.Process(
-            target=_targets.lst_client_when_told, args=(go, listener.address, b"key", "hello")
+            target=_managers_targets.lst_client_when_told,
+            args=(go, listener.address, b"key", "hello"),
         )
         child.start()
         with interrupted_by_a_signal_to_another_thread(go.set):

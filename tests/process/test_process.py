@@ -1,7 +1,7 @@
 """Process, current_process, parent_process, active_children (serentak._process.process).
 
 The first part drives Process objects in this process under every start
-method (the ``ctx`` fixture); children's targets live in ``_targets``. The
+method (the ``ctx`` fixture); children's targets live in ``_process_targets``. The
 second part runs small scripts with subprocess, for what only a whole program
 shows: daemonic children at exit, children dying with their parent, Ctrl-C.
 """
@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _ipc_targets
+import _pool_targets
+import _process_targets
 import serentak
 from _scripts import read_line, rest_of_output, running_script
 from _signals import interrupted_by_a_signal_to_another_thread
@@ -90,7 +92,7 @@ def test_target_gets_args_and_kwargs(ctx: Any, children: Children) -> None:
     here, there = ctx.Pipe()
     with here, there:
         process = ctx.Process(
-            target=_targets.proc_send_args,
+            target=_process_targets.proc_send_args,
             args=[there, 1, "two", (3.0, None)],
             kwargs={"four": [4], "five": {"x": b"5"}},
         )
@@ -190,7 +192,7 @@ def test_subclass_defined_in_a_function_overriding_run(
 def test_lifecycle_before_start_while_running_and_after(ctx: Any, children: Children) -> None:
     here, there = ctx.Pipe()
     with here, there:
-        process = ctx.Process(target=_targets.proc_wait_then_exit, args=(there,))
+        process = ctx.Process(target=_process_targets.proc_wait_then_exit, args=(there,))
         assert not process.is_alive()
         assert (process.pid, process.ident, process.exitcode) == (None, None, None)
         assert "initial" in repr(process)
@@ -217,7 +219,9 @@ def test_join_with_a_timeout_returns_none_and_the_process_runs_on(
 ) -> None:
     here, there = ctx.Pipe()
     with here, there:
-        process = children.start(ctx.Process(target=_targets.proc_wait_then_exit, args=(there,)))
+        process = children.start(
+            ctx.Process(target=_process_targets.proc_wait_then_exit, args=(there,))
+        )
         wait_ready(here)
         started = time.monotonic()
         assert process.join(0.2) is None
@@ -238,7 +242,9 @@ def test_a_signal_taken_by_another_thread_interrupts_join(ctx: Any, children: Ch
     must still interrupt the main thread's join(), which polls the sentinel in spans."""
     here, there = ctx.Pipe()
     with here, there:
-        process = children.start(ctx.Process(target=_targets.proc_wait_then_exit, args=(there,)))
+        process = children.start(
+            ctx.Process(target=_process_targets.proc_wait_then_exit, args=(there,))
+        )
         wait_ready(here)
         with interrupted_by_a_signal_to_another_thread(lambda: here.send("go")):
             process.join()
@@ -252,7 +258,9 @@ def test_a_signal_taken_by_another_thread_interrupts_join(ctx: Any, children: Ch
 def test_terminate_and_kill(ctx: Any, children: Children, method: str, signum: int) -> None:
     here, there = ctx.Pipe()
     with here, there:
-        process = children.start(ctx.Process(target=_targets.proc_block_forever, args=(there,)))
+        process = children.start(
+            ctx.Process(target=_process_targets.proc_block_forever, args=(there,))
+        )
         wait_ready(here)
         getattr(process, method)()
         process.join(PATIENCE)
@@ -269,7 +277,9 @@ def test_interrupt_raises_keyboard_interrupt_so_finally_blocks_run(
     path = tmp_path / "cleanup"
     here, there = ctx.Pipe()
     with here, there:
-        process = ctx.Process(target=_targets.proc_cleanup_on_interrupt, args=(there, str(path)))
+        process = ctx.Process(
+            target=_pool_targets.proc_cleanup_on_interrupt, args=(there, str(path))
+        )
         children.start(process)
         wait_ready(here)
         process.interrupt()
@@ -294,7 +304,7 @@ def test_sys_exit_sets_the_exit_code(
     ctx: Any, children: Children, tmp_path: Path, code: Any, exitcode: int, stderr: str
 ) -> None:
     path = tmp_path / "stderr"
-    process = children.start(ctx.Process(target=_targets.proc_exit, args=(str(path), code)))
+    process = children.start(ctx.Process(target=_process_targets.proc_exit, args=(str(path), code)))
     process.join(PATIENCE)
     assert process.exitcode == exitcode
     assert path.read_text() == stderr
@@ -304,7 +314,7 @@ def test_uncaught_exception_exits_1_with_its_traceback_on_stderr(
     ctx: Any, children: Children, tmp_path: Path
 ) -> None:
     path = tmp_path / "stderr"
-    process = ctx.Process(target=_targets.proc_raise, args=(str(path), "marker 5b1f"))
+    process = ctx.Process(target=_process_targets.proc_raise, args=(str(path), "marker 5b1f"))
     children.start(process)
     process.join(PATIENCE)
     assert process.exitcode == 1
@@ -316,7 +326,7 @@ def test_uncaught_exception_exits_1_with_its_traceback_on_stderr(
 
 
 def test_os_exit_code_is_the_exit_code(ctx: Any, children: Children) -> None:
-    process = children.start(ctx.Process(target=_targets.proc_os_exit, args=(7,)))
+    process = children.start(ctx.Process(target=_process_targets.proc_os_exit, args=(7,)))
     process.join(PATIENCE)
     assert process.exitcode == 7
 
@@ -325,7 +335,9 @@ def test_child_waits_for_its_non_daemon_threads(ctx: Any, children: Children) ->
     """As an interpreter does at exit: the target has returned, the process runs on."""
     here, there = ctx.Pipe()
     with here, there:
-        process = children.start(ctx.Process(target=_targets.proc_leave_a_thread, args=(there,)))
+        process = children.start(
+            ctx.Process(target=_process_targets.proc_leave_a_thread, args=(there,))
+        )
         there.close()
         assert process.join(0.2) is None
         assert process.is_alive()
@@ -339,7 +351,9 @@ def test_big_arguments_reach_the_child(ctx: Any, children: Children) -> None:
     data = os.urandom(1024) * (50 * 1024)  # 50 MB
     here, there = ctx.Pipe()
     with here, there:
-        process = children.start(ctx.Process(target=_targets.proc_digest, args=(there, data)))
+        process = children.start(
+            ctx.Process(target=_process_targets.proc_digest, args=(there, data))
+        )
         there.close()
         assert here.recv() == (len(data), hashlib.sha256(data).hexdigest())
         process.join(PATIENCE)
@@ -352,7 +366,9 @@ def test_big_arguments_reach_the_child(ctx: Any, children: Children) -> None:
 def test_close(ctx: Any, children: Children) -> None:
     here, there = ctx.Pipe()
     with here, there:
-        process = children.start(ctx.Process(target=_targets.proc_wait_then_exit, args=(there,)))
+        process = children.start(
+            ctx.Process(target=_process_targets.proc_wait_then_exit, args=(there,))
+        )
         wait_ready(here)
         with pytest.raises(ValueError, match="still running"):
             process.close()
@@ -374,7 +390,7 @@ def test_close(ctx: Any, children: Children) -> None:
 
 
 def test_close_an_unstarted_process(ctx: Any) -> None:
-    process = ctx.Process(target=_targets.proc_noop)
+    process = ctx.Process(target=_process_targets.proc_noop)
     process.close()
     with pytest.raises(ValueError, match="process object is closed"):
         process.start()
@@ -390,7 +406,7 @@ def test_target_that_is_not_callable_is_refused_at_construction(ctx: Any) -> Non
 
 
 def test_start_twice(ctx: Any, children: Children) -> None:
-    process = children.start(ctx.Process(target=_targets.proc_noop))
+    process = children.start(ctx.Process(target=_process_targets.proc_noop))
     with pytest.raises(AssertionError, match="cannot start a process twice"):
         process.start()
     process.join(PATIENCE)
@@ -400,13 +416,13 @@ def test_start_twice(ctx: Any, children: Children) -> None:
 
 
 def test_join_before_start(ctx: Any) -> None:
-    process = ctx.Process(target=_targets.proc_noop)
+    process = ctx.Process(target=_process_targets.proc_noop)
     with pytest.raises(AssertionError, match="can only join a started process"):
         process.join()
 
 
 def test_daemon_cannot_change_after_start(ctx: Any, children: Children) -> None:
-    process = children.start(ctx.Process(target=_targets.proc_noop))
+    process = children.start(ctx.Process(target=_process_targets.proc_noop))
     with pytest.raises(AssertionError, match="process has already started"):
         process.daemon = True
     process.join(PATIENCE)
@@ -430,7 +446,7 @@ def test_default_names_number_the_processes(ctx: Any) -> None:
 def test_name_given_and_changed(ctx: Any, children: Children) -> None:
     here, there = ctx.Pipe()
     with here, there:
-        process = ctx.Process(target=_targets.proc_report, args=(there,), name="first name")
+        process = ctx.Process(target=_process_targets.proc_report, args=(there,), name="first name")
         assert process.name == "first name"
         process.name = "worker"
         children.start(process)
@@ -443,7 +459,7 @@ def test_name_given_and_changed(ctx: Any, children: Children) -> None:
 def test_child_knows_itself_and_its_parent(ctx: Any, children: Children) -> None:
     here, there = ctx.Pipe()
     with here, there:
-        process = children.start(ctx.Process(target=_targets.proc_report, args=(there,)))
+        process = children.start(ctx.Process(target=_process_targets.proc_report, args=(there,)))
         there.close()
         report = here.recv()
         process.join(PATIENCE)
@@ -471,7 +487,7 @@ def test_grandchild_names_carry_the_identity_chain(ctx: Any, children: Children)
     method = ctx.get_start_method()
     here, there = ctx.Pipe()
     with here, there:
-        process = ctx.Process(target=_targets.proc_start_grandchild, args=(there, method))
+        process = ctx.Process(target=_process_targets.proc_start_grandchild, args=(there, method))
         children.start(process)
         there.close()
         report = here.recv()
@@ -494,7 +510,7 @@ def test_authkey_is_inherited(ctx: Any, children: Children) -> None:
     for authkey in (None, b"a key of our own"):
         here, there = ctx.Pipe()
         with here, there:
-            process = ctx.Process(target=_targets.proc_report, args=(there,))
+            process = ctx.Process(target=_process_targets.proc_report, args=(there,))
             assert process.authkey == mine
             if authkey is not None:
                 process.authkey = authkey
@@ -515,7 +531,7 @@ def test_daemon_flag_reaches_the_child(ctx: Any, children: Children) -> None:
     assert ctx.Process().daemon is False
     here, there = ctx.Pipe()
     with here, there:
-        process = ctx.Process(target=_targets.proc_report, args=(there,), daemon=True)
+        process = ctx.Process(target=_process_targets.proc_report, args=(there,), daemon=True)
         assert process.daemon is True
         children.start(process)
         there.close()
@@ -529,7 +545,7 @@ def test_daemonic_process_may_not_have_children(ctx: Any, children: Children) ->
     here, there = ctx.Pipe()
     with here, there:
         process = ctx.Process(
-            target=_targets.proc_try_to_have_a_child,
+            target=_process_targets.proc_try_to_have_a_child,
             args=(there, ctx.get_start_method()),
             daemon=True,
         )
@@ -548,12 +564,14 @@ def test_daemonic_process_may_not_have_children(ctx: Any, children: Children) ->
 
 
 def test_sentinel_becomes_ready_when_the_process_ends(ctx: Any, children: Children) -> None:
-    process = ctx.Process(target=_targets.proc_noop)
+    process = ctx.Process(target=_process_targets.proc_noop)
     with pytest.raises(ValueError, match="not started"):
         process.sentinel
     here, there = ctx.Pipe()
     with here, there:
-        process = children.start(ctx.Process(target=_targets.proc_wait_then_exit, args=(there,)))
+        process = children.start(
+            ctx.Process(target=_process_targets.proc_wait_then_exit, args=(there,))
+        )
         wait_ready(here)
         sentinel = process.sentinel
         assert isinstance(sentinel, int)
@@ -568,7 +586,9 @@ def test_sentinel_becomes_ready_when_the_process_ends(ctx: Any, children: Childr
 def test_active_children(ctx: Any, children: Children) -> None:
     here, there = ctx.Pipe()
     with here, there:
-        process = children.start(ctx.Process(target=_targets.proc_wait_then_exit, args=(there,)))
+        process = children.start(
+            ctx.Process(target=_process_targets.proc_wait_then_exit, args=(there,))
+        )
         wait_ready(here)
         assert process in serentak.active_children()
         assert process in ctx.active_children()
@@ -592,7 +612,7 @@ def test_child_started_from_a_thread_outlives_the_thread(ctx: Any, children: Chi
 
         def start() -> None:
             thread_ids.append(threading.get_native_id())
-            children.start(ctx.Process(target=_targets.conn_echo, args=(there, 1)))
+            children.start(ctx.Process(target=_ipc_targets.conn_echo, args=(there, 1)))
 
         thread = threading.Thread(target=start)
         thread.start()
@@ -614,7 +634,7 @@ def test_children_started_from_many_threads_at_once(ctx: Any, children: Children
         def start_two(index: int) -> None:
             barrier.wait(PATIENCE)
             for _here, there in pipes[2 * index : 2 * index + 2]:
-                children.start(ctx.Process(target=_targets.proc_report, args=(there,)))
+                children.start(ctx.Process(target=_process_targets.proc_report, args=(there,)))
 
         threads = [threading.Thread(target=start_two, args=(index,)) for index in range(4)]
         for thread in threads:

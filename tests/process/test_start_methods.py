@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _ipc_targets
+import _process_targets
 import serentak
 from _scripts import script_env
 
@@ -62,7 +63,7 @@ def report_of(ctx: Any) -> dict[str, Any]:
     """Start a child with ``ctx`` and return what it says of how it started."""
     here, there = ctx.Pipe()
     with here, there:
-        process = ctx.Process(target=_targets.start_report, args=(there,))
+        process = ctx.Process(target=_process_targets.start_report, args=(there,))
         process.start()
         there.close()
         report: dict[str, Any] = here.recv()
@@ -131,7 +132,7 @@ def test_set_start_method_decides_how_processes_start(
 ) -> None:
     serentak.set_start_method(start_method, force=True)
     # Module state set at run time: a forked child has it, a fresh interpreter not.
-    monkeypatch.setattr(_targets, "START_MARK", "set in the parent", raising=False)
+    monkeypatch.setattr(_process_targets, "START_MARK", "set in the parent", raising=False)
     report = report_of(serentak)
     assert report["parent_pid"] == os.getpid()
     assert report["default_method"] == start_method  # the child starts its own the same way
@@ -144,7 +145,7 @@ def test_set_start_method_decides_how_processes_start(
 
 def test_each_context_starts_its_own_way(ctx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     method = ctx.get_start_method()
-    monkeypatch.setattr(_targets, "START_MARK", "set in the parent", raising=False)
+    monkeypatch.setattr(_process_targets, "START_MARK", "set in the parent", raising=False)
     report = report_of(ctx)
     assert report["parent_pid"] == os.getpid()
     assert (report["ppid"] == os.getpid()) == (method != "forkserver")
@@ -441,17 +442,17 @@ def test_local_functions_lambdas_closures_and_classes(ctx: Any) -> None:
         (lambda cls: cls(5).doubled(), Local),
         (functools.partial(pow, 2), 10),
         (module_function, 1),
-        (functools.partial(_targets.ConnPoint, 1), 2),
+        (functools.partial(_ipc_targets.ConnPoint, 1), 2),
     ]
     here, there = ctx.Pipe()
     with here, there:
-        process = ctx.Process(target=_targets.start_call_all, args=(there, calls))
+        process = ctx.Process(target=_process_targets.start_call_all, args=(there, calls))
         process.start()
         there.close()
         results = here.recv()
         process.join(PATIENCE)
     assert process.exitcode == 0
-    assert results == [101, 6, 42, 10, 1024, 0, _targets.ConnPoint(1, 2)]
+    assert results == [101, 6, 42, 10, 1024, 0, _ipc_targets.ConnPoint(1, 2)]
 
 
 def test_target_that_is_a_lambda_or_a_closure(ctx: Any) -> None:
@@ -488,7 +489,7 @@ def test_unpicklable_argument_fails_start(
 ) -> None:
     """Under spawn and forkserver the arguments are pickled: start() raises, no child is left."""
     ctx = serentak.get_context(method)
-    process = ctx.Process(target=_targets.proc_send_args, args=(make(),))
+    process = ctx.Process(target=_process_targets.proc_send_args, args=(make(),))
     with pytest.raises(TypeError, match=type_name):
         process.start()
     assert not process.is_alive()
@@ -503,7 +504,8 @@ def test_fork_pickles_nothing() -> None:
     here, there = ctx.Pipe()
     with here, there:
         process = ctx.Process(
-            target=_targets.proc_use_unpicklable, args=(there, threading.Lock(), make_generator())
+            target=_process_targets.proc_use_unpicklable,
+            args=(there, threading.Lock(), make_generator()),
         )
         process.start()
         there.close()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _process_targets
 
 PATIENCE = 20.0
 
@@ -21,7 +21,9 @@ def test_a_stdlib_queue_written_by_a_child_keeps_the_item(ctx: Any) -> None:
     queue = multiprocessing.get_context("fork").Queue()
     try:
         queue.put("from the parent")  # the parent's feeder thread exists before the fork
-        process = ctx.Process(target=_targets.child_queue_put, args=(queue, "from the child"))
+        process = ctx.Process(
+            target=_process_targets.child_queue_put, args=(queue, "from the child")
+        )
         if ctx.get_start_method() != "fork":
             with pytest.raises(TypeError, match="use serentak's Queue"):
                 process.start()
@@ -42,7 +44,9 @@ def test_a_stdlib_queue_written_by_a_child_keeps_the_item(ctx: Any) -> None:
 def test_a_stdlib_pipe_end_works_in_a_child(ctx: Any) -> None:
     reader, writer = multiprocessing.Pipe()
     with reader, writer:
-        process = ctx.Process(target=_targets.child_send_on, args=(writer, "through the stdlib"))
+        process = ctx.Process(
+            target=_process_targets.child_send_on, args=(writer, "through the stdlib")
+        )
         process.start()
         assert reader.poll(PATIENCE)
         assert reader.recv() == "through the stdlib"
@@ -55,7 +59,7 @@ def test_sockets_and_connections_travel_between_running_processes(ctx: Any) -> N
     """Sent over a Connection to a process already running, a socket or a Connection
     arrives alive, even when the sender closes its own right after sending."""
     control, theirs = ctx.Pipe()
-    process = ctx.Process(target=_targets.child_pass_handles, args=(theirs,))
+    process = ctx.Process(target=_process_targets.child_pass_handles, args=(theirs,))
     process.start()
     theirs.close()
     ours, given = socket.socketpair()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _shared_targets
 from _scripts import interrupted_in_futex
 from _signals import interrupted_by_a_signal_to_another_thread
 from serentak._os import _native
@@ -239,7 +239,7 @@ def test_empty_after_close_raises_oserror_once_the_queue_was_used(
     assert unused.empty()
     used = kind()
     ours, theirs = Pipe()
-    process = run(ctx, _targets.queue_sizes_after_close, used, theirs)
+    process = run(ctx, _shared_targets.queue_sizes_after_close, used, theirs)
     answers = ours.recv()
     finish(process)
     assert answers == {"empty": ("OSError", "handle is closed"), "full": False, "qsize": 1}
@@ -378,14 +378,14 @@ def test_queues_are_subscriptable() -> None:
 
 def test_seed_section_7_1(ctx: Any) -> None:
     shared = ctx.Queue()
-    process = run(ctx, _targets.queue_seed_worker, shared)
+    process = run(ctx, _shared_targets.queue_seed_worker, shared)
     finish(process)  # joined before the get, as in the seed
     assert shared.get(timeout=PATIENCE) == "Data dari proses!"
 
 
 def test_child_gets_what_the_parent_put(ctx: Any) -> None:
     to_child, from_child = ctx.Queue(), ctx.Queue()
-    process = run(ctx, _targets.queue_consume, to_child, from_child)
+    process = run(ctx, _shared_targets.queue_consume, to_child, from_child)
     for item in ("a", 2, None):
         to_child.put(item)
     assert [from_child.get(timeout=PATIENCE) for _ in range(2)] == ["a", 2]
@@ -395,7 +395,7 @@ def test_child_gets_what_the_parent_put(ctx: Any) -> None:
 def test_qsize_and_empty_see_other_processes(ctx: Any) -> None:
     shared = ctx.Queue(5)
     assert shared.empty()
-    finish(run(ctx, _targets.queue_put_items, shared, [1, 2, 3]))
+    finish(run(ctx, _shared_targets.queue_put_items, shared, [1, 2, 3]))
     assert shared.qsize() == 3
     assert not shared.empty()
     assert not shared.full()
@@ -409,7 +409,7 @@ def test_qsize_and_empty_see_other_processes(ctx: Any) -> None:
 
 def test_fifo_per_producer(ctx: Any) -> None:
     shared = ctx.Queue()
-    producers = [run(ctx, _targets.queue_produce, shared, tag, 5000) for tag in (1, 2)]
+    producers = [run(ctx, _shared_targets.queue_produce, shared, tag, 5000) for tag in (1, 2)]
     seen: dict[int, list[int]] = {1: [], 2: []}
     for _ in range(10_000):
         tag, index = shared.get(timeout=PATIENCE)
@@ -424,8 +424,8 @@ def test_fifo_per_producer(ctx: Any) -> None:
 
 def test_many_producers_and_consumers_lose_and_duplicate_nothing(ctx: Any) -> None:
     tasks, results = ctx.Queue(50), ctx.Queue()
-    consumers = [run(ctx, _targets.queue_consume, tasks, results) for _ in range(3)]
-    producers = [run(ctx, _targets.queue_produce, tasks, tag, 400) for tag in range(4)]
+    consumers = [run(ctx, _shared_targets.queue_consume, tasks, results) for _ in range(3)]
+    producers = [run(ctx, _shared_targets.queue_produce, tasks, tag, 400) for tag in range(4)]
     got = [results.get(timeout=PATIENCE) for _ in range(4 * 400)]
     for process in producers:
         finish(process)
@@ -440,7 +440,7 @@ def test_many_producers_and_consumers_lose_and_duplicate_nothing(ctx: Any) -> No
 @pytest.mark.parametrize("size", [10 * MB, 100 * MB])
 def test_big_messages_between_processes(ctx: Any, size: int) -> None:
     shared = ctx.Queue()
-    process = run(ctx, _targets.queue_put_and_exit, shared, 2, size)
+    process = run(ctx, _shared_targets.queue_put_and_exit, shared, 2, size)
     for index in range(2):
         got_index, payload = shared.get(timeout=PATIENCE)
         assert got_index == index
@@ -454,7 +454,7 @@ def test_child_exit_flushes_more_than_the_ring_holds(ctx: Any) -> None:
     shared = ctx.Queue()
     size = BULKY
     count = 3 * ring_capacity(shared) // size + 10
-    process = run(ctx, _targets.queue_put_and_exit, shared, count, size)
+    process = run(ctx, _shared_targets.queue_put_and_exit, shared, count, size)
     indexes = [shared.get(timeout=PATIENCE)[0] for _ in range(count)]
     finish(process)
     assert indexes == list(range(count))
@@ -464,7 +464,7 @@ def test_cancel_join_thread_lets_the_child_exit_without_flushing(ctx: Any) -> No
     shared = ctx.Queue()
     size = BULKY
     count = 3 * ring_capacity(shared) // size + 10
-    process = run(ctx, _targets.queue_put_cancel_and_exit, shared, count, size)
+    process = run(ctx, _shared_targets.queue_put_cancel_and_exit, shared, count, size)
     finish(process)  # nobody read, and yet it exited
     indexes = []
     while True:
@@ -478,7 +478,7 @@ def test_cancel_join_thread_lets_the_child_exit_without_flushing(ctx: Any) -> No
 
 def test_joinable_queue_across_processes(ctx: Any) -> None:
     tasks, results = ctx.JoinableQueue(), ctx.Queue()
-    workers = [run(ctx, _targets.queue_joinable_worker, tasks, results) for _ in range(2)]
+    workers = [run(ctx, _shared_targets.queue_joinable_worker, tasks, results) for _ in range(2)]
     for number in range(100):
         tasks.put(number)
     tasks.join()  # every task_done() arrived
@@ -494,7 +494,7 @@ def test_joinable_queue_across_processes(ctx: Any) -> None:
 
 def test_simple_queue_across_processes(ctx: Any) -> None:
     simple = ctx.SimpleQueue()
-    process = run(ctx, _targets.queue_simple_put, simple, ["x", {"y": 1}, b"z" * MB])
+    process = run(ctx, _shared_targets.queue_simple_put, simple, ["x", {"y": 1}, b"z" * MB])
     assert simple.get() == "x"
     assert simple.get() == {"y": 1}
     assert simple.get() == b"z" * MB
@@ -505,7 +505,7 @@ def test_simple_queue_across_processes(ctx: Any) -> None:
 
 def test_a_connection_travels_through_a_queue(ctx: Any) -> None:
     shared = ctx.Queue()
-    process = run(ctx, _targets.queue_reply_on_connection, shared)
+    process = run(ctx, _shared_targets.queue_reply_on_connection, shared)
     ours, theirs = Pipe()
     shared.put(theirs)
     theirs.close()  # the queue carried a descriptor of its own
@@ -535,7 +535,7 @@ def blocked_queue(ctx: Any, wait: str) -> tuple[Any, Callable[[], object]]:
     the child) was taken; and the call that blocks."""
     name, call = wait.split(".")
     shared = ctx.Queue(2) if wait == "Queue.put" else getattr(ctx, name)()
-    finish(run(ctx, _targets.queue_ctrl_c_set_up, shared, wait))
+    finish(run(ctx, _shared_targets.queue_ctrl_c_set_up, shared, wait))
     if call == "get":
         assert shared.get() == "from the child"
         if name == "JoinableQueue":
@@ -638,7 +638,7 @@ def test_a_signal_taken_by_another_thread_interrupts_join_thread(ctx: Any) -> No
     A signal taken by another thread must still interrupt it."""
     shared, go = ctx.Queue(), ctx.Event()
     count = 12  # of 1 MB: more than the ring holds, so the feeder keeps some
-    consumer = run(ctx, _targets.queue_take_when_told, shared, go, count)
+    consumer = run(ctx, _shared_targets.queue_take_when_told, shared, go, count)
     for _ in range(count):
         shared.put(bytes(MB))
     shared.close()
@@ -684,7 +684,7 @@ def test_ctrl_c_as_get_takes_a_message_with_fds_loses_nothing(ctx: Any, where: s
     finally:
         setattr(channel, attribute, real)
     assert shared.qsize() == 1
-    process = run(ctx, _targets.queue_reply_on_connection, shared)
+    process = run(ctx, _shared_targets.queue_reply_on_connection, shared)
     assert ours.poll(PATIENCE)
     assert ours.recv() == "hello through a queued connection"
     finish(process)
@@ -779,14 +779,14 @@ def test_ctrl_c_interrupts_a_queue_wait_held_up_by_a_child(
 def test_consumer_killed_while_blocked_in_get(ctx: Any) -> None:
     shared = ctx.Queue(3)
     ready = ctx.Event()
-    process = run(ctx, _targets.queue_block_in_get, shared, ready)
+    process = run(ctx, _shared_targets.queue_block_in_get, shared, ready)
     assert ready.wait(PATIENCE)
     process.kill()
     finish(process, -signal.SIGKILL)
     for item in ("a", "b", "c"):
         shared.put(item, timeout=PATIENCE)  # the whole capacity is there
     results = ctx.Queue()
-    consumer = run(ctx, _targets.queue_consume, shared, results)
+    consumer = run(ctx, _shared_targets.queue_consume, shared, results)
     assert [results.get(timeout=PATIENCE) for _ in range(3)] == ["a", "b", "c"]
     shared.put(None)
     finish(consumer)
@@ -797,12 +797,12 @@ def test_consumer_killed_right_after_taking_an_item(ctx: Any) -> None:
     for item in range(4):
         shared.put(item)
     took = ctx.Event()
-    process = run(ctx, _targets.queue_get_then_wait, shared, took, results)
+    process = run(ctx, _shared_targets.queue_get_then_wait, shared, took, results)
     assert took.wait(PATIENCE)
     process.kill()
     finish(process, -signal.SIGKILL)
     assert results.get(timeout=PATIENCE) == 0
-    consumer = run(ctx, _targets.queue_consume, shared, results)
+    consumer = run(ctx, _shared_targets.queue_consume, shared, results)
     assert [results.get(timeout=PATIENCE) for _ in range(3)] == [1, 2, 3]
     for item in range(4, 8):
         shared.put(item, timeout=PATIENCE)
@@ -816,7 +816,7 @@ def test_consumer_killed_in_the_middle_of_a_get(ctx: Any) -> None:
     shared = ctx.JoinableQueue(2)
     shared.put("taken by the dead, and again")
     shared.put("next")
-    finish(run(ctx, _targets.queue_die_in_get, shared, False), -signal.SIGKILL)
+    finish(run(ctx, _shared_targets.queue_die_in_get, shared, False), -signal.SIGKILL)
     start = time.monotonic()
     assert shared.get(timeout=PATIENCE) == "taken by the dead, and again"
     assert time.monotonic() - start < LATE  # the lock was taken over from the dead
@@ -836,7 +836,7 @@ def test_consumer_killed_after_taking_the_fds_of_a_message(ctx: Any) -> None:
     shared.put(theirs)  # a Connection: its fd travels beside the ring
     theirs.close()
     shared.put("after")
-    finish(run(ctx, _targets.queue_die_in_get, shared, True), -signal.SIGKILL)
+    finish(run(ctx, _shared_targets.queue_die_in_get, shared, True), -signal.SIGKILL)
     assert shared.get(timeout=PATIENCE) == "after"
     shared.task_done()
     thread, joined = in_thread(shared.join)
@@ -850,7 +850,7 @@ def test_consumer_killed_after_taking_the_fds_of_a_message(ctx: Any) -> None:
 def test_producer_killed_in_a_put_loop(ctx: Any, size: int) -> None:
     shared = ctx.Queue(8)
     started = ctx.Event()
-    process = run(ctx, _targets.queue_put_forever, shared, size, started)
+    process = run(ctx, _shared_targets.queue_put_forever, shared, size, started)
     indexes = []
     for _ in range(30):
         index, payload = shared.get(timeout=PATIENCE)
@@ -881,7 +881,7 @@ def test_producer_killed_in_the_middle_of_a_put(ctx: Any, how: str) -> None:
     """A writer dies holding the writer lock, its record half written or its fds sent."""
     tasks = ctx.JoinableQueue(2)
     tasks.put("before")
-    finish(run(ctx, _targets.queue_die_in_put, tasks, how), -signal.SIGKILL)
+    finish(run(ctx, _shared_targets.queue_die_in_put, tasks, how), -signal.SIGKILL)
     # The next writer takes the lock over from the dead one and overwrites its half record.
     start = time.monotonic()
     ours, theirs = Pipe()
@@ -910,7 +910,7 @@ def test_producer_killed_with_messages_in_its_feeder(ctx: Any) -> None:
     size = BULKY
     count = 3 * ring_capacity(shared) // size + 10
     done = ctx.Event()
-    process = run(ctx, _targets.queue_put_then_wait, shared, count, size, done)
+    process = run(ctx, _shared_targets.queue_put_then_wait, shared, count, size, done)
     assert done.wait(PATIENCE)
     assert shared.qsize() == count  # the ring's share and the feeder's
     process.kill()
@@ -955,10 +955,10 @@ def test_producer_killed_mid_put_does_not_wedge_a_waiting_consumer(
     writer takes over, the consumer gets what follows, and join() counts nothing of the dead."""
     joinable = kind == "JoinableQueue"
     shared, results = getattr(ctx, kind)(), ctx.Queue()
-    consumer = run(ctx, _targets.queue_relay, shared, results, joinable)
+    consumer = run(ctx, _shared_targets.queue_relay, shared, results, joinable)
     shared.put("before")
     assert results.get(timeout=PATIENCE) == "before"  # it now waits in get() for the next
-    finish(run(ctx, _targets.queue_die_in_put, shared, how), -signal.SIGKILL)
+    finish(run(ctx, _shared_targets.queue_die_in_put, shared, how), -signal.SIGKILL)
     start = time.monotonic()
     shared.put(b"m" * (3 * MB))  # a memfd beside the ring: the dead one's datagram is skipped
     assert time.monotonic() - start < LATE  # the lock was taken over from the dead
@@ -991,9 +991,9 @@ def test_consumer_killed_mid_get_does_not_wedge_a_waiting_producer(
     ours, theirs = Pipe()
     shared.put(theirs if side else "first")
     theirs.close()
-    finish(run(ctx, _targets.queue_die_in_get, shared, side), -signal.SIGKILL)
+    finish(run(ctx, _shared_targets.queue_die_in_get, shared, side), -signal.SIGKILL)
     # A JoinableQueue(2) is full once it has put "a": it then waits for room.
-    producer = run(ctx, _targets.queue_put_items, shared, ["a", "b", "c"])
+    producer = run(ctx, _shared_targets.queue_put_items, shared, ["a", "b", "c"])
     expected = ["a", "b", "c"] if side else ["first", "a", "b", "c"]
     got = []
     for _ in expected:
@@ -1019,7 +1019,7 @@ def test_producer_killed_in_a_put_loop_of_simple_and_joinable_queues(
     joinable = kind == "JoinableQueue"
     shared = ctx.JoinableQueue(8) if joinable else ctx.SimpleQueue()
     started = ctx.Event()
-    process = run(ctx, _targets.queue_put_forever, shared, size, started)
+    process = run(ctx, _shared_targets.queue_put_forever, shared, size, started)
     indexes = []
 
     def take() -> None:
@@ -1055,7 +1055,7 @@ def test_consumer_killed_in_a_get_loop_of_simple_and_joinable_queues(ctx: Any, k
     count = 20_000  # small: all in the ring at once, and more than the consumer relays at once
     for index in range(count):
         shared.put(index)
-    consumer = run(ctx, _targets.queue_relay, shared, results, joinable)
+    consumer = run(ctx, _shared_targets.queue_relay, shared, results, joinable)
     reported = [results.get(timeout=PATIENCE) for _ in range(50)]
     consumer.kill()
     finish(consumer, -signal.SIGKILL)

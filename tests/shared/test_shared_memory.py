@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _shared_targets
 from serentak._os import posix as _posix
 from serentak._process import tracker as _tracker
 from serentak.shared_memory import ShareableList, SharedMemory
@@ -160,13 +160,13 @@ def test_untracked_segment(shm: SharedMemory) -> None:
 
 
 def test_child_attaches_by_name(ctx: Any, shm: SharedMemory) -> None:
-    run(ctx, _targets.shm_attach_and_write, shm.name, b"from the child")
+    run(ctx, _shared_targets.shm_attach_and_write, shm.name, b"from the child")
     assert shm.buf is not None
     assert bytes(shm.buf[:14]) == b"from the child"
 
 
 def test_segment_given_to_a_child(ctx: Any, shm: SharedMemory) -> None:
-    run(ctx, _targets.shm_write, shm, b"given")
+    run(ctx, _shared_targets.shm_write, shm, b"given")
     assert shm.buf is not None
     assert bytes(shm.buf[:5]) == b"given"
 
@@ -176,7 +176,7 @@ def test_segment_outlives_its_creator_until_the_tree_ends(ctx: Any, shm: SharedM
     # ``shm``), so its segment stays after it exits, as with the stdlib.
     ours, theirs = ctx.Pipe()
     with ours, theirs:
-        run(ctx, _targets.shm_create_and_report, theirs, shm)
+        run(ctx, _shared_targets.shm_create_and_report, theirs, shm)
         name = ours.recv()
     made = SharedMemory(name)
     assert made.buf is not None
@@ -190,7 +190,7 @@ def test_link_travels_through_a_connection(ctx: Any, shm: SharedMemory) -> None:
     shm.buf[:4] = b"sent"
     ours, theirs = ctx.Pipe()
     with ours, theirs:
-        process = ctx.Process(target=_targets.shm_link_report, args=(theirs,))
+        process = ctx.Process(target=_shared_targets.shm_link_report, args=(theirs,))
         process.start()
         linked_at_start = ours.recv()
         ours.send(shm)
@@ -302,7 +302,7 @@ def test_shareable_list_across_processes(ctx: Any) -> None:
     items: list[Any] = ["text", 41, 2.5, b"bytes"]
     sl = ShareableList(items)
     try:
-        run(ctx, _targets.shm_list_update, sl, sl.shm.name)
+        run(ctx, _shared_targets.shm_list_update, sl, sl.shm.name)
         assert list(sl) == ["changed", 42, None, b"x\x00"]
     finally:
         sl.shm.close()
@@ -323,7 +323,7 @@ def test_a_shareable_list_pickles_to_the_same_size_whatever_it_holds(ctx: Any) -
             assert small[1] == 0
             copy.shm.close()
         small[1] = 41
-        run(ctx, _targets.shm_list_update, small, small.shm.name)
+        run(ctx, _shared_targets.shm_list_update, small, small.shm.name)
         assert list(small) == ["changed", 42, None, b"x\x00"]
     finally:
         for shareable in (small, large):
@@ -353,7 +353,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     sys.path.insert(0, {tests!r})
-    import serentak, _targets
+    import serentak, _shared_targets
     from serentak.shared_memory import SharedMemory
 
     method, share = sys.argv[1], sys.argv[2] == "share"
@@ -362,7 +362,7 @@ SCRIPT = textwrap.dedent(
     # a segment; without, the child has no tracker and starts its own.
     link = SharedMemory(create=True, size=16) if share else None
     ours, theirs = ctx.Pipe()
-    child = ctx.Process(target=_targets.shm_create_and_wait, args=(theirs, link))
+    child = ctx.Process(target=_shared_targets.shm_create_and_wait, args=(theirs, link))
     child.start()
     linked, tracked, untracked = ours.recv(), ours.recv(), ours.recv()
     child.kill()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _shared_targets
 import serentak
 from serentak import sharedctypes
 
@@ -205,14 +205,14 @@ def test_char_arrays() -> None:
 
 
 def test_structures() -> None:
-    point = sharedctypes.Value(_targets.SctPoint, 1, 2.5)
+    point = sharedctypes.Value(_shared_targets.SctPoint, 1, 2.5)
     assert type(point).__name__ == "SynchronizedSctPoint"
     assert (point.x, point.y) == (1, 2.5)
     point.x += 1
     assert point.get_obj().x == 2
-    raw = sharedctypes.RawValue(_targets.SctPoint, 3, 4.0)
-    assert isinstance(raw, _targets.SctPoint)
-    points = sharedctypes.RawArray(_targets.SctPoint, [(1, 2.0), (3, 4.0)])
+    raw = sharedctypes.RawValue(_shared_targets.SctPoint, 3, 4.0)
+    assert isinstance(raw, _shared_targets.SctPoint)
+    points = sharedctypes.RawArray(_shared_targets.SctPoint, [(1, 2.0), (3, 4.0)])
     assert [(p.x, p.y) for p in points] == [(1, 2.0), (3, 4.0)]
     nested = sharedctypes.RawValue(ctypes.c_int * 2 * 3)
     nested[2][1] = 7
@@ -234,7 +234,7 @@ def test_structure_with_its_own_init() -> None:
 
 
 def test_copy() -> None:
-    original = sharedctypes.RawValue(_targets.SctPoint, 1, 2.0)
+    original = sharedctypes.RawValue(_shared_targets.SctPoint, 1, 2.0)
     duplicate = sharedctypes.copy(original)
     assert (duplicate.x, duplicate.y) == (1, 2.0)
     duplicate.x = 10
@@ -261,7 +261,7 @@ def test_synchronized() -> None:
         (lambda: sharedctypes.Value("i"), "Synchronized"),
         (lambda: sharedctypes.Array("i", 3), "SynchronizedArray"),
         (lambda: sharedctypes.Array("c", 3), "SynchronizedString"),
-        (lambda: sharedctypes.Value(_targets.SctPoint), "SynchronizedSctPoint"),
+        (lambda: sharedctypes.Value(_shared_targets.SctPoint), "SynchronizedSctPoint"),
         (lambda: sharedctypes.RawValue("i"), "c_int"),
         (lambda: sharedctypes.RawArray("d", 3), "c_double_Array_3"),
     ],
@@ -290,19 +290,21 @@ def test_stdlib_refuses_with_the_same_message() -> None:
 
 def test_seed_value_incremented_by_a_child(ctx: Any) -> None:
     value = ctx.Value("i", 0)
-    run(ctx, _targets.sct_increment, value)
+    run(ctx, _shared_targets.sct_increment, value)
     assert value.value == 1
 
 
 def test_seed_array_changed_by_a_child(ctx: Any) -> None:
     array = ctx.Array("i", [1, 2, 3])
-    run(ctx, _targets.sct_bump_first, array)
+    run(ctx, _shared_targets.sct_bump_first, array)
     assert array[:] == [2, 2, 3]
 
 
 def test_two_processes_count_exactly(ctx: Any) -> None:
     value = ctx.Value("i", 0)
-    children = [ctx.Process(target=_targets.sct_add_many, args=(value, 10_000)) for _ in range(2)]
+    children = [
+        ctx.Process(target=_shared_targets.sct_add_many, args=(value, 10_000)) for _ in range(2)
+    ]
     for child in children:
         child.start()
     for child in children:
@@ -318,7 +320,7 @@ def test_every_typecode_across_processes(ctx: Any) -> None:
     ours, theirs = ctx.Pipe()
     with ours, theirs:
         process = ctx.Process(
-            target=_targets.sct_swap_values,
+            target=_shared_targets.sct_swap_values,
             args=(theirs, values + raws, [TYPECODE_VALUES[code][1] for code in codes] * 2),
         )
         process.start()
@@ -335,9 +337,9 @@ def test_child_uses_the_given_lock(ctx: Any) -> None:
     ours, theirs = ctx.Pipe()
     with ours, theirs:
         with lock:
-            run(ctx, _targets.sct_try_lock, theirs, value)
+            run(ctx, _shared_targets.sct_try_lock, theirs, value)
             assert ours.recv() is False
-        run(ctx, _targets.sct_try_lock, theirs, value)
+        run(ctx, _shared_targets.sct_try_lock, theirs, value)
         assert ours.recv() is True
 
 
@@ -345,8 +347,8 @@ def test_raw_objects_are_shared(ctx: Any) -> None:
     raw = ctx.RawValue("d", 0.5)
     array = ctx.RawArray("h", [1, 2, 3])
     unlocked = ctx.Value("i", 7, lock=False)
-    run(ctx, _targets.sct_raw_add, raw, array)
-    run(ctx, _targets.sct_raw_add, unlocked, ctx.RawArray("i", 0))
+    run(ctx, _shared_targets.sct_raw_add, raw, array)
+    run(ctx, _shared_targets.sct_raw_add, unlocked, ctx.RawArray("i", 0))
     assert raw.value == 1.5
     assert array[:] == [2, 3, 4]
     assert unlocked.value == 8
@@ -356,7 +358,7 @@ def test_char_array_in_a_child(ctx: Any) -> None:
     chars = ctx.Array("c", b"hello")
     ours, theirs = ctx.Pipe()
     with ours, theirs:
-        run(ctx, _targets.sct_chars, theirs, chars)
+        run(ctx, _shared_targets.sct_chars, theirs, chars)
         assert ours.recv() == b"hello"
         assert ours.recv() == b"hello"
     assert chars.value == b"bye"
@@ -364,9 +366,9 @@ def test_char_array_in_a_child(ctx: Any) -> None:
 
 
 def test_structures_in_a_child(ctx: Any) -> None:
-    point = ctx.Value(_targets.SctPoint, 1, 1.5)
-    points = ctx.RawArray(_targets.SctPoint, [(1, 0.0), (2, 0.0)])
-    run(ctx, _targets.sct_move_point, point, points)
+    point = ctx.Value(_shared_targets.SctPoint, 1, 1.5)
+    points = ctx.RawArray(_shared_targets.SctPoint, [(1, 0.0), (2, 0.0)])
+    run(ctx, _shared_targets.sct_move_point, point, points)
     assert (point.x, point.y) == (2, 3.0)
     assert [p.x for p in points] == [11, 12]
 
@@ -411,8 +413,8 @@ def test_every_simple_ctypes_type_as_the_stdlib(name: str) -> None:
 
 
 def test_unions_and_nested_arrays_as_the_stdlib() -> None:
-    ours: Any = sharedctypes.Value(_targets.SctUnion)
-    theirs: Any = stdlib_sharedctypes.Value(_targets.SctUnion)
+    ours: Any = sharedctypes.Value(_shared_targets.SctUnion)
+    theirs: Any = stdlib_sharedctypes.Value(_shared_targets.SctUnion)
     for union in (ours, theirs):
         union.f = 1.5
     assert ours.i == theirs.i == 0x3FC0_0000
@@ -452,7 +454,7 @@ def test_copy_and_synchronized_as_the_stdlib() -> None:
     assert type(wrapped).__name__ == "SynchronizedArray"
     wrapped[0:2] = [7, 8]
     assert duplicate[:] == [7, 8, 3]
-    point: Any = sharedctypes.synchronized(sharedctypes.RawValue(_targets.SctPoint, 1, 2.0))
+    point: Any = sharedctypes.synchronized(sharedctypes.RawValue(_shared_targets.SctPoint, 1, 2.0))
     assert type(point).__name__ == "SynchronizedSctPoint"
     assert (point.x, point.y) == (1, 2.0)
 
@@ -464,7 +466,7 @@ def test_ctypes_types_across_processes(ctx: Any) -> None:
     ours, theirs = ctx.Pipe()
     with ours, theirs:
         process = ctx.Process(
-            target=_targets.sct_swap_values,
+            target=_shared_targets.sct_swap_values,
             args=(theirs, values + raws, [CTYPES_TYPES[n][2] for n in names] * 2),
         )
         process.start()
@@ -476,14 +478,14 @@ def test_ctypes_types_across_processes(ctx: Any) -> None:
 
 
 def test_union_grid_and_slices_in_a_child(ctx: Any) -> None:
-    union = ctx.RawValue(_targets.SctUnion)
+    union = ctx.RawValue(_shared_targets.SctUnion)
     union.i = 7
     grid = ctx.RawArray(ctypes.c_double * 2, 2)
     lock = ctx.RLock()  # the child's `with array` then takes it again for the slice
     array = ctx.Array("q", [1, 2, 3, 4], lock=lock)
     ours, theirs = ctx.Pipe()
     with ours, theirs:
-        run(ctx, _targets.sct_set_fields, theirs, union, grid, array)
+        run(ctx, _shared_targets.sct_set_fields, theirs, union, grid, array)
         assert ours.recv() == (7, [[0.0, 0.0], [0.0, 0.0]], [2, 3], [1, 2, 3, 4])
     assert union.f == 1.5
     assert [list(row) for row in grid] == [[0.0, 0.0], [9.25, 0.0]]
@@ -494,9 +496,11 @@ def test_union_grid_and_slices_in_a_child(ctx: Any) -> None:
 
 
 def test_copy_and_synchronized_objects_in_a_child(ctx: Any) -> None:
-    copied = sharedctypes.copy(ctx.RawValue(_targets.SctPoint, 1, 0.5))
-    wrapped: Any = sharedctypes.synchronized(ctx.RawValue(_targets.SctPoint, 5, 1.0), ctx.RLock())
-    run(ctx, _targets.sct_move_point, wrapped, [copied])
+    copied = sharedctypes.copy(ctx.RawValue(_shared_targets.SctPoint, 1, 0.5))
+    wrapped: Any = sharedctypes.synchronized(
+        ctx.RawValue(_shared_targets.SctPoint, 5, 1.0), ctx.RLock()
+    )
+    run(ctx, _shared_targets.sct_move_point, wrapped, [copied])
     assert (copied.x, copied.y) == (11, 0.5)
     assert (wrapped.x, wrapped.y) == (6, 2.0)
 
@@ -506,7 +510,9 @@ def test_value_whose_lock_holder_was_killed_stays_usable(ctx: Any) -> None:
     with LockOwnerDiedWarning, sees the half-done update, and counting goes on exactly."""
     value = ctx.Value("i", 0)
     holding = ctx.Event()
-    child = ctx.Process(target=_targets.sct_hold_value_lock_until_killed, args=(value, holding))
+    child = ctx.Process(
+        target=_shared_targets.sct_hold_value_lock_until_killed, args=(value, holding)
+    )
     child.start()
     assert holding.wait(PATIENCE)
     child.kill()
@@ -516,7 +522,9 @@ def test_value_whose_lock_holder_was_killed_stays_usable(ctx: Any) -> None:
     assert value.value == -1  # what the dead process left half-done
     value.value = 0
     value.get_lock().release()
-    children = [ctx.Process(target=_targets.sct_add_many, args=(value, 2_000)) for _ in range(2)]
+    children = [
+        ctx.Process(target=_shared_targets.sct_add_many, args=(value, 2_000)) for _ in range(2)
+    ]
     for process in children:
         process.start()
     for process in children:

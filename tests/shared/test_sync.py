@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-import _targets
+import _shared_targets
 from _scripts import interrupted_in_futex
 from _signals import interrupted_by_a_signal_to_another_thread
 from _watch import until
@@ -571,7 +571,8 @@ def test_lock_excludes_across_processes(ctx: Any, kind: str) -> None:
     lock = getattr(ctx, kind)()
     block, counter = shared_ints(1)
     children = [
-        ctx.Process(target=_targets.sync_increment, args=(lock, block, 10_000)) for _ in range(2)
+        ctx.Process(target=_shared_targets.sync_increment, args=(lock, block, 10_000))
+        for _ in range(2)
     ]
     for child in children:
         child.start()
@@ -585,7 +586,7 @@ def test_semaphore_across_processes(ctx: Any) -> None:
     sem, lock = ctx.Semaphore(2), ctx.Lock()
     block, inside = shared_ints(2)
     children = [
-        ctx.Process(target=_targets.sync_semaphore_worker, args=(sem, lock, block, 200))
+        ctx.Process(target=_shared_targets.sync_semaphore_worker, args=(sem, lock, block, 200))
         for _ in range(4)
     ]
     for child in children:
@@ -598,7 +599,7 @@ def test_semaphore_across_processes(ctx: Any) -> None:
     assert sem.get_value() == 2
 
     sem = ctx.Semaphore(0)
-    child = ctx.Process(target=_targets.sync_release_times, args=(sem, 3))
+    child = ctx.Process(target=_shared_targets.sync_release_times, args=(sem, 3))
     child.start()
     for _ in range(3):
         assert sem.acquire(timeout=PATIENCE)
@@ -611,7 +612,7 @@ def test_semaphore_across_processes(ctx: Any) -> None:
 def test_timeout_across_processes(ctx: Any, kind: str) -> None:
     lock = getattr(ctx, kind)()
     holding, release = ctx.Event(), ctx.Event()
-    child = ctx.Process(target=_targets.sync_hold_until_told, args=(lock, holding, release))
+    child = ctx.Process(target=_shared_targets.sync_hold_until_told, args=(lock, holding, release))
     child.start()
     try:
         assert holding.wait(PATIENCE)
@@ -635,7 +636,7 @@ def test_condition_notify_across_processes(ctx: Any) -> None:
     cond = ctx.Condition()
     ready, woken = ctx.Semaphore(0), ctx.Semaphore(0)
     children = [
-        ctx.Process(target=_targets.sync_condition_waiter, args=(cond, ready, woken))
+        ctx.Process(target=_shared_targets.sync_condition_waiter, args=(cond, ready, woken))
         for _ in range(4)
     ]
     for child in children:
@@ -665,7 +666,7 @@ def test_condition_notify_across_processes(ctx: Any) -> None:
 
 def test_event_across_processes(ctx: Any) -> None:
     first, second = ctx.Event(), ctx.Event()
-    child = ctx.Process(target=_targets.sync_event_relay, args=(first, second))
+    child = ctx.Process(target=_shared_targets.sync_event_relay, args=(first, second))
     child.start()
     try:
         assert second.wait(0.1) is False
@@ -680,8 +681,10 @@ def test_event_across_processes(ctx: Any) -> None:
 
 def test_barrier_across_processes(ctx: Any) -> None:
     block, trips = shared_ints(1)
-    barrier = ctx.Barrier(3, action=functools.partial(_targets.sync_bump, block))
-    children = [ctx.Process(target=_targets.sync_barrier_party, args=(barrier,)) for _ in range(2)]
+    barrier = ctx.Barrier(3, action=functools.partial(_shared_targets.sync_bump, block))
+    children = [
+        ctx.Process(target=_shared_targets.sync_barrier_party, args=(barrier,)) for _ in range(2)
+    ]
     for child in children:
         child.start()
     try:
@@ -699,7 +702,7 @@ def test_barrier_across_processes(ctx: Any) -> None:
 
 def start_doomed_owner(ctx: Any, lock: Any) -> Any:
     holding = ctx.Event()
-    child = ctx.Process(target=_targets.sync_hold_until_killed, args=(lock, holding))
+    child = ctx.Process(target=_shared_targets.sync_hold_until_killed, args=(lock, holding))
     child.start()
     assert holding.wait(PATIENCE)
     return child
@@ -749,7 +752,7 @@ def test_lock_of_a_zombie_owner_is_taken_over(ctx: Any, kind: str) -> None:
     lock = getattr(ctx, kind)()
     holding, reap = ctx.Event(), ctx.Event()
     block, grandchild = shared_ints(1)
-    child = ctx.Process(target=_targets.sync_zombie_owner, args=(lock, block, holding, reap))
+    child = ctx.Process(target=_shared_targets.sync_zombie_owner, args=(lock, block, holding, reap))
     child.start()
     try:
         assert holding.wait(PATIENCE)
@@ -796,7 +799,7 @@ def test_condition_survives_a_killed_lock_owner(ctx: Any) -> None:
 def test_a_recursively_held_rlock_of_a_killed_owner_is_taken_over_once(ctx: Any) -> None:
     lock = ctx.RLock()
     holding = ctx.Event()
-    child = ctx.Process(target=_targets.sync_hold_deep_until_killed, args=(lock, holding, 3))
+    child = ctx.Process(target=_shared_targets.sync_hold_deep_until_killed, args=(lock, holding, 3))
     child.start()
     assert holding.wait(PATIENCE)
     child.kill()
@@ -830,7 +833,9 @@ def test_every_primitive_as_a_process_argument(ctx: Any) -> None:
     primitives["BoundedSemaphore"].acquire()
     ours, theirs = ctx.Pipe()
     with ours, theirs:
-        child = ctx.Process(target=_targets.sync_use_every_primitive, args=(theirs, primitives))
+        child = ctx.Process(
+            target=_shared_targets.sync_use_every_primitive, args=(theirs, primitives)
+        )
         child.start()
         try:
             mine = primitives["Barrier"].wait(PATIENCE)
