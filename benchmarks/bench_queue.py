@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from serentak._shared import queues as _queues
+import serentak
 
 
 class _Queue(Protocol):
@@ -82,7 +82,7 @@ class _Batched:
     """serentak's Queue through put_many/get_many, batches of ``_BATCH``."""
 
     def __init__(self) -> None:
-        self.queue = _queues.Queue()
+        self.queue = serentak.get_context("fork").Queue()
         self.pending: list[Any] = []
 
     def put(self, obj: Any) -> None:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     context = multiprocessing.get_context("fork")
     makers: dict[str, Callable[[], _Queue]] = {
-        "serentak": _queues.Queue,
+        "serentak": serentak.get_context("fork").Queue,
         "stdlib": context.Queue,
     }
     faster_fifo = _faster_fifo()

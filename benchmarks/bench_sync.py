@@ -20,7 +20,6 @@ does not enter the figures.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import multiprocessing
 import multiprocessing.sharedctypes
 import os
@@ -31,8 +30,7 @@ from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, Protocol
 
-from serentak._ipc import segments as _shm
-from serentak._shared import sync as _sync
+import serentak
 
 
 class _Counter(Protocol):
@@ -112,14 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n, repeat = args.increments, args.repeat
     context = multiprocessing.get_context("fork")
+    ours_context = serentak.get_context("fork")
 
     def row(what: str, ours: float, theirs: float) -> None:
         print(f"{what:<44} {ours / 1e6:8.3f} {theirs / 1e6:8.3f} {ours / theirs:7.2f}x")
 
     print(f"{'M/s':<44} {'serentak':>8} {'stdlib':>8} {'ratio':>8}")
     for name, ours_lock, their_lock in (
-        ("Lock", _sync.Lock(), context.Lock()),
-        ("RLock", _sync.RLock(), context.RLock()),
+        ("Lock", ours_context.Lock(), context.Lock()),
+        ("RLock", ours_context.RLock(), context.RLock()),
     ):
         row(
             f"{name} acquire()+release(), 1 process",
@@ -132,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             _best(repeat, partial(uncontended_with, their_lock, 1_000_000)),
         )
 
-    block = _shm.allocate(ctypes.sizeof(ctypes.c_int))
-    ours_counter = ctypes.c_int.from_buffer(block.buffer)
-    ours_lock = _sync.Lock()
+    ours_counter = ours_context.RawValue("i", 0)
+    ours_lock = ours_context.Lock()
     raw = multiprocessing.sharedctypes.RawValue("i", 0)
     their_lock = context.Lock()
     value = context.Value("i", 0)
