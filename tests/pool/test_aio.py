@@ -9,7 +9,11 @@ Tasks that must stay running while the test looks are held at a gate
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,9 +22,13 @@ import pytest
 
 import _pool_targets
 import serentak
-from _watch import lines
+from _scripts import read_line, rest_of_output, running_script
+from _watch import descendants_of, lines, still_running_after, until
 
 PATIENCE = 20.0
+# How soon a cancelled running task's worker must be gone and replaced (a
+# replacement under spawn imports serentak afresh: allow for a busy machine).
+STOPPED_WITHIN = 1.0
 _T = TypeVar("_T")
 
 
@@ -143,9 +151,11 @@ def test_cancelling_an_await_withdraws_its_queued_tasks(
             mapped = asyncio.ensure_future(
                 pool.starmap(_pool_targets.pool_record, [(str(record), n) for n in range(3)], 1)
             )
-            await asyncio.sleep(0)  # both submitted
+            await asyncio.sleep(0)  # both submitted: each awaits its future
             queued.cancel()
             mapped.cancel()
+            # At once, before either cancelled coroutine resumes: the tasks
+            # are withdrawn from that instant, whatever the supervisor does next.
             _pool_targets.pool_gate_open(str(gates), "held")
             await held
             with pytest.raises(asyncio.CancelledError):
@@ -188,3 +198,154 @@ def test_close_and_join_without_blocking_the_loop(ctx: Any) -> None:
         return await pending
 
     assert run(main()) == [x * x for x in range(10)]
+
+
+async def _first_of(results: Any) -> Any:
+    async for value in results:
+        return value
+    return None
+
+
+@pytest.mark.parametrize("call", ["apply", "starmap", "imap"])
+def test_cancel_running_kills_the_running_tasks_and_the_pool_goes_on(
+    ctx: Any, gates: Path, call: str
+) -> None:
+    """A task that would run 30 s is stopped within a second of its await's cancel
+    (its worker killed and replaced), delivers nothing, runs only once; an await
+    running beside it is unaffected."""
+    gate = str(gates)
+
+    async def main() -> None:
+        async with serentak.AsyncPool(3, context=ctx) as pool:
+            other = asyncio.ensure_future(pool.apply(_pool_targets.pool_gate, (gate, "other", 7)))
+            assert await asyncio.to_thread(_pool_targets.pool_gate_started, gate, "other")
+            names = ["never"] if call == "apply" else ["never0", "never1"]
+            if call == "apply":
+                call_result: Any = pool.apply(
+                    _pool_targets.pool_gate, (gate, "never"), cancel_running=True
+                )
+            elif call == "starmap":
+                call_result = pool.starmap(
+                    _pool_targets.pool_gate, [(gate, n) for n in names], 1, cancel_running=True
+                )
+            else:
+                call_result = _first_of(
+                    pool.imap(
+                        _pool_targets.distributed_gate_item,
+                        [(n, gate) for n in names],
+                        1,
+                        cancel_running=True,
+                    )
+                )
+            stopped = asyncio.ensure_future(call_result)
+            for name in names:
+                assert await asyncio.to_thread(_pool_targets.pool_gate_started, gate, name)
+            for name in names:  # its pid written
+                started = gates / f"{name}.started"
+                assert await asyncio.to_thread(until, functools.partial(lines, started))
+            busy = {int(lines(gates / f"{name}.started")[0]) for name in names}
+            supervisor = pool._pool._supervisor
+            assert busy <= set(supervisor.worker_pids())
+            sent = time.monotonic()
+            stopped.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stopped
+            gone = await asyncio.to_thread(
+                until, lambda: not busy & set(supervisor.worker_pids()), STOPPED_WITHIN
+            )
+            assert gone, "the cancelled tasks' workers were not killed in time"
+            # Every worker but the one running "other" is free: the replacements are up.
+            after = ["after0", "after1"]
+            waiting = [
+                asyncio.ensure_future(pool.apply(_pool_targets.pool_gate, (gate, name, name)))
+                for name in after
+            ]
+            for name in after:
+                assert await asyncio.to_thread(_pool_targets.pool_gate_started, gate, name)
+                _pool_targets.pool_gate_open(gate, name)
+            assert await asyncio.gather(*waiting) == after
+            assert time.monotonic() - sent < 2 * STOPPED_WITHIN
+            assert not other.done()
+            _pool_targets.pool_gate_open(gate, "other")
+            assert await other == 7
+            stats = pool._pool.stats()
+            assert stats.tasks_lost == 0
+            assert stats.restarts == len(names)
+        for name in names:  # none ran again
+            assert len(lines(gates / f"{name}.started")) == 1
+
+    run(main())
+
+
+ASYNC_CTRL_C_SCRIPT = """
+import asyncio
+import functools
+import os
+import signal
+import sys
+import time
+
+import serentak
+
+
+def note(path):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, b"%d\\n" % os.getpid())
+    os.close(fd)
+
+
+def slow(path):
+    note(path)
+    while True:
+        signal.pause()
+
+
+async def main():
+    method, busy = sys.argv[1:]
+    async with serentak.AsyncPool(2, context=serentak.get_context(method)) as pool:
+        await pool.map(note, [os.devnull] * 2)  # both workers up
+        print("workers", *pool._pool._supervisor.worker_pids(), flush=True)
+        try:
+            await asyncio.gather(pool.apply(slow, (busy,)), pool.map(slow, [busy], 1))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            print("interrupted", time.monotonic(), flush=True)
+            raise
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("send_to", ["group", "main"])
+def test_ctrl_c_under_asyncio_run_stops_everything(
+    start_method: str, tmp_path: Path, send_to: str
+) -> None:
+    """SIGINT while asyncio.run awaits running tasks: KeyboardInterrupt at once, every
+    worker gone within a second, no child left, as with the sync pool."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(ASYNC_CTRL_C_SCRIPT)
+    busy = tmp_path / "busy"
+    with running_script(script, start_method, str(busy), start_new_session=True) as process:
+        label, *pids = read_line(process).split()
+        assert label == "workers"
+        worker_pids = {int(pid) for pid in pids}
+        assert len(worker_pids) == 2
+        assert until(lambda: len(lines(busy)) >= 2)  # both running a slow task
+        family = descendants_of(process.pid)
+        assert worker_pids <= family
+
+        sent = time.monotonic()
+        if send_to == "group":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            os.kill(process.pid, signal.SIGINT)
+        label, stamp = read_line(process).split()
+        assert label == "interrupted"
+        assert float(stamp) - sent < 0.3
+        assert still_running_after(worker_pids, sent + 1.0 - time.monotonic()) == set()
+        stdout, stderr = rest_of_output(process)
+    assert process.returncode == -signal.SIGINT, stderr
+    assert stdout == ""
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    assert still_running_after(family, 2.0) == set(), "orphans left behind"

@@ -14,7 +14,13 @@ No thread per call: outcomes arrive in the supervisor thread (the feeder's, for
 an input that raised), which only schedules a callback on the caller's loop;
 unpickling happens there, in the loop, as a sync caller unpickles in its own
 thread. Cancelling the awaiting task withdraws its tasks that have not reached
-a worker; running ones finish and their results are dropped.
+a worker; running ones finish and their results are dropped, or, with
+``cancel_running=True``, their workers are killed (and replaced) at once.
+
+Withdrawal needs no message: the supervisor asks a task's sink (``claim``)
+before it hands the task to a worker, and ``Task.cancel()`` cancels the future
+the task awaits synchronously, so a task cancelled is seen as withdrawn by the
+supervisor from that instant, before the cancelled coroutine even resumes.
 """
 
 from __future__ import annotations
@@ -72,12 +78,11 @@ class _ApplySink:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
-        # Set in the loop when the awaiting task is cancelled; read by the
-        # supervisor thread before it hands the task to a worker.
-        self.withdrawn = False
 
     def claim(self) -> bool:
-        return not self.withdrawn
+        # Read by the supervisor thread: the future is cancelled the moment the
+        # awaiting task is (one attribute read under the GIL).
+        return not self.future.cancelled()
 
     def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         _call_in(self.loop, self._settle, outcome)
@@ -104,7 +109,9 @@ class _MapSink:
         self._length: int | None = None
 
     def claim(self) -> bool:
-        return not self.future.done()
+        # Only a cancelled map withdraws its chunks: the caller then abandons
+        # the job, which ends its feeding (a failed one is fed to its end).
+        return not self.future.cancelled()
 
     def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         _call_in(self.loop, self._arrive, index, outcome)
@@ -150,8 +157,14 @@ class AsyncMapIterator(Generic[_T]):
     order (``imap_unordered``: as they complete). The input is read only as far
     ahead as the look-ahead allows, from when the iteration starts."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ordered: bool) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        ordered: bool,
+        cancel_running: Callable[[object], None] | None = None,
+    ) -> None:
         self._loop = loop
+        self._cancel_running = cancel_running
         self._ordered = ordered
         self._outcomes: dict[int, Outcome] = {}
         self._arrived: collections.deque[tuple[int, Outcome]] = collections.deque()
@@ -228,9 +241,12 @@ class AsyncMapIterator(Generic[_T]):
         return result
 
     def cancel(self) -> None:
-        """Stop: no more input is read, and tasks not yet with a worker are dropped."""
+        """Stop: no more input is read, and tasks not yet with a worker are dropped
+        (with ``cancel_running``, the running ones are killed)."""
         if self.job is not None:
             self.job.abandon()
+            if self._cancel_running is not None:
+                self._cancel_running(self.job)
 
 
 class _AsyncInput:
@@ -281,6 +297,9 @@ class AsyncPool:
         maxtasksperchild: tasks (chunks) a worker runs before it is replaced.
         context: the context (start method) to start workers with.
         max_memory_per_child: MiB of resident memory past which a worker is replaced.
+        cancel_running: the default of the calls' ``cancel_running=``: whether
+            cancelling an await also stops its running tasks (their workers are
+            killed and replaced); if not, they finish and their results are dropped.
 
     Raises:
         RuntimeError: no asyncio event loop is running in this thread.
@@ -295,6 +314,7 @@ class AsyncPool:
         context: Any = None,
         *,
         max_memory_per_child: float | None = None,
+        cancel_running: bool = False,
     ) -> None:
         _running_loop("AsyncPool()")
         self._pool = Pool(
@@ -306,6 +326,7 @@ class AsyncPool:
             max_memory_per_child=max_memory_per_child,
         )
         self._stopping = threading.Event()
+        self._cancel_running_default = cancel_running
 
     async def __aenter__(self) -> AsyncPool:
         return self
@@ -341,6 +362,16 @@ class AsyncPool:
 
     # ---- calls --------------------------------------------------------------------------
 
+    def _canceller(self, cancel_running: bool | None) -> Callable[[object], None] | None:
+        """What stops a cancelled call's running tasks, if the call asks for it."""
+        if cancel_running is None:
+            cancel_running = self._cancel_running_default
+        if not isinstance(cancel_running, bool):
+            raise TypeError(
+                f"cancel_running must be True or False, not {type(cancel_running).__name__}"
+            )
+        return self._pool._process_engine.cancel_running if cancel_running else None
+
     async def apply(
         self,
         func: Callable[..., _T],
@@ -348,6 +379,7 @@ class AsyncPool:
         kwds: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        cancel_running: bool | None = None,
     ) -> _T:
         """``func(*args, **kwds)`` in a worker; its result, or its exception raised here.
 
@@ -357,16 +389,20 @@ class AsyncPool:
             kwds: keyword arguments.
             timeout: seconds the task may run before its worker is killed
                 (it then fails with serentak.TimeoutError).
+            cancel_running: whether cancelling this await stops the task if it is
+                running (its worker is killed and replaced); by default, the pool's.
         """
         sink = _ApplySink(asyncio.get_running_loop())
         self._pool._check_running(timeout)
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
+        canceller = self._canceller(cancel_running)
         self._pool._apply_to(sink, func, args, kwds, timeout)
         try:
             result: _T = await sink.future
         except asyncio.CancelledError:
-            sink.withdrawn = True
+            if canceller is not None:
+                canceller(sink)
             raise
         return result
 
@@ -378,9 +414,13 @@ class AsyncPool:
         *,
         timeout: float | None = None,
         progress: ProgressOption = None,
+        cancel_running: bool | None = None,
     ) -> list[_T]:
-        """``list(map(func, iterable))``, computed by the workers (see Pool.map)."""
-        return await self._map(Kind.MAP, func, iterable, chunksize, timeout, progress)
+        """``list(map(func, iterable))``, computed by the workers (see Pool.map);
+        ``cancel_running`` as for apply()."""
+        return await self._map(
+            Kind.MAP, func, iterable, chunksize, timeout, progress, cancel_running
+        )
 
     async def starmap(
         self,
@@ -390,9 +430,12 @@ class AsyncPool:
         *,
         timeout: float | None = None,
         progress: ProgressOption = None,
+        cancel_running: bool | None = None,
     ) -> list[_T]:
         """Like map(), with each item unpacked as the arguments: ``func(*item)``."""
-        return await self._map(Kind.STARMAP, func, iterable, chunksize, timeout, progress)
+        return await self._map(
+            Kind.STARMAP, func, iterable, chunksize, timeout, progress, cancel_running
+        )
 
     async def _map(
         self,
@@ -402,10 +445,12 @@ class AsyncPool:
         chunksize: int | None,
         timeout: float | None,
         progress: ProgressOption,
+        cancel_running: bool | None,
     ) -> list[Any]:
         sink = _MapSink(asyncio.get_running_loop())
         pool = self._pool
         pool._check_running(timeout)
+        canceller = self._canceller(cancel_running)
         function = pool._register(func)
         items = iterable if isinstance(iterable, Sequence) else list(iterable)
         job = pool._add_job(
@@ -415,6 +460,8 @@ class AsyncPool:
             return await sink.future
         except asyncio.CancelledError:
             job.abandon()
+            if canceller is not None:
+                canceller(job)
             raise
 
     def imap(
@@ -427,6 +474,7 @@ class AsyncPool:
         progress: ProgressOption = None,
         buffersize: int | None = None,
         buffer_bytes: int | None = None,
+        cancel_running: bool | None = None,
     ) -> AsyncMapIterator[_T]:
         """``async for result in pool.imap(func, items)``: results in input order as they
         come. ``items`` may be an async iterable; either is read with bounded
@@ -436,7 +484,15 @@ class AsyncPool:
             RuntimeError: no asyncio event loop is running in this thread.
         """
         return self._imap(
-            True, func, iterable, chunksize, timeout, progress, buffersize, buffer_bytes
+            True,
+            func,
+            iterable,
+            chunksize,
+            timeout,
+            progress,
+            buffersize,
+            buffer_bytes,
+            cancel_running,
         )
 
     def imap_unordered(
@@ -449,10 +505,19 @@ class AsyncPool:
         progress: ProgressOption = None,
         buffersize: int | None = None,
         buffer_bytes: int | None = None,
+        cancel_running: bool | None = None,
     ) -> AsyncMapIterator[_T]:
         """Like imap(), results in the order they complete."""
         return self._imap(
-            False, func, iterable, chunksize, timeout, progress, buffersize, buffer_bytes
+            False,
+            func,
+            iterable,
+            chunksize,
+            timeout,
+            progress,
+            buffersize,
+            buffer_bytes,
+            cancel_running,
         )
 
     def _imap(
@@ -465,11 +530,13 @@ class AsyncPool:
         progress: ProgressOption,
         buffersize: int | None,
         buffer_bytes: int | None,
+        cancel_running: bool | None,
     ) -> AsyncMapIterator[Any]:
         loop = _running_loop(f"AsyncPool.{'imap' if ordered else 'imap_unordered'}()")
         pool = self._pool
         pool._check_running(timeout)
         check_buffer_bounds(buffersize, buffer_bytes)
+        canceller = self._canceller(cancel_running)
         function = pool._register(func)
         items: Iterable[Any]
         if isinstance(iterable, AsyncIterable):
@@ -480,7 +547,7 @@ class AsyncPool:
             chunksize = 1
         kind = Kind.MAP_EACH if chunksize is None else Kind.MAP
         length = len(items) if isinstance(items, Sized) else None
-        results: AsyncMapIterator[Any] = AsyncMapIterator(loop, ordered)
+        results: AsyncMapIterator[Any] = AsyncMapIterator(loop, ordered, canceller)
         results.job = pool._add_job(
             kind,
             function,

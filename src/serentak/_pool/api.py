@@ -36,6 +36,7 @@ from serentak._process.process import BaseProcess, register_before_exit
 
 from .engines.process import (
     AskStats,
+    CancelRunning,
     Close,
     PoolState,
     PoolStats,
@@ -126,6 +127,10 @@ class ProcessEngine:
 
     def join(self) -> None:
         _waiting.join(self._supervisor)
+
+    def cancel_running(self, sink: object) -> None:
+        """Kill the workers running ``sink``'s tasks (their caller gave up); they are replaced."""
+        self._supervisor.send(CancelRunning(sink))
 
     def stop_workers(self, *, kill: bool) -> None:
         """SIGTERM (SIGKILL with ``kill``) the current workers; they are replaced."""

@@ -267,7 +267,13 @@ class MapJob:
         self.feeder.release(self, index, consumed=True)
 
     def claim(self) -> bool:
-        return not self.abandoned
+        if self.abandoned:
+            return False
+        # A map's result object may withdraw its tasks itself, before the
+        # caller's thread gets to abandon() (an asyncio future is cancelled the
+        # moment its awaiting task is).
+        sink = self._strong_sink
+        return sink is None or sink.claim()
 
     def abandon(self) -> None:
         """The caller gave up (an awaiting task was cancelled): no more chunks are

@@ -145,13 +145,24 @@ class StopWorkers:
 
 
 @dataclasses.dataclass(frozen=True)
+class CancelRunning:
+    """The caller of ``sink``'s tasks gave up and wants the running ones stopped:
+    kill the workers running them, as for an overdue task. Each is replaced;
+    the task ends unheard (the sink no longer claims its tasks, so the ones not
+    yet running are dropped at dispatch or, if sent ahead, when the worker's
+    death puts them back in the queue)."""
+
+    sink: object
+
+
+@dataclasses.dataclass(frozen=True)
 class AskStats:
     """Put a :class:`PoolStats` snapshot into ``reply``."""
 
     reply: queue.SimpleQueue[PoolStats]
 
 
-Command = Submit | Close | Terminate | AskStats | StopWorkers
+Command = Submit | Close | Terminate | AskStats | StopWorkers | CancelRunning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +277,7 @@ class _Worker:
         self.busy_us = 0
         self.retiring = False  # reached maxtasksperchild: gets no more tasks
         self.timed_out: Task | None = None  # killed by us because this task overran
+        self.cancelled: Task | None = None  # killed by us because this task's caller gave up
         # Killed by us because this task's memory limit was passed, and the size reached.
         self.over_memory: tuple[Task, int] | None = None
         self.gone = False  # exit handled, descriptors closed
@@ -516,6 +528,8 @@ class Supervisor:
             elif isinstance(command, StopWorkers):
                 self._stop_workers(kill=command.kill)
                 command.reply.put(None)
+            elif isinstance(command, CancelRunning):
+                self._cancel_running(command.sink)
             else:
                 self._terminate()
 
@@ -527,6 +541,13 @@ class Supervisor:
             else:
                 worker.process.terminate()
         self._replace_if_needed()
+
+    def _cancel_running(self, sink: object) -> None:
+        for worker in self._workers.values():
+            task = worker.in_flight[0] if worker.in_flight else None
+            if task is not None and task.sink is sink and worker.cancelled is None:
+                worker.cancelled = task
+                os.kill(worker.pid, signal.SIGKILL)
 
     def _terminate(self) -> None:
         if self._state is PoolState.TERMINATE:
@@ -652,6 +673,17 @@ class Supervisor:
             and (worker.over_memory is None or worker.over_memory[0] is not worker.in_flight[0])
         ):
             # It died before it began its first task: none of what it held ran.
+            self._pending.extendleft(reversed(worker.in_flight))
+            worker.in_flight.clear()
+        if worker.cancelled is not None and worker.in_flight:
+            if worker.in_flight[0] is worker.cancelled:
+                # Nobody waits for its outcome: it ends (releasing its place in a
+                # map's look-ahead) without counting as lost.
+                worker.in_flight.popleft().finish(
+                    Outcome.of_exception(PoolTerminatedError("the task was cancelled"))
+                )
+            # Killed by us, not by what it ran: the rest of what it held (the task
+            # that began if the cancelled one finished first) goes back to the queue.
             self._pending.extendleft(reversed(worker.in_flight))
             worker.in_flight.clear()
         if worker.in_flight:
