@@ -200,6 +200,10 @@ def test_close_and_join_without_blocking_the_loop(ctx: Any) -> None:
     assert run(main()) == [x * x for x in range(10)]
 
 
+def _has_lines(path: Path) -> bool:
+    return bool(lines(path))
+
+
 async def _first_of(results: Any) -> Any:
     async for value in results:
         return value
@@ -242,7 +246,7 @@ def test_cancel_running_kills_the_running_tasks_and_the_pool_goes_on(
                 assert await asyncio.to_thread(_pool_targets.pool_gate_started, gate, name)
             for name in names:  # its pid written
                 started = gates / f"{name}.started"
-                assert await asyncio.to_thread(until, functools.partial(lines, started))
+                assert await asyncio.to_thread(until, functools.partial(_has_lines, started))
             busy = {int(lines(gates / f"{name}.started")[0]) for name in names}
             supervisor = pool._pool._supervisor
             assert busy <= set(supervisor.worker_pids())
