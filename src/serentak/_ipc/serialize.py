@@ -260,9 +260,14 @@ def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None
         pickler.dump(obj)
         return stream.getvalue()
     finally:
-        pickler.clear_memo()
-        stream.seek(0)
-        stream.truncate()
+        try:
+            pickler.clear_memo()
+            stream.seek(0)
+            stream.truncate()
+        except (ValueError, MemoryError):
+            # A dump that ran out of memory can leave the stream unusable: the next
+            # dump in this thread builds a new pickler rather than fail as well.
+            state.pickler = None
         reusable.buffer_callback = None
         reusable.busy = False
 

@@ -268,6 +268,10 @@ class Failure:
         the stdlib's MaybeEncodingError, the pickling traceback as its cause."""
         note = f"the result ({type(result).__qualname__}) could not be pickled"
         failure = cls.of(exc, note=note)
+        if isinstance(exc, MemoryError):
+            # Out of memory is not the result's fault, and its repr() would need
+            # more memory still: the caller gets the MemoryError itself.
+            return failure
         try:
             wrapped = MaybeEncodingError(exc, result)
         except Exception:  # the result's own repr() raised
