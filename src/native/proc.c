@@ -28,8 +28,17 @@
 static atomic_uint fork_generation = 1;
 static pid_t cached_pid = 0;
 static unsigned cached_pid_generation = 0;
-static __thread pid_t cached_tid = 0;
-static __thread unsigned cached_tid_generation = 0;
+/* initial-exec: read at a fixed offset from the thread pointer, where the
+ * default model for a shared object calls __tls_get_addr through the PLT on
+ * every lock acquire. These 8 bytes fit the static TLS reserve the loader
+ * keeps for modules opened later, as Python extensions are. */
+#if defined(__GNUC__) || defined(__clang__)
+#define SERENTAK_FAST_TLS __thread __attribute__((tls_model("initial-exec")))
+#else
+#define SERENTAK_FAST_TLS __thread
+#endif
+static SERENTAK_FAST_TLS pid_t cached_tid = 0;
+static SERENTAK_FAST_TLS unsigned cached_tid_generation = 0;
 
 static void
 after_fork_in_child(void)
