@@ -198,6 +198,9 @@ class BasePool:
         self._processes = processes
         self._defaults = defaults or CallOptions()
         self._check_options(self._defaults)
+        # What _options gives a call that sets none of them: computed once, as
+        # apply_async() on the hot path of a round trip asks for it every time.
+        self._plain_options = CallOptions.of(self._defaults)
         self._task_ids = itertools.count(1)
         self._callbacks = CallbackRunner()
         self._state = PoolState.RUN
@@ -234,6 +237,8 @@ class BasePool:
 
     def _options(self, **given: Any) -> CallOptions:
         """A call's long-job options, checked, over the pool's defaults."""
+        if "errors" not in given and all(value is None for value in given.values()):
+            return self._plain_options
         options = CallOptions.of(self._defaults, **given)
         self._check_options(options)
         return options

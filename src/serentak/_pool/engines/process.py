@@ -963,7 +963,8 @@ class Supervisor:
                 room.append((worker, capacity))
         # Idle workers first, then one task to each in turn: a few new tasks of
         # unknown length are spread out, not all sent ahead to one worker.
-        room.sort(key=lambda entry: len(entry[0].in_flight))
+        if len(room) > 1:
+            room.sort(key=lambda entry: len(entry[0].in_flight))
         while room:
             left = []
             for worker, capacity in room:
