@@ -140,6 +140,21 @@ def test_array_goal_needs_both_the_ratio_and_the_absolute_figure() -> None:
     assert "met" in _bench.format_table(results)
 
 
+def test_array_goal_is_judged_against_the_copy_speed_of_the_same_run() -> None:
+    goal = _bench.Goal(of_copy=0.5)
+    for ours, copy, met in ((6.0, 10.0, True), (4.0, 10.0, False), (4.0, None, None)):
+        results, _ = _results(_bench.GB_PER_S, ours, 0.5)
+        workload = _bench.Workload(
+            "w", "w", _bench.GB_PER_S, _bench.WorkloadKind.POOL, len, goal=goal
+        )
+        results.workloads = [workload]
+        results.copy_gb_s = copy
+        assert results.goal_met(workload) is met
+    results.copy_gb_s = 10.0
+    assert ">= 50% of np.copyto: NOT met" in _bench.format_table(results)
+    assert _bench.copy_speed_gb_s(mib=4, repeat=2) > 0
+
+
 def test_a_round_trip_goal_is_a_ceiling() -> None:
     goal = _bench.Goal(bound=50.0)
     for ours, met in ((45.0, True), (55.0, False)):

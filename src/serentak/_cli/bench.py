@@ -402,6 +402,9 @@ class Goal:
     ratio: float | None = None
     against: str = STDLIB
     bound: float | None = None
+    # A floor relative to one thread's np.copyto measured in the same run (GB/s rows):
+    # moving arrays through the pool should cost no more than copying them twice.
+    of_copy: float | None = None
 
     def describe(self, unit: Unit) -> str:
         parts = []
@@ -409,6 +412,8 @@ class Goal:
             parts.append(f">= {self.ratio:g}x {self.against}")
         if self.bound is not None:
             parts.append(f"{'>=' if unit.higher_is_better else '<='} {self.bound:g} {unit.label}")
+        if self.of_copy is not None:
+            parts.append(f">= {self.of_copy:.0%} of np.copyto")
         return " and ".join(parts)
 
 
@@ -429,7 +434,7 @@ class Sizes:
 
 FULL = Sizes((16, 8), (8, 64), 200_000, 1_000, 1_000, 200_000, 50_000, 5, 8)
 QUICK = Sizes((4, 1), (2, 4), 5_000, 50, 100, 20_000, 5_000, 1, 4)
-ARRAY_GOAL = Goal(ratio=10.0, bound=3.0)
+ARRAY_GOAL = Goal(ratio=10.0, bound=3.0, of_copy=0.5)
 SMALL_MESSAGE_GOAL = Goal(ratio=2.5)
 BIG_MESSAGE_GOAL = Goal(ratio=1.0, against="faster_fifo")
 PIPE_GOAL = Goal(ratio=1.5)
@@ -749,6 +754,7 @@ class Results:
     samples: dict[tuple[str, str], list[float]] = dataclasses.field(default_factory=dict)
     errors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     pipe_floor_us: float | None = None  # an os.pipe round trip between two processes
+    copy_gb_s: float | None = None  # one thread's np.copyto of a 64 MiB array
 
     def median(self, workload: Workload, library: str) -> float | None:
         samples = self.samples.get((workload.name, library))
@@ -775,6 +781,10 @@ class Results:
         if goal.bound is not None:
             higher = workload.unit.higher_is_better
             met = met and (ours >= goal.bound if higher else ours <= goal.bound)
+        if goal.of_copy is not None:
+            if self.copy_gb_s is None:
+                return None
+            met = met and ours >= goal.of_copy * self.copy_gb_s
         return met
 
 
@@ -890,7 +900,25 @@ def run(
         _arrays.cache_clear()
     if any(workload.name.startswith("apply-rtt") for workload in chosen):
         results.pipe_floor_us = pipe_round_trip_us(ROUND_TRIPS_FOR_FLOOR)
+    if any(workload.needs_numpy for workload in chosen):
+        results.copy_gb_s = copy_speed_gb_s()
     return results
+
+
+def copy_speed_gb_s(mib: int = 64, repeat: int = 7) -> float:
+    """One thread's ``np.copyto`` of a ``mib`` MiB float64 array, GB/s (median): the
+    speed of memory here, which the array rows are judged against."""
+    import numpy as np
+
+    source = np.ones(mib << 17)
+    target = np.empty_like(source)
+    np.copyto(target, source)  # touch the pages first
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        np.copyto(target, source)
+        samples.append(source.nbytes / (time.perf_counter() - started) / 1e9)
+    return statistics.median(samples)
 
 
 ROUND_TRIPS_FOR_FLOOR = 2000
@@ -976,6 +1004,8 @@ def format_table(results: Results) -> str:
             f"For scale: one byte there and back over os.pipe between two processes takes"
             f" {results.pipe_floor_us:.1f} us on this machine, the floor under any round trip."
         )
+    if results.copy_gb_s is not None:
+        lines.append(f"One thread's np.copyto of 64 MiB runs at {results.copy_gb_s:.1f} GB/s here.")
     if results.errors:
         lines += ["", "errors:"]
         lines += [f"  {w} / {lib}: {text}" for (w, lib), text in results.errors.items()]
