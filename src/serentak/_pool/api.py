@@ -775,7 +775,7 @@ class BasePool:
         result = iterator_class(self._callbacks, return_errors=options.errors is Errors.RETURN)
         result.cancel_hook = self._cancel_hook
         self._track(result)
-        result._job = self._add_job(
+        result.job = self._add_job(
             kind,
             function,
             iterable,

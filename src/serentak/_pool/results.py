@@ -452,7 +452,9 @@ class IMapIterator:
         self._length: int | None = None  # chunks, once the input is exhausted
         self._next_chunk = 0
         self._items: collections.deque[Any] = collections.deque()
-        self._job: _Job | None = None
+        # The feeder's job behind this iterator, told as each chunk is consumed (set by the
+        # pool once the job is added).
+        self.job: _Job | None = None
         self._runner = runner
 
     def __iter__(self) -> Iterator[Any]:
@@ -476,8 +478,8 @@ class IMapIterator:
         except KeyboardInterrupt:
             _interrupted(self, self.cancel_hook)
             raise
-        if self._job is not None:
-            self._job.consumed(index)
+        if self.job is not None:
+            self.job.consumed(index)
         error = outcome.error() if self._return_errors else None
         if error is not None:
             self._items.append(ItemError(error))
