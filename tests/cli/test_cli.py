@@ -175,6 +175,34 @@ def test_a_goal_against_a_library_not_measured_cannot_be_told() -> None:
     assert results.goal_met(workload) is None
 
 
+def test_a_loaded_goal_is_judged_against_its_quiet_row_of_the_same_run() -> None:
+    quiet = _bench.Workload("quiet", "quiet", _bench.GB_PER_S, _bench.WorkloadKind.QUEUE, len)
+    loaded = _bench.Workload(
+        "loaded",
+        "loaded",
+        _bench.GB_PER_S,
+        _bench.WorkloadKind.QUEUE,
+        len,
+        goal=_bench.Goal(against=_bench.STDLIB, of_row="quiet", keep=0.8),
+    )
+    libraries = [
+        _bench.Library(_bench.SERENTAK, "0", None, None),
+        _bench.Library(_bench.STDLIB, "0", None, None),
+    ]
+    # Quiet: 4x the stdlib. Loaded: 3.6x keeps 90% of it, 2.8x only 70%.
+    for loaded_ours, met in ((3.6, True), (2.8, False)):
+        results = _bench.Results([quiet, loaded], libraries, rounds=1, start_method="fork")
+        results.samples["quiet", _bench.SERENTAK] = [4.0]
+        results.samples["quiet", _bench.STDLIB] = [1.0]
+        results.samples["loaded", _bench.SERENTAK] = [loaded_ours]
+        results.samples["loaded", _bench.STDLIB] = [1.0]
+        assert results.goal_met(loaded) is met
+        verdict = "met" if met else "NOT met"
+        assert f"vs stdlib >= 80% of quiet's: {verdict}" in _bench.format_table(results)
+    results.samples.pop(("quiet", _bench.STDLIB))
+    assert results.goal_met(loaded) is None  # the quiet ratio is unknown
+
+
 def test_every_row_of_the_full_bench_has_a_goal() -> None:
     rows = _bench.workloads(_bench.FULL)
     assert all(row.goal is not None for row in rows)
@@ -189,10 +217,11 @@ def test_every_row_of_the_full_bench_has_a_goal() -> None:
         "map-cpu",
         "spawn-start",
         "value-lock",
+        "queue-1MiB-loaded",
     } <= names
 
 
-@pytest.mark.parametrize("only", ["pipe-tuple", "value-lock", "spawn-start"])
+@pytest.mark.parametrize("only", ["pipe-tuple", "value-lock", "spawn-start", "queue-1MiB-loaded"])
 def test_bench_quick_new_rows_measure_both_libraries(only: str) -> None:
     run = serentak_command("bench", "--quick", "--only", only, "--start-method", "fork")
     assert run.returncode == 0, run.stderr
