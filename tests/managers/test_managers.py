@@ -13,6 +13,7 @@ import os
 import pickle
 import queue as pyqueue
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 import _managers_targets
 import serentak
 from _signals import interrupted_by_a_signal_to_another_thread
+from serentak._managers import server as _server
 from serentak._os import posix as _posix
 from serentak._process import tracker as _tracker
 from serentak.managers import (
@@ -448,6 +450,54 @@ def test_get_server_in_this_process(ctx: Any) -> None:
     serving = threading.Thread(target=server.serve_forever)
     serving.start()
     try:
+        client = SyncManager(address=server.address, authkey=b"k")
+        client.connect()
+        values = client.list([1])
+        values.append(2)
+        assert values[:] == [1, 2]
+        del values
+        client.shutdown()
+    finally:
+        server.stop()
+        serving.join()
+
+
+def _connect_silently(address: str) -> socket.socket:
+    """A peer that connects to a manager and never answers its challenge."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)  # a server that never cuts it off fails the test, not hangs it
+    sock.connect(address)
+    return sock
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def test_peers_that_never_authenticate_are_cut_off_and_honest_ones_served(
+    ctx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_server, "HANDSHAKE_SECONDS", 0.5)
+    monkeypatch.setattr(_server, "MAX_HANDSHAKES", 2)
+    server = SyncManager(authkey=b"k", ctx=ctx).get_server()
+    serving = threading.Thread(target=server.serve_forever)
+    serving.start()
+    try:
+        assert isinstance(server.address, str)
+        started = time.monotonic()
+        silent = [_connect_silently(server.address) for _ in range(2)]
+        one_too_many = _connect_silently(server.address)
+        # The table of handshakes is full: refused at accept, before any challenge.
+        assert _read_to_end(one_too_many) == b""
+        for sock in silent:
+            # Challenged, then shut down at the deadline.
+            assert b"#CHALLENGE#" in _read_to_end(sock)
+        assert time.monotonic() - started >= 0.5
+        for sock in [*silent, one_too_many]:
+            sock.close()
         client = SyncManager(address=server.address, authkey=b"k")
         client.connect()
         values = client.list([1])

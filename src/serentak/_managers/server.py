@@ -7,6 +7,9 @@
     select(listener, stop pipe)
       accept  ─── new connection ──▶ HMAC challenge both ways (nothing unpickled
                                      before it passes; a failed client is closed)
+      shut down a connection still   (at most MAX_HANDSHAKES at a time; more are
+      in the handshake after          closed at accept)
+      HANDSHAKE_SECONDS
                                      loop: request = recv()
                                            reply = handler(request)   (under no lock
                                              while the referent's method runs, so a
@@ -32,7 +35,9 @@ import dataclasses
 import itertools
 import os
 import selectors
+import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -70,6 +75,13 @@ from .serializers import adapt, check_serializer
 
 # Connections a server keeps waiting to be accepted: many clients may start at once.
 _BACKLOG: Final = 128
+# A client proves its key within this many seconds of being accepted (an honest one
+# takes milliseconds), or its connection is shut down: a peer that connects and says
+# nothing holds a thread only this long.
+HANDSHAKE_SECONDS: Final = 20.0
+# At most this many clients between accept and a proven key; more are refused at
+# once (closed), so connections that never authenticate cannot pile up threads.
+MAX_HANDSHAKES: Final = 256
 # dict views do not pickle: a proxy's keys(), values() and items() come back as
 # lists, as with the stdlib's managers.
 _DICT_VIEWS: Final = frozenset(type(getattr({}, name)()) for name in ("keys", "values", "items"))
@@ -125,6 +137,9 @@ class Server:
         self._stopped = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self._handlers = self.handlers()
+        # Clients still in the handshake -> when they must have finished it (guarded
+        # by _lock; a connection is closed only once it has left this table).
+        self._handshakes: dict[Connection, float] = {}
 
     def handlers(self) -> dict[type, Callable[[Any], Reply | None]]:
         """The handler of each request type (a subclass adds its own)."""
@@ -151,7 +166,7 @@ class Server:
                 selector.register(self.listener.fileno(), selectors.EVENT_READ, "accept")
                 selector.register(self._wake_r, selectors.EVENT_READ, "stop")
                 while not self._stopped.is_set():
-                    for key, _events in selector.select():
+                    for key, _events in selector.select(self._end_late_handshakes()):
                         if key.data == "accept":
                             self._accept()
         except KeyboardInterrupt:
@@ -174,9 +189,43 @@ class Server:
         except OSError as exc:
             _logging.debug("accept failed: %r", exc)
             return
+        with self._lock:
+            if len(self._handshakes) >= MAX_HANDSHAKES:
+                full = True
+            else:
+                full = False
+                self._handshakes[conn] = time.monotonic() + HANDSHAKE_SECONDS
+        if full:
+            _logging.info(
+                "refused a client of the manager at %r: %d others are still in the handshake",
+                self.address,
+                MAX_HANDSHAKES,
+            )
+            conn.close()
+            return
         threading.Thread(
             target=self._serve_client, args=(conn,), name="serentak-manager-client", daemon=True
         ).start()
+
+    def _end_late_handshakes(self) -> float | None:
+        """Shut down the connections of clients past their handshake deadline (their
+        thread's read then ends); return the seconds until the next deadline."""
+        now = time.monotonic()
+        with self._lock:
+            late = [conn for conn, deadline in self._handshakes.items() if deadline <= now]
+            for conn in late:
+                del self._handshakes[conn]
+                # Under the lock: the client's thread closes the connection only after
+                # taking it out of the table, so the descriptor is still this one.
+                sock = _posix.adopt_socket(conn.fileno())
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # the peer has gone already
+                finally:
+                    sock.detach()
+            upcoming = min(self._handshakes.values(), default=None)
+        return None if upcoming is None else max(0.0, upcoming - now)
 
     def stop(self) -> None:
         """Make :meth:`serve_forever` return."""
@@ -192,8 +241,15 @@ class Server:
                 deliver_challenge(conn, self.authkey)
                 answer_challenge(conn, self.authkey)
             except (AuthenticationError, EOFError, OSError) as exc:
-                _logging.info("refused a client of the manager at %r: %s", self.address, exc)
+                with self._lock:
+                    late = self._handshakes.pop(conn, None) is None
+                reason = f"no handshake within {HANDSHAKE_SECONDS:g} s" if late else exc
+                _logging.info("refused a client of the manager at %r: %s", self.address, reason)
                 return
+            with self._lock:
+                in_time = self._handshakes.pop(conn, None) is not None
+            if not in_time:
+                return  # its connection was shut down as the handshake ended
             while not self._stopped.is_set():
                 reply: Reply | None
                 try:
