@@ -27,7 +27,7 @@ PyInit__native(void)
         goto error;
     }
     if (serentak_proc_init(module) < 0 || serentak_sync_init(module) < 0 ||
-        serentak_ring_init(module) < 0) {
+        serentak_ring_init(module) < 0 || serentak_guarded_init(module) < 0) {
         goto error;
     }
     return module;

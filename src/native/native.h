@@ -5,6 +5,8 @@
  *           POSIX shm names, process liveness by pid
  * sync.c    process-shared, crash-consistent Lock / RLock / Semaphore on futexes
  * ring.c    crash-consistent ring of records in shared memory (the Queue's fast path)
+ * guarded.c the synchronized wrappers' base: a ctypes object read and written
+ *           under its lock in one call
  */
 #ifndef SERENTAK_NATIVE_H
 #define SERENTAK_NATIVE_H
@@ -22,6 +24,12 @@ int serentak_proc_init(PyObject *module);
 /* sync.c */
 extern PyMethodDef serentak_sync_methods[];
 int serentak_sync_init(PyObject *module);
+int serentak_is_semlock(PyObject *obj);
+int serentak_semlock_acquire(PyObject *lock);
+int serentak_semlock_release(PyObject *lock);
+
+/* guarded.c */
+int serentak_guarded_init(PyObject *module);
 
 /* ring.c */
 int serentak_ring_init(PyObject *module);

@@ -244,6 +244,8 @@ typedef struct {
 
 static const char *const kind_names[] = {"Lock", "RLock", "Semaphore"};
 
+static PyTypeObject SemLockType;
+
 static int
 check_ready(SemLockObject *self)
 {
@@ -582,6 +584,29 @@ semlock_release_impl(SemLockObject *self)
 too_many:
     PyErr_SetString(PyExc_ValueError, "semaphore or lock released too many times");
     return -1;
+}
+
+/* ---- for guarded.c: a SemLock driven from C ------------------------------ */
+
+int
+serentak_is_semlock(PyObject *obj)
+{
+    return PyObject_TypeCheck(obj, &SemLockType) && ((SemLockObject *)obj)->st != NULL;
+}
+
+/* A blocking acquire() of a SemLock (serentak_is_semlock): 0 when held, -1 with an
+ * exception (Ctrl-C while waiting, an owner-died warning made an error). */
+int
+serentak_semlock_acquire(PyObject *lock)
+{
+    return semlock_acquire_impl((SemLockObject *)lock, 1, FOREVER) < 0 ? -1 : 0;
+}
+
+/* release() of a SemLock (serentak_is_semlock): 0, or -1 with an exception. */
+int
+serentak_semlock_release(PyObject *lock)
+{
+    return semlock_release_impl((SemLockObject *)lock);
 }
 
 static int

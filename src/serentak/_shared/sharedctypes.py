@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from serentak._ipc import segments as _shm
 from serentak._ipc.serialize import inheritance_only_error, is_spawning
+from serentak._os import _native
 
 from .sync import RLock
 
@@ -322,11 +323,14 @@ def Array(
     return synchronized(obj, _with_lock(lock, ctx))
 
 
-class SynchronizedBase:
+class SynchronizedBase(_native.Guarded):
     """A ctypes object and the lock that guards it.
 
     ``acquire``/``release`` are the lock's own bound methods, and the wrapper
-    is a context manager holding the lock.
+    is a context manager holding the lock. ``get_obj``, ``get_lock``, the
+    context manager and the guarded fields and items are C (``_native.Guarded``):
+    they run inside the critical section of ``with v.get_lock(): v.value += 1``,
+    where processes sharing the value wait for each other.
 
     Args:
         obj: the ctypes object.
@@ -334,7 +338,7 @@ class SynchronizedBase:
         ctx: the context whose RLock to use when ``lock`` is None.
     """
 
-    __slots__ = ("_lock", "_obj", "acquire", "release")
+    __slots__ = ("acquire", "release")
 
     def __init__(self, obj: Any, lock: Any = None, ctx: BaseContext | None = None) -> None:
         self._obj = obj
@@ -342,33 +346,12 @@ class SynchronizedBase:
         self.acquire: Callable[..., bool] = self._lock.acquire
         self.release: Callable[[], None] = self._lock.release
 
-    def __enter__(self) -> Any:
-        return self._lock.__enter__()
-
-    def __exit__(self, *args: object) -> Any:
-        return self._lock.__exit__(*args)
-
     def __reduce__(self) -> tuple[Any, ...]:
         _refuse_unless_spawning(self)
         return synchronized, (self._obj, self._lock)
 
-    def get_obj(self) -> Any:
-        """The wrapped ctypes object (access it under the lock)."""
-        return self._obj
-
-    def get_lock(self) -> Any:
-        """The lock that guards the object."""
-        return self._lock
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} wrapper for {self._obj}>"
-
-
-# The accessors below are what `with v.get_lock(): v.value += 1` runs besides
-# the lock itself: the lock's own bound acquire/release, kept in slots, around
-# the ctypes access. That is measurably cheaper than a `with` block (one call
-# with no arguments instead of __exit__(None, None, None)); see
-# benchmarks/bench_shared.py.
 
 
 class Synchronized(SynchronizedBase):
@@ -376,22 +359,7 @@ class Synchronized(SynchronizedBase):
 
     __slots__ = ()
 
-    @property
-    def value(self) -> Any:
-        """The value, read under the lock."""
-        self.acquire()
-        try:
-            return self._obj.value
-        finally:
-            self.release()
-
-    @value.setter
-    def value(self, value: Any) -> None:
-        self.acquire()
-        try:
-            self._obj.value = value
-        finally:
-            self.release()
+    value = _native.GuardedField("value", "The value, read and written under the lock.")
 
 
 class SynchronizedArray(SynchronizedBase):
@@ -402,19 +370,8 @@ class SynchronizedArray(SynchronizedBase):
     def __len__(self) -> int:
         return len(self._obj)
 
-    def __getitem__(self, index: Any) -> Any:
-        self.acquire()
-        try:
-            return self._obj[index]
-        finally:
-            self.release()
-
-    def __setitem__(self, index: Any, value: Any) -> None:
-        self.acquire()
-        try:
-            self._obj[index] = value
-        finally:
-            self.release()
+    __getitem__ = _native.Guarded.locked_getitem
+    __setitem__ = _native.Guarded.locked_setitem
 
 
 class SynchronizedString(SynchronizedArray):
@@ -422,59 +379,12 @@ class SynchronizedString(SynchronizedArray):
 
     __slots__ = ()
 
-    @property
-    def value(self) -> bytes:
-        """The bytes up to the first NUL, read under the lock."""
-        self.acquire()
-        try:
-            value: bytes = self._obj.value
-            return value
-        finally:
-            self.release()
-
-    @value.setter
-    def value(self, value: bytes) -> None:
-        self.acquire()
-        try:
-            self._obj.value = value
-        finally:
-            self.release()
-
-    @property
-    def raw(self) -> bytes:
-        """All the bytes of the array, read under the lock."""
-        self.acquire()
-        try:
-            raw: bytes = self._obj.raw
-            return raw
-        finally:
-            self.release()
-
-    @raw.setter
-    def raw(self, raw: bytes) -> None:
-        self.acquire()
-        try:
-            self._obj.raw = raw
-        finally:
-            self.release()
+    value = _native.GuardedField("value", "The bytes up to the first NUL, under the lock.")
+    raw = _native.GuardedField("raw", "All the bytes of the array, under the lock.")
 
 
-def _locked_field(name: str) -> property:
-    def get(self: SynchronizedBase) -> Any:
-        self.acquire()
-        try:
-            return getattr(self._obj, name)
-        finally:
-            self.release()
-
-    def set_(self: SynchronizedBase, value: Any) -> None:
-        self.acquire()
-        try:
-            setattr(self._obj, name, value)
-        finally:
-            self.release()
-
-    return property(get, set_, doc=f"The field {name!r}, accessed under the lock.")
+def _locked_field(name: str) -> _native.GuardedField:
+    return _native.GuardedField(name, f"The field {name!r}, accessed under the lock.")
 
 
 def _field_names(ctype: type[Any]) -> list[str]:
