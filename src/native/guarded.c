@@ -38,10 +38,11 @@ static PyObject *str_exit = NULL;
 
 /* ---- taking and giving back the lock ------------------------------------ */
 
+/* `semlock`: serentak_is_semlock(lock), looked up once per guarded access. */
 static int
-guard_take(PyObject *lock)
+guard_take(PyObject *lock, int semlock)
 {
-    if (serentak_is_semlock(lock)) {
+    if (semlock) {
         return serentak_semlock_acquire(lock);
     }
     PyObject *result = PyObject_CallMethodNoArgs(lock, str_acquire);
@@ -53,9 +54,9 @@ guard_take(PyObject *lock)
 }
 
 static int
-guard_give(PyObject *lock)
+guard_give(PyObject *lock, int semlock)
 {
-    if (serentak_is_semlock(lock)) {
+    if (semlock) {
         return serentak_semlock_release(lock);
     }
     PyObject *result = PyObject_CallMethodNoArgs(lock, str_release);
@@ -70,10 +71,10 @@ guard_give(PyObject *lock)
  * it raised), as a `finally:` would: the release happens either way, and an
  * error from the release replaces the operation's, which becomes its context. */
 static PyObject *
-guard_give_after(PyObject *lock, PyObject *result)
+guard_give_after(PyObject *lock, int semlock, PyObject *result)
 {
     if (result != NULL) {
-        if (guard_give(lock) < 0) {
+        if (guard_give(lock, semlock) < 0) {
             Py_DECREF(result);
             return NULL;
         }
@@ -81,16 +82,16 @@ guard_give_after(PyObject *lock, PyObject *result)
     }
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
-    if (guard_give(lock) == 0) {
+    if (guard_give(lock, semlock) == 0) {
         PyErr_Restore(type, value, traceback);
         return NULL;
     }
+    PyObject *type2, *value2, *traceback2;
+    PyErr_Fetch(&type2, &value2, &traceback2);
     PyErr_NormalizeException(&type, &value, &traceback);
     if (traceback != NULL && value != NULL) {
         PyException_SetTraceback(value, traceback);
     }
-    PyObject *type2, *value2, *traceback2;
-    PyErr_Fetch(&type2, &value2, &traceback2);
     PyErr_NormalizeException(&type2, &value2, &traceback2);
     if (value2 != NULL && value != NULL) {
         PyException_SetContext(value2, value); /* steals value */
@@ -103,10 +104,10 @@ guard_give_after(PyObject *lock, PyObject *result)
     return NULL;
 }
 
-/* The wrapper's object and lock, new references; -1 if `self` is not a
- * Guarded whose fields are set. */
+/* The wrapper's object and lock, new references, and whether the lock is a
+ * serentak SemLock; -1 if `self` is not a Guarded whose fields are set. */
 static int
-guard_parts(PyObject *self, PyObject **obj, PyObject **lock)
+guard_parts(PyObject *self, PyObject **obj, PyObject **lock, int *semlock)
 {
     if (!PyObject_TypeCheck(self, &GuardedType)) {
         PyErr_Format(PyExc_TypeError, "expected a synchronized wrapper, not %.100s",
@@ -122,6 +123,7 @@ guard_parts(PyObject *self, PyObject **obj, PyObject **lock)
     /* Held across the operation: a thread may rebind the fields meanwhile. */
     *obj = Py_NewRef(guarded->obj);
     *lock = Py_NewRef(guarded->lock);
+    *semlock = serentak_is_semlock(guarded->lock);
     return 0;
 }
 
@@ -211,12 +213,13 @@ static PyObject *
 guarded_getitem(PyObject *self, PyObject *index)
 {
     PyObject *obj, *lock;
-    if (guard_parts(self, &obj, &lock) < 0) {
+    int semlock;
+    if (guard_parts(self, &obj, &lock, &semlock) < 0) {
         return NULL;
     }
     PyObject *result = NULL;
-    if (guard_take(lock) == 0) {
-        result = guard_give_after(lock, PyObject_GetItem(obj, index));
+    if (guard_take(lock, semlock) == 0) {
+        result = guard_give_after(lock, semlock, PyObject_GetItem(obj, index));
     }
     Py_DECREF(obj);
     Py_DECREF(lock);
@@ -231,13 +234,14 @@ guarded_setitem(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *obj, *lock;
-    if (guard_parts(self, &obj, &lock) < 0) {
+    int semlock;
+    if (guard_parts(self, &obj, &lock, &semlock) < 0) {
         return NULL;
     }
     PyObject *result = NULL;
-    if (guard_take(lock) == 0) {
+    if (guard_take(lock, semlock) == 0) {
         int rc = PyObject_SetItem(obj, args[0], args[1]);
-        result = guard_give_after(lock, rc < 0 ? NULL : Py_NewRef(Py_None));
+        result = guard_give_after(lock, semlock, rc < 0 ? NULL : Py_NewRef(Py_None));
     }
     Py_DECREF(obj);
     Py_DECREF(lock);
@@ -319,12 +323,13 @@ field_get(FieldObject *self, PyObject *instance, PyObject *owner)
         return NULL;
     }
     PyObject *obj, *lock;
-    if (guard_parts(instance, &obj, &lock) < 0) {
+    int semlock;
+    if (guard_parts(instance, &obj, &lock, &semlock) < 0) {
         return NULL;
     }
     PyObject *result = NULL;
-    if (guard_take(lock) == 0) {
-        result = guard_give_after(lock, PyObject_GetAttr(obj, self->name));
+    if (guard_take(lock, semlock) == 0) {
+        result = guard_give_after(lock, semlock, PyObject_GetAttr(obj, self->name));
     }
     Py_DECREF(obj);
     Py_DECREF(lock);
@@ -343,13 +348,14 @@ field_set(FieldObject *self, PyObject *instance, PyObject *value)
         return -1;
     }
     PyObject *obj, *lock;
-    if (guard_parts(instance, &obj, &lock) < 0) {
+    int semlock;
+    if (guard_parts(instance, &obj, &lock, &semlock) < 0) {
         return -1;
     }
     int rc = -1;
-    if (guard_take(lock) == 0) {
+    if (guard_take(lock, semlock) == 0) {
         int set = PyObject_SetAttr(obj, self->name, value);
-        PyObject *done = guard_give_after(lock, set < 0 ? NULL : Py_NewRef(Py_None));
+        PyObject *done = guard_give_after(lock, semlock, set < 0 ? NULL : Py_NewRef(Py_None));
         rc = done == NULL ? -1 : 0;
         Py_XDECREF(done);
     }

@@ -154,6 +154,101 @@ def test_locks() -> None:
     assert isinstance(context_value, ctypes.c_int)
 
 
+def test_access_under_the_rlock_already_held_keeps_its_depth() -> None:
+    """Reading and writing inside ``with v.get_lock()`` re-enter the RLock and leave it
+    as deep as it was; outside, each access takes and gives back the lock."""
+    value = sharedctypes.Value("i", 0)
+    lock = value.get_lock()
+    with lock:
+        value.value += 1
+        assert lock._count() == 1
+        with lock:
+            value.value += 1
+            assert value.value == 2
+            assert lock._count() == 2
+        assert lock._count() == 1
+    assert lock._count() == 0
+    value.value = 7
+    assert (value.value, lock._count()) == (7, 0)
+    assert lock.acquire(False)
+    lock.release()
+
+
+def test_a_failed_access_still_releases_the_lock() -> None:
+    value = sharedctypes.Value("i", 0)
+    with pytest.raises(TypeError):
+        value.value = "seven"
+    array = sharedctypes.Array("i", [1, 2])
+    with pytest.raises(IndexError):
+        array[2]
+    with pytest.raises(IndexError):
+        array[2] = 3
+    with pytest.raises(AttributeError, match="cannot delete the synchronized field 'value'"):
+        del value.value
+    for lock in (value.get_lock(), array.get_lock()):
+        assert lock._count() == 0
+        assert lock.acquire(False)
+        lock.release()
+
+
+class _RecordingLock:
+    """A lock that is not serentak's: the wrappers must call its own methods."""
+
+    def __init__(self, fail_release: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail_release = fail_release
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        self.calls.append("acquire")
+        return True
+
+    def release(self) -> None:
+        self.calls.append("release")
+        if self.fail_release:
+            raise RuntimeError("release failed")
+
+    def __enter__(self) -> bool:
+        self.calls.append("enter")
+        return True
+
+    def __exit__(self, *args: object) -> None:
+        self.calls.append("exit")
+
+
+def test_a_foreign_lock_is_used_through_its_methods() -> None:
+    lock = _RecordingLock()
+    value = sharedctypes.Value("i", 3, lock=lock)
+    array = sharedctypes.Array("i", [1, 2], lock=lock)
+    value.value += 1
+    array[0] = array[1]
+    with value:
+        pass
+    assert value.value == 4
+    assert array[:] == [2, 2]
+    assert lock.calls == ["acquire", "release"] * 4 + ["enter", "exit"] + ["acquire", "release"] * 2
+
+
+def test_an_error_of_the_release_wins_with_the_access_error_as_context() -> None:
+    value = sharedctypes.Value("i", 3, lock=_RecordingLock(fail_release=True))
+    with pytest.raises(RuntimeError, match="release failed"):
+        value.value
+    with pytest.raises(RuntimeError, match="release failed") as caught:
+        value.value = "three"
+    assert isinstance(caught.value.__context__, TypeError)
+
+
+def test_the_wrapper_classes_expose_their_fields() -> None:
+    field = sharedctypes.Synchronized.value
+    assert field.name == "value"
+    assert "under the lock" in (field.__doc__ or "")
+    point = sharedctypes.synchronized(sharedctypes.RawValue(_shared_targets.SctPoint, 1, 2.0))
+    point_type: Any = type(point)
+    assert point_type.x.name == "x"
+    bare = sharedctypes.Synchronized.__new__(sharedctypes.Synchronized)
+    with pytest.raises(AttributeError, match="used before its object and lock were set"):
+        bare.value
+
+
 @pytest.mark.parametrize("factory", [sharedctypes.Value, sharedctypes.Array])
 def test_a_lock_needs_acquire(factory: Any) -> None:
     with pytest.raises(AttributeError) as ours:
@@ -503,6 +598,25 @@ def test_copy_and_synchronized_objects_in_a_child(ctx: Any) -> None:
     run(ctx, _shared_targets.sct_move_point, wrapped, [copied])
     assert (copied.x, copied.y) == (11, 0.5)
     assert (wrapped.x, wrapped.y) == (6, 2.0)
+
+
+def test_value_read_takes_over_the_lock_of_a_killed_holder(ctx: Any) -> None:
+    """``v.value`` itself, not only ``get_lock().acquire()``, takes a dead holder's lock
+    over (with LockOwnerDiedWarning) and gives it back after the read."""
+    value = ctx.Value("i", 0)
+    holding = ctx.Event()
+    child = ctx.Process(
+        target=_shared_targets.sct_hold_value_lock_until_killed, args=(value, holding)
+    )
+    child.start()
+    assert holding.wait(PATIENCE)
+    child.kill()
+    child.join(PATIENCE)
+    with pytest.warns(serentak.LockOwnerDiedWarning, match=f"process {child.pid}, which died"):
+        assert value.value == -1
+    assert value.get_lock()._count() == 0
+    value.value = 5
+    assert value.value == 5
 
 
 def test_value_whose_lock_holder_was_killed_stays_usable(ctx: Any) -> None:
