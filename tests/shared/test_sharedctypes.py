@@ -10,8 +10,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import multiprocessing.sharedctypes as stdlib_sharedctypes
+import os
 import pickle
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -189,6 +192,24 @@ def test_a_failed_access_still_releases_the_lock() -> None:
         assert lock._count() == 0
         assert lock.acquire(False)
         lock.release()
+
+
+def test_ctrl_c_interrupts_an_access_waiting_for_the_lock() -> None:
+    lock = serentak.Lock()
+    value = sharedctypes.Value("i", 4, lock=lock)
+    lock.acquire()
+    # The signal may land on the timer's thread: the waiting access must notice anyway.
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            value.value  # a Lock is not re-entrant: this waits until interrupted
+    finally:
+        timer.join(PATIENCE)
+    lock.release()
+    assert value.value == 4
+    assert lock.acquire(False)
+    lock.release()
 
 
 class _RecordingLock:
