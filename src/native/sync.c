@@ -264,11 +264,16 @@ lock_try(shared_state *st, uint32_t me)
                                                    memory_order_relaxed);
 }
 
+/* owner_tid first: it is on the owner's line, which the caller has in its
+ * cache whenever the answer may be yes (it wrote it when it acquired), while
+ * the word's line is polled by waiters. A thread re-acquiring the lock it just
+ * released thus goes straight to its CAS, without first pulling the word's
+ * line back from a spinning waiter for a read and then again for the write. */
 static inline int
 lock_is_mine(shared_state *st, uint32_t me, pid_t tid)
 {
-    return (atomic_load_explicit(&st->word, memory_order_relaxed) & SERENTAK_PID_MASK) == me &&
-           atomic_load_explicit(&st->owner_tid, memory_order_relaxed) == tid;
+    return atomic_load_explicit(&st->owner_tid, memory_order_relaxed) == tid &&
+           (atomic_load_explicit(&st->word, memory_order_relaxed) & SERENTAK_PID_MASK) == me;
 }
 
 static inline int
