@@ -277,6 +277,53 @@ def _release(busy: ctypes.c_uint32) -> None:
     busy.value = 0
 
 
+def to_segment(payload: bytes | bytearray | memoryview) -> int:
+    """Copy ``payload`` into a segment of this process's pool, for a channel that
+    carries its own framing (a Queue's message too big for its ring).
+
+    Returns:
+        A descriptor of the segment, a duplicate the caller owns (it closes it
+        once the message is sent or abandoned); the receiver reads it with
+        :class:`SegmentRead`, which hands the segment back for reuse.
+    """
+    with memoryview(payload) as view:
+        segment = _pool().take(HEADER + view.nbytes)
+        segment.view[HEADER : HEADER + view.nbytes] = view.cast("B")
+    return os.dup(segment.fd)
+
+
+class SegmentRead:
+    """The payload of a segment :func:`to_segment` filled, while it is read:
+    ``with SegmentRead(fd, size) as view: ...``. Mapping it (in the constructor)
+    closes ``fd``; the sender may refill the segment as soon as the block ends,
+    so the block copies out whatever it keeps.
+
+    Raises:
+        OSError: the segment could not be mapped.
+    """
+
+    __slots__ = ("_busy", "_mapping", "_size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        try:
+            self._mapping = _mappings().get(fd)
+        finally:
+            os.close(fd)
+        self._size = size
+        self._busy: ctypes.c_uint32 | None = None
+
+    def __enter__(self) -> memoryview:
+        self._busy = ctypes.c_uint32.from_buffer(self._mapping, 0)
+        self._busy.value = os.getpid()  # ours while we read: if we die, the sender takes it back
+        return memoryview(self._mapping)[HEADER : HEADER + self._size]
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._busy is not None:
+            self._busy.value = 0
+        # A ctypes view pins the mapping: the cache must stay free to drop it.
+        self._busy = None
+
+
 # ---- the sender's pool ----------------------------------------------------------------
 
 
