@@ -212,7 +212,7 @@ def _place(buffers: Sequence[pickle.PickleBuffer]) -> tuple[_Segments, _Entries]
         segment = _pool().take(offset)
         for entry_index, raw in copies:
             _, position, length = entries[entry_index]
-            segment.view[position : position + length] = raw
+            _native.copy_into(segment.view[position : position + length], raw)
         index = len(segments)
         segments.append((segment.fd, SegmentKind.POOLED))
         entries = [(index if i == -1 else i, o, n) for i, o, n in entries]
@@ -288,7 +288,7 @@ def to_segment(payload: bytes | bytearray | memoryview) -> int:
     """
     with memoryview(payload) as view:
         segment = _pool().take(HEADER + view.nbytes)
-        segment.view[HEADER : HEADER + view.nbytes] = view.cast("B")
+        _native.copy_into(segment.view[HEADER : HEADER + view.nbytes], view)
     return os.dup(segment.fd)
 
 
@@ -368,10 +368,14 @@ class _Pool:
     def take(self, size: int) -> _Outbound:
         """A segment of at least ``size`` bytes, marked busy."""
         with self._lock:
-            for segment in self._segments:
-                if segment.size >= size and segment.free():
-                    segment.busy.value = SENT
-                    return segment
+            # The smallest free segment that fits: a small message must not take
+            # the big segment the next big one needs, or that one pays for fresh
+            # pages (far dearer than the copy, see the module's docstring).
+            fits = [s for s in self._segments if s.size >= size and s.free()]
+            if fits:
+                segment = min(fits, key=lambda s: s.size)
+                segment.busy.value = SENT
+                return segment
             segment = _Outbound(_capacity(size))
             segment.busy.value = SENT
             self._segments.append(segment)

@@ -29,11 +29,11 @@ owner's pid and are taken over when it has died.
 Messages the ring cannot hold go beside it. A message that carries file
 descriptors (a Connection, a Lock) or is bigger than a quarter of the ring (it
 then travels in a memfd of the sender's segment pool, ``_ipc/buffers.py``: any
-size works, the pages are reused for the next big message instead of being
-allocated and zeroed afresh, and the kernel frees it with its last holder) is a HOLD record in the ring plus a datagram on the socket
-pair holding the fds, both tagged with a number given out under the writer
-lock. The datagram is sent before the record is published and received
-under the reader lock, so:
+size works, its pages are reused for the next big message instead of being
+allocated and zeroed afresh, and the kernel frees it with its last holder) is
+a HOLD record in the ring plus a datagram on the socket pair holding the fds,
+both tagged with a number given out under the writer lock. The datagram is
+sent before the record is published and received under the reader lock, so:
 
 * writer killed between the two: an orphan datagram with an older tag than
   any record; the next reader of a HOLD record discards it (closing its fds);
