@@ -52,3 +52,13 @@ def fill(array: Any, value: float) -> None:
 
 def same(array: Any) -> Any:
     return array
+
+
+def double_or_die(array: Any) -> Any:
+    """The array times 2; None kills the worker (SIGKILL), as an OOM kill would."""
+    if array is None:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    return array * 2

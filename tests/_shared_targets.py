@@ -546,3 +546,9 @@ def queue_relay(queue: Any, results: Any, joinable: bool) -> None:
             queue.task_done()
         if item is None:
             return
+
+
+def queue_put_distinct(queue: Any, count: int, size: int) -> None:
+    """Put ``count`` messages of ``size`` bytes, the i-th made of byte i."""
+    for index in range(count):
+        queue.put(bytes([index]) * size)

@@ -345,6 +345,47 @@ native_buffer_address(PyObject *self, PyObject *arg)
     return address;
 }
 
+/* Copy a big contiguous buffer into another without holding the GIL: a sender
+ * copying arrays into shared memory (milliseconds per 64 MiB) would otherwise
+ * keep its process's other threads (the pool's engine sending the previous
+ * task, a reader) waiting for the whole copy plus a switch interval. */
+static PyObject *
+native_copy_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "copy_into(target, source) takes 2 arguments, got %zd",
+                     nargs);
+        return NULL;
+    }
+    Py_buffer target, source;
+    if (PyObject_GetBuffer(args[0], &target, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &source, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&target);
+        return NULL;
+    }
+    if (target.len != source.len) {
+        PyErr_Format(PyExc_ValueError,
+                     "copy_into: the target holds %zd bytes and the source %zd: they must match",
+                     target.len, source.len);
+    }
+    else if (source.len >= (1 << 16)) {
+        Py_BEGIN_ALLOW_THREADS
+        memmove(target.buf, source.buf, (size_t)source.len);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        memmove(target.buf, source.buf, (size_t)source.len);
+    }
+    PyBuffer_Release(&source);
+    PyBuffer_Release(&target);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* ---- plain data ------------------------------------------------------------ */
 
 /* Is `obj` made only of exact str, bytes, int, float, complex, bool and None,
@@ -621,6 +662,9 @@ PyMethodDef serentak_proc_methods[] = {
      "plain_data(obj, budget) -> True if obj is at most `budget` objects (or KiB of str and\n"
      "bytes) of exact str, bytes, int, float, complex, bool, None, in exact tuples, lists,\n"
      "dicts, sets, frozensets."},
+    {"copy_into", (PyCFunction)(void (*)(void))native_copy_into, METH_FASTCALL,
+     "copy_into(target, source): copy a contiguous buffer into a writable one of the same\n"
+     "length, without the GIL when it is big."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,6 +5,7 @@ born shared (serentak.shared_memory.empty and friends) travel without any copy."
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -198,3 +199,62 @@ def test_pool_tasks_take_and_return_big_bytes(ctx: Any) -> None:
         assert type(back) is bytearray
         assert back == mutable
         assert pool.map(len, [data, mutable]) == [2 * MIB, MIB]
+
+
+def test_results_kept_from_one_map_are_not_overwritten_by_the_next(ctx: Any) -> None:
+    """The workers reuse their segments for later results only once the parent has let
+    go of the earlier ones: no result aliases memory that is filled again."""
+    sizes = [MIB // 8, 4 * MIB // 8]  # two segment sizes: small results, then big
+    with ctx.Pool(2) as pool:
+        kept = []
+        for turn in range(4):
+            arrays = [np.full(sizes[i % 2], float(10 * turn + i)) for i in range(6)]
+            kept.append(pool.map(targets.double, arrays, chunksize=1))
+        for turn, results in enumerate(kept):
+            for i, result in enumerate(results):
+                assert result.shape == (sizes[i % 2],)
+                assert (result == 2.0 * (10 * turn + i)).all(), f"result {turn}.{i} was overwritten"
+
+
+def test_a_message_takes_the_smallest_free_segment_that_fits() -> None:
+    """A small message must not take the big segment that the next big one needs (it
+    would then pay for fresh pages): nothing new is created for either."""
+    from serentak._ipc.buffers import pack, unpack
+
+    def inode(packed: Any) -> int:
+        return os.fstat(packed.fds[-1]).st_ino
+
+    def round_trip(message: Any) -> tuple[int, Any]:
+        packed = pack(message)
+        try:
+            number = inode(packed)
+            back = unpack(packed.payload, list(packed.fds))
+            packed.fds = ()  # unpack took them
+        finally:
+            packed.close()
+        return number, back
+
+    big, small = np.ones(4 * MIB // 8), np.ones(MIB // 8)
+    big_first, back_big = round_trip(big)
+    small_first, back_small = round_trip(small)  # big's segment is still held: a new one
+    assert small_first != big_first
+    del back_big, back_small  # both segments free
+    small_again, back_small = round_trip(small)
+    assert small_again == small_first
+    big_again, back_big = round_trip(big)  # while the small message is held
+    assert big_again == big_first
+    np.testing.assert_array_equal(back_big, big)
+    np.testing.assert_array_equal(back_small, small)
+
+
+def test_results_of_a_worker_that_died_stay_valid(ctx: Any) -> None:
+    """Arrays a worker returned live in its segments: they stay readable after it is
+    killed, and nothing is left behind (the leak check runs after the test)."""
+    arrays = [np.full(MIB // 8, float(i)) for i in range(4)]
+    with ctx.Pool(2) as pool:
+        results = pool.map(targets.double_or_die, arrays, chunksize=1)
+        with pytest.raises(serentak.WorkerLostError, match="SIGKILL"):
+            pool.map(targets.double_or_die, [None, None], chunksize=1)
+        for i, result in enumerate(results):
+            assert (result == 2.0 * i).all()
+        assert (pool.apply(targets.double_or_die, (arrays[3],)) == 6.0).all()

@@ -450,6 +450,18 @@ def test_big_messages_between_processes(ctx: Any, size: int) -> None:
     finish(process)
 
 
+def test_big_messages_reusing_the_senders_segments_arrive_intact(ctx: Any) -> None:
+    """Messages too big for the ring go in segments the sender refills once read: each
+    message still arrives as it was put, whether the reader keeps up or falls behind."""
+    shared = ctx.Queue()
+    size, count = 2 * _queues._IN_RING_MAX, 12
+    process = run(ctx, _shared_targets.queue_put_distinct, shared, count, size)
+    got = [shared.get(timeout=PATIENCE) for _ in range(count)]
+    finish(process)
+    for index, payload in enumerate(got):
+        assert payload == bytes([index]) * size, f"message {index} changed"
+
+
 def test_child_exit_flushes_more_than_the_ring_holds(ctx: Any) -> None:
     shared = ctx.Queue()
     size = BULKY

@@ -50,6 +50,11 @@ FEED_BATCH: Final = 16
 # a quarter of it is a full FEED_BATCH.
 SMALL_CHUNKS_WINDOW: Final = 4 * FEED_BATCH
 SMALL_CHUNK_BYTES: Final = 4096
+# Bytes of out-of-band buffers after which a batch goes to the engine at once:
+# encoding such a chunk copies its arrays into shared memory (a few ms per
+# 64 MiB), and a worker left idle while the next ones are copied costs far
+# more than the engine wake-up a bigger batch saves.
+FLUSH_BUFFERED_BYTES: Final = 1 << 20
 
 
 class Chunker:
@@ -445,11 +450,15 @@ class Feeder:
         """Encode chunks of ``job`` while its window allows (up to FEED_BATCH), and
         hand them to the engine together: one wake-up of the engine for all."""
         tasks: list[Task] = []
+        buffered = 0
         while len(tasks) < FEED_BATCH:
             task = self._feed_one(job)
             if task is None:
                 break
             tasks.append(task)
+            buffered += task.buffered
+            if buffered >= FLUSH_BUFFERED_BYTES:
+                break
             with self._condition:
                 if job.fed_all or not self._may_feed(job):
                     break

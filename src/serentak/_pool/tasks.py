@@ -125,6 +125,8 @@ class Task:
         items: how many items it holds (1 for apply, a chunk's length for maps).
         partials: results of a chunk's first items that arrived in PARTIAL frames.
         delivered: how many items those hold.
+        buffered: bytes of out-of-band buffers travelling in shared memory
+            beside the payload (0 for small arguments).
     """
 
     task_id: int
@@ -144,6 +146,7 @@ class Task:
     items: int = 1
     partials: list[Outcome] = dataclasses.field(default_factory=list)
     delivered: int = 0
+    buffered: int = 0
 
     @classmethod
     def encoded(
@@ -163,8 +166,9 @@ class Task:
     ) -> Task:
         """A task for an engine-encoded payload: a Packed message's descriptors go with it."""
         fds: tuple[int, ...] = ()
+        buffered = 0
         if isinstance(payload, Packed):
-            payload, fds = payload.payload, payload.fds
+            payload, fds, buffered = payload.payload, payload.fds, payload.buffered
         return cls(
             task_id,
             kind,
@@ -178,6 +182,7 @@ class Task:
             retry=retry,
             memory_limit=memory_limit,
             items=items,
+            buffered=buffered,
         )
 
     def finish(self, outcome: Outcome, busy_us: int = 0) -> None:

@@ -28,11 +28,12 @@ owner's pid and are taken over when it has died.
 
 Messages the ring cannot hold go beside it. A message that carries file
 descriptors (a Connection, a Lock) or is bigger than a quarter of the ring (it
-then travels in a memfd: any size works, and the kernel frees it with its
-last holder) is a HOLD record in the ring plus a datagram on the socket
-pair holding the fds, both tagged with a number given out under the writer
-lock. The datagram is sent before the record is published and received
-under the reader lock, so:
+then travels in a memfd of the sender's segment pool, ``_ipc/buffers.py``: any
+size works, its pages are reused for the next big message instead of being
+allocated and zeroed afresh, and the kernel frees it with its last holder) is
+a HOLD record in the ring plus a datagram on the socket pair holding the fds,
+both tagged with a number given out under the writer lock. The datagram is
+sent before the record is published and received under the reader lock, so:
 
 * writer killed between the two: an orphan datagram with an older tag than
   any record; the next reader of a HOLD record discards it (closing its fds);
@@ -66,7 +67,6 @@ import array
 import collections
 import ctypes
 import dataclasses
-import mmap
 import os
 import pickle
 import socket
@@ -80,6 +80,7 @@ from collections.abc import Iterable, Sequence
 from queue import Empty, Full
 from typing import Any, Final
 
+from serentak._ipc.buffers import SegmentRead, to_segment
 from serentak._ipc.serialize import dumps_with_fds, fd_received, fd_to_send, loads_with_fds
 from serentak._os import _native
 from serentak._os import posix as _posix
@@ -364,21 +365,7 @@ def _package(kind: int, payload: bytes | bytearray, fds: Sequence[int]) -> _Enco
     """An encoded message: in the ring if it fits a quarter of it, else in a memfd."""
     if len(payload) <= _IN_RING_MAX - _SIDE.size:
         return _EncodedMessage(kind, payload, 0, fds)
-    return _EncodedMessage(kind | _IN_SEGMENT, b"", len(payload), (_write_segment(payload), *fds))
-
-
-def _write_segment(payload: bytes | bytearray) -> int:
-    """A memfd holding ``payload``."""
-    fd = _posix.memfd("serentak-queue", 0)
-    try:
-        with memoryview(payload) as view:
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _EncodedMessage(kind | _IN_SEGMENT, b"", len(payload), (to_segment(payload), *fds))
 
 
 def _decode(kind: int, payload: bytes | memoryview, fds: Sequence[int]) -> Any:
@@ -392,18 +379,14 @@ def _decode(kind: int, payload: bytes | memoryview, fds: Sequence[int]) -> Any:
 
 
 def _load_segment(kind: int, fd: int, size: int, fds: Sequence[int]) -> Any:
-    """The object in the first ``size`` bytes of memfd ``fd`` (which is closed)."""
+    """The object in the pooled segment ``fd`` (which is closed) holding ``size`` bytes."""
     try:
-        mapping = mmap.mmap(
-            fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ
-        )
+        reading = SegmentRead(fd, size)
     except BaseException:
         for other in fds:
             os.close(other)
         raise
-    finally:
-        os.close(fd)
-    with mapping, memoryview(mapping) as view:
+    with reading as view:
         return _decode(kind, view, fds)
 
 
