@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef __linux__
@@ -481,6 +482,62 @@ native_plain_data(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBool_FromLong(plain_walk(args[0], &budget, 0));
 }
 
+/* ---- polling without sleeping --------------------------------------------- */
+
+/* spin_readable(fd, seconds) -> bool: poll(2) `fd` with a zero timeout, again
+ * and again, until it is readable (or at EOF, or in error) or `seconds` have
+ * passed; the GIL is released meanwhile. For a reply due within microseconds:
+ * on a virtual machine, waking a sleeping thread costs tens of them, and a
+ * loop in Python would hold the GIL and react a loop's length late. */
+static PyObject *
+native_spin_readable(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "spin_readable(fd, seconds) takes 2 arguments");
+        return NULL;
+    }
+    int fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    double seconds = PyFloat_AsDouble(args[1]);
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fd < 0) {
+        PyErr_Format(PyExc_ValueError, "spin_readable: bad file descriptor %d", fd);
+        return NULL;
+    }
+    struct pollfd entry = {.fd = fd, .events = POLLIN};
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t deadline = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec +
+                       (int64_t)(seconds > 0 ? seconds * 1e9 : 0);
+    int ready;
+    int error = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        ready = poll(&entry, 1, 0);
+        if (ready != 0) {
+            if (ready < 0 && errno == EINTR) {
+                continue;
+            }
+            error = errno;
+            break;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec >= deadline) {
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (ready < 0) {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyBool_FromLong(ready > 0);
+}
+
 /* ---- waking a thread ------------------------------------------------------ */
 
 static PyObject *
@@ -665,6 +722,9 @@ PyMethodDef serentak_proc_methods[] = {
     {"copy_into", (PyCFunction)(void (*)(void))native_copy_into, METH_FASTCALL,
      "copy_into(target, source): copy a contiguous buffer into a writable one of the same\n"
      "length, without the GIL when it is big."},
+    {"spin_readable", (PyCFunction)(void (*)(void))native_spin_readable, METH_FASTCALL,
+     "spin_readable(fd, seconds) -> True once fd polls readable (or at EOF), False if\n"
+     "`seconds` pass first; polls without sleeping, the GIL released."},
     {NULL, NULL, 0, NULL},
 };
 

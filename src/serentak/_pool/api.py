@@ -54,6 +54,7 @@ from .results import (
     ApplyResult,
     CallbackRunner,
     Cancel,
+    Collect,
     IMapIterator,
     IMapUnorderedIterator,
     ItemError,
@@ -192,6 +193,8 @@ class BasePool:
     # engine can cancel that call's tasks and the pool lives on (Dask's). The
     # process pool's workers ignore SIGINT; its caller's ``with`` terminates them.
     _cancel_hook: Cancel | None = None
+    # Reads an apply's reply in the thread that waits for it (engines that can).
+    _collector: Collect | None = None
 
     def __init__(self, engine: Engine, processes: int, defaults: CallOptions | None = None) -> None:
         self._engine = engine
@@ -365,6 +368,7 @@ class BasePool:
         )
         result = ApplyResult(callback, error_callback, self._callbacks)
         result.cancel_hook = self._cancel_hook
+        result.collector = self._collector
         self._track(result)
         self._apply_to(result, func, args, kwds, timeout, options)
         return result
@@ -937,6 +941,7 @@ class Pool(BasePool):
         self._process_engine = ProcessEngine(supervisor)
         super().__init__(self._process_engine, processes, defaults)
         self._supervisor = supervisor
+        self._collector = supervisor.collect
         if not daemonic:
             # This process's exit joins its non-daemonic children: stop the pool
             # first (as its finalizer would), or the exit would wait for ever.

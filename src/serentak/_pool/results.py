@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol
 
 from serentak._exceptions import ProcessError, TimeoutError
 from serentak._ipc.buffers import unpack
-from serentak._os.waiting import join, spans, wait_span
+from serentak._os.waiting import RESULT_SPIN, join, spans, wait_span
 
 from .tasks import Failure, ItemFailed
 
@@ -40,6 +40,10 @@ _NOT_LOADED: Final = object()
 
 Cancel = Callable[[object], None]
 """Told which result object's caller was interrupted, so that its tasks can be cancelled."""
+
+Collect = Callable[[object, float], None]
+"""Told which result object's caller is about to wait, and for how many seconds it may
+poll for the reply before it sleeps: reads the result in that thread if it comes."""
 
 
 class Outcome:
@@ -243,9 +247,12 @@ class ApplyResult:
     Attributes:
         cancel_hook: if set (by a pool whose engine can cancel tasks), called
             with this result when a KeyboardInterrupt ends a wait on it.
+        collector: if set (by a pool whose waiting callers may read replies
+            themselves), called before a wait with this result and RESULT_SPIN.
     """
 
     cancel_hook: Cancel | None = None
+    collector: Collect | None = None
 
     def __init__(
         self,
@@ -283,10 +290,22 @@ class ApplyResult:
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the task has finished, or ``timeout`` seconds pass."""
         try:
-            self._event.wait(timeout)
+            self._wait(timeout)
         except KeyboardInterrupt:
             _interrupted(self, self.cancel_hook)
             raise
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Whether the task has finished, waiting up to ``timeout`` seconds."""
+        collector = self.collector
+        if collector is None or self._event.is_set() or (timeout is not None and timeout <= 0):
+            return self._event.wait(timeout)
+        if timeout is None:
+            collector(self, RESULT_SPIN)
+            return self._event.wait(None)
+        deadline = time.monotonic() + timeout
+        collector(self, min(timeout, RESULT_SPIN))
+        return self._event.wait(max(0.0, deadline - time.monotonic()))
 
     def get(self, timeout: float | None = None) -> Any:
         """The task's result; re-raises its exception, the worker's traceback as cause.
@@ -295,7 +314,7 @@ class ApplyResult:
             serentak.TimeoutError: not ready within ``timeout`` seconds.
         """
         try:
-            ready = self._event.wait(timeout)
+            ready = self._wait(timeout)
         except KeyboardInterrupt:
             _interrupted(self, self.cancel_hook)
             raise
