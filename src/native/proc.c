@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
@@ -488,7 +489,10 @@ native_plain_data(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * and again, until it is readable (or at EOF, or in error) or `seconds` have
  * passed; the GIL is released meanwhile. For a reply due within microseconds:
  * on a virtual machine, waking a sleeping thread costs tens of them, and a
- * loop in Python would hold the GIL and react a loop's length late. */
+ * loop in Python would hold the GIL and react a loop's length late. Between
+ * polls the CPU is offered to any other task waiting for it (sched_yield
+ * returns at once when none is): when the CPUs are oversubscribed, the poller
+ * must not keep the process it waits for from running. */
 static PyObject *
 native_spin_readable(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -529,6 +533,7 @@ native_spin_readable(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec >= deadline) {
             break;
         }
+        sched_yield();
     }
     Py_END_ALLOW_THREADS
     if (ready < 0) {

@@ -51,6 +51,7 @@ from serentak._ipc.buffers import Packed, pack, unpack
 from serentak._ipc.connection import Connection
 from serentak._ipc.segments import Segment
 from serentak._ipc.serialize import dumps, loads
+from serentak._os import _native
 from serentak._os.waiting import TASK_SPIN
 
 if TYPE_CHECKING:
@@ -589,10 +590,11 @@ SPIN_AFTER_US: Final = 200
 def _spin_until_readable(conn: Connection, seconds: float) -> None:
     """Poll ``conn`` without sleeping for up to ``seconds``: a task that comes
     meanwhile is taken without the process being woken up (on a virtual machine,
-    waking an idle CPU costs tens of microseconds)."""
-    deadline = time.perf_counter() + seconds
-    while not conn.poll(0) and time.perf_counter() < deadline:
-        pass
+    waking an idle CPU costs tens of microseconds). The poll yields the CPU to
+    any process waiting for it: the parent whose next task we wait for may be
+    one, when the CPUs are oversubscribed."""
+    if not conn.has_buffered_data():
+        _native.spin_readable(conn.fileno(), seconds)
 
 
 def worker_main(

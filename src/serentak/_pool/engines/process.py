@@ -452,7 +452,7 @@ class Supervisor:
                 if conn.has_buffered_data() or _native.spin_readable(fd, seconds):
                     self._collect_backoff = 0
                     reading = True
-                    self._read_results(worker)
+                    self._read_results(worker, readable=True)
                 else:
                     backoff = min(COLLECT_BACKOFF_MOST, max(1, 2 * self._collect_backoff))
                     self._collect_backoff = self._collect_skips = backoff
@@ -471,11 +471,11 @@ class Supervisor:
                     selectors.EVENT_WRITE if worker.waiting_to_write else 0
                 )
                 self._selector.register(fd, events, ("conn", worker))
+            # What may have set a deadline the sleeping supervisor thread does not
+            # know: a task dispatched now, one sent ahead that now runs, a retry.
+            deadlines = bool(self._pending or self._delayed or worker.in_flight)
             self._step([])
-            if self._next_timeout() is not None:
-                # The supervisor thread sleeps until a deadline it computed before
-                # this round: one set here (a task dispatched with a timeout, a
-                # retry's backoff) must wake it.
+            if (deadlines or self._restart_at is not None) and self._next_timeout() is not None:
                 with self._send_lock:
                     if not self._finished:  # else the pipe is closed
                         _native.poke(self._wake_w)
@@ -1030,6 +1030,17 @@ class Supervisor:
                     self._flush(worker)
 
     def _dispatch_to_workers(self, now: float) -> None:
+        if len(self._pending) == 1:
+            # One task (an apply): the first idle worker takes it, as below.
+            maxtasks = self._maxtasks
+            for worker in self._workers.values():
+                if (
+                    not worker.in_flight
+                    and not worker.retiring
+                    and (maxtasks is None or worker.completed < maxtasks)
+                ):
+                    self._send_task(worker, self._pending.popleft())
+                    return
         room: list[tuple[_Worker, int]] = []  # (worker, how many more tasks it may take)
         for worker in self._workers.values():
             depth = self._depth(worker, now)
