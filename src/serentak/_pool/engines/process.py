@@ -61,6 +61,7 @@ from serentak._ipc.connection import Connection, Pipe
 from serentak._ipc.connection import frame as transport_frame
 from serentak._ipc.segments import Segment
 from serentak._os import _native
+from serentak._os.posix import Muter
 from serentak._os.waiting import RESULT_SPIN
 from serentak._pool.interfaces import ResultSink
 from serentak._pool.options import DEFAULT_RETRY_ON, final_error, format_size
@@ -331,6 +332,7 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._muter = Muter(self._selector)  # for collect()
         self._workers: dict[int, _Worker] = {}  # by pid
         self._pending: collections.deque[Task] = collections.deque()
         self._state = PoolState.RUN
@@ -376,6 +378,7 @@ class Supervisor:
             for worker in list(self._workers.values()):  # _forget removes each
                 worker.process.kill()
                 self._forget(worker)
+            self._muter.close()
             self._selector.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -443,9 +446,9 @@ class Supervisor:
             self._collected += 1
             conn = worker.conn
             fd = conn.fileno()
-            # Out of the selector until the reply is read: else it would wake the
-            # supervisor thread (for nothing) as it lands.
-            self._selector.unregister(fd)
+            # Muted until the reply is read: else it would wake the supervisor thread
+            # (for nothing) as it lands.
+            self._muter.mute(fd)
             worker.collecting = True
             reading = False
             try:
@@ -470,11 +473,15 @@ class Supervisor:
                 events = selectors.EVENT_READ | (
                     selectors.EVENT_WRITE if worker.waiting_to_write else 0
                 )
-                self._selector.register(fd, events, ("conn", worker))
+                self._muter.unmute(fd, events)
             # What may have set a deadline the sleeping supervisor thread does not
             # know: a task dispatched now, one sent ahead that now runs, a retry.
             deadlines = bool(self._pending or self._delayed or worker.in_flight)
-            self._step([])
+            if self._pending or self._state is not PoolState.RUN:
+                # The rest of a round (deadlines passed are the supervisor
+                # thread's: it wakes for them).
+                self._dispatch()
+                self._maybe_finish()
             if (deadlines or self._restart_at is not None) and self._next_timeout() is not None:
                 with self._send_lock:
                     if not self._finished:  # else the pipe is closed
@@ -531,6 +538,7 @@ class Supervisor:
                 self._finished = True
                 while self.commands:
                     self._answer_late(self.commands.popleft())
+            self._muter.close()
             self._selector.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
