@@ -34,8 +34,9 @@ from serentak._os import _native
 # owner or a missed wake: one length for the C waits and these (native.h).
 SIGNAL_SPAN: Final = _native.WAIT_SLICE_NS / 1e9
 # While tasks this short are running, the pool's supervisor thread polls for their
-# results this long before it sleeps: on a virtual machine, waking an idle CPU costs
-# tens of microseconds, more than such a task.
+# results this long before it sleeps, and so does a caller waiting in get() for an
+# apply's: on a virtual machine, waking an idle CPU costs tens of microseconds,
+# more than such a task.
 RESULT_SPIN: Final = 200e-6
 # How long a worker polls for its next task after a short one before it sleeps: the
 # next task is usually a round trip away, well under this.

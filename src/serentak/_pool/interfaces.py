@@ -25,6 +25,18 @@ the results with ``Pool``.
 
 A dead worker: the supervisor sees its sentinel, fails the tasks it held
 through ``complete_chunk`` with ``WorkerLostError``, and starts another.
+
+An apply takes a shorter path while tasks are short: the caller's thread
+dispatches its task itself when the supervisor thread is asleep, and in
+``get()`` reads the worker's reply itself (``Supervisor.collect``: the same
+``complete_chunk``, in the caller's thread), so no thread is woken up::
+
+    caller thread (apply_async, then get)                worker process
+    -------------------------------------                --------------
+    dispatch(task): writes the frame  ---------------->  runs it
+    collect(): polls the worker's connection
+    (muted in the supervisor's selector), reads  <-----  the result
+    ApplyResult.complete_chunk(0, outcome); get() returns
 """
 
 from __future__ import annotations

@@ -12,6 +12,11 @@
                          then the result becomes ready (as in the stdlib, get()
                          returns after the callback has run)
 
+A caller waiting in ``ApplyResult.get()`` may first ask its ``collector`` (the
+pool's supervisor) to read the worker's reply in the caller's own thread: the
+result is then set there, through the same ``complete_chunk``, callbacks still
+on the callback thread.
+
 An :class:`Outcome` keeps a worker's reply pickled until someone asks for the
 value: unpickling happens in the thread that wants the result. The chunks of a
 map are the exception: the supervisor thread unpickles them when it has nothing

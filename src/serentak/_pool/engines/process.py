@@ -13,6 +13,11 @@
                                              fail overdue tasks (kill their worker)
                                              replace dead workers
 
+A caller waiting for a short apply may do a round itself (``collect``): it
+mutes the worker's connection in the selector, polls it, reads the reply and
+handles it as this thread would, so that neither thread is woken up. Any
+thread holding ``_step_lock`` acts as the supervisor thread.
+
 The wake-up pipe is separate from the workers' connections so that a worker
 dying in the middle of a write garbles only its own channel, never the path
 commands take.
