@@ -118,8 +118,9 @@ def test_a_get_with_a_timeout_shorter_than_the_poll_still_times_out(ctx: Any) ->
 
 
 def test_worker_retiring_after_a_reply_the_caller_read(ctx: Any) -> None:
-    """maxtasksperchild: the caller reads the reply that ends a worker's quota; the
-    worker is told to stop (a write while its connection is out of the selector)."""
+    """maxtasksperchild: the caller reads a worker's replies up to the one that ends
+    its quota, which the supervisor thread reads, stopping the worker and
+    starting its successor; nothing is lost or repeated."""
     with ctx.Pool(2, maxtasksperchild=3) as pool:
         results = [pool.apply_async(_pool_targets.pool_pid, (x,)).get(PATIENCE) for x in range(30)]
         stats = pool.stats()

@@ -445,6 +445,8 @@ class Supervisor:
             worker = self._running(sink)
             if worker is None or not self._expecting_results_soon():
                 return
+            if self._maxtasks is not None and worker.completed + 1 >= self._maxtasks:
+                return  # its reply retires it: its successor starts in the supervisor thread
             if self._collect_skips:
                 self._collect_skips -= 1
                 return
