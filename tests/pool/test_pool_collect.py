@@ -9,13 +9,18 @@ timeouts, and that the pool goes on working.
 
 from __future__ import annotations
 
+import os
+import selectors
 import threading
+import time
 from typing import Any
 
 import pytest
 
 import _pool_targets
 import serentak
+from serentak._os import _native
+from serentak._os.posix import Muter
 
 PATIENCE = 20.0
 WARM_UP = 20  # short tasks run first: the pool then expects short replies
@@ -128,3 +133,45 @@ def test_worker_retiring_after_a_reply_the_caller_read(ctx: Any) -> None:
     assert len({pid for _, pid in results}) >= 10
     assert stats.tasks_done == 30
     assert stats.tasks_lost == 0
+
+
+# ---- the primitives under it -------------------------------------------------------------
+
+
+def test_spin_readable_returns_on_data_on_eof_and_after_its_time() -> None:
+    r, w = os.pipe()
+    try:
+        started = time.monotonic()
+        assert not _native.spin_readable(r, 0.002)
+        assert time.monotonic() - started >= 0.002
+        os.write(w, b"x")
+        assert _native.spin_readable(r, PATIENCE)
+        os.read(r, 1)
+        os.close(w)
+        w = -1
+        assert _native.spin_readable(r, PATIENCE)  # at EOF: the next read says so
+        with pytest.raises(ValueError, match="bad file descriptor -1"):
+            _native.spin_readable(-1, 0.0)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_a_muted_descriptor_is_not_reported_until_unmuted() -> None:
+    selector = selectors.DefaultSelector()
+    muter = Muter(selector)
+    r, w = os.pipe()
+    try:
+        selector.register(r, selectors.EVENT_READ, "data")
+        os.write(w, b"x")
+        muter.mute(r)
+        assert selector.select(0) == []
+        muter.unmute(r, selectors.EVENT_READ)
+        [(key, events)] = selector.select(0)
+        assert (key.fd, key.data, events) == (r, "data", selectors.EVENT_READ)
+    finally:
+        muter.close()
+        selector.close()
+        os.close(r)
+        os.close(w)
