@@ -135,6 +135,24 @@ def test_worker_retiring_after_a_reply_the_caller_read(ctx: Any) -> None:
     assert stats.tasks_lost == 0
 
 
+def test_a_connection_left_muted_by_an_interrupted_collect_is_watched_again(ctx: Any) -> None:
+    """A Ctrl-C can end a collect between its read and its unmuting the worker's
+    connection: the supervisor thread's next round watches it again."""
+    with ctx.Pool(1) as pool:
+        warm(pool)
+        supervisor = pool._supervisor
+        with supervisor._step_lock:  # what an interrupted collect leaves
+            [worker] = supervisor._workers.values()
+            supervisor._collected += 1
+            supervisor._muter.mute(worker.conn.fileno())
+            worker.collecting = True
+        pool.stats()  # a round of the supervisor thread
+        # A map's replies are read by the supervisor thread alone.
+        assert pool.map_async(_pool_targets.pool_square, range(10)).get(PATIENCE) == [
+            x * x for x in range(10)
+        ]
+
+
 # ---- the primitives under it -------------------------------------------------------------
 
 

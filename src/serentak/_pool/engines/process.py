@@ -363,6 +363,7 @@ class Supervisor:
         # Rounds in which a waiting caller read a worker's connection (collect): a
         # readiness ``select`` reported before such a round may be stale.
         self._collected = 0
+        self._swept = 0  # _collected when _step last checked for a connection left muted
         self._collect_backoff = 0  # waits without polling after the last failed poll
         self._collect_skips = 0  # of which still to come
         self._send_lock = threading.Lock()
@@ -475,12 +476,7 @@ class Supervisor:
                     worker.process.kill()
                 raise
             finally:
-                worker.collecting = False
-                worker.waiting_to_write = bool(worker.outbox)
-                events = selectors.EVENT_READ | (
-                    selectors.EVENT_WRITE if worker.waiting_to_write else 0
-                )
-                self._muter.unmute(fd, events)
+                self._unmute(worker)
             # What may have set a deadline the sleeping supervisor thread does not
             # know: a task dispatched now, one sent ahead that now runs, a retry.
             deadlines = bool(self._pending or self._delayed or worker.in_flight)
@@ -495,6 +491,13 @@ class Supervisor:
                         _native.poke(self._wake_w)
         finally:
             self._step_lock.release()
+
+    def _unmute(self, worker: _Worker) -> None:
+        """Watch ``worker``'s connection again, for writes too if bytes wait to go."""
+        worker.waiting_to_write = bool(worker.outbox)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if worker.waiting_to_write else 0)
+        self._muter.unmute(worker.conn.fileno(), events)
+        worker.collecting = False
 
     def _running(self, sink: object) -> _Worker | None:
         """The worker running a task of ``sink``, if one is."""
@@ -578,6 +581,12 @@ class Supervisor:
         """One round of the loop: handle what ``select`` reported, then dispatch.
         ``fresh``: no other thread has read a worker's connection since the
         ``select``, so a connection it called readable has bytes waiting."""
+        if self._swept != self._collected:  # (no collect runs: we hold the step lock)
+            self._swept = self._collected
+            for worker in self._workers.values():
+                if worker.collecting:
+                    # A collect interrupted (Ctrl-C) before it could unmute it.
+                    self._unmute(worker)
         for key, events in ready:
             if key.data is None:
                 self._take_commands()
