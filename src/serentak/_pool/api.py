@@ -46,7 +46,7 @@ from .engines.process import (
     Terminate,
     _Worker,
 )
-from .feeder import Chunker, Feeder, MapJob, progress_bar
+from .feeder import Chunker, ChunkTimes, Feeder, MapJob, progress_bar
 from .interfaces import Engine, MapSink, ResultSink
 from .journal import Journal, JournalSink, item_digest
 from .options import CallOptions, Errors
@@ -209,6 +209,9 @@ class BasePool:
         self._state = PoolState.RUN
         self._state_lock = threading.Lock()
         self._feeder = Feeder(engine.dispatch, engine.encode, self._task_ids.__next__, engine.close)
+        # How long the last map of each function took per chunk: the next map of it
+        # starts with chunks of the right size.
+        self._chunk_times = ChunkTimes()
         # Every result handed out, weakly (a task in flight holds its result), for _cache.
         self._results: weakref.WeakValueDictionary[int, ApplyResult | IMapIterator] = (
             weakref.WeakValueDictionary()
@@ -825,7 +828,9 @@ class BasePool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
         if chunksize is None and timeout is not None:
             chunksize = 1  # a timeout then bounds each item, as the caller surely meant
-        chunker = Chunker(items, chunksize, length, self._processes)
+        chunker = Chunker(
+            items, chunksize, length, self._processes, self._chunk_times, (function.func_id, kind)
+        )
         # Enough chunks ahead to keep every worker busy with some to spare.
         window = 4 * self._processes + 4
         job = MapJob(

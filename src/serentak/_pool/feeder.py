@@ -55,6 +55,38 @@ SMALL_CHUNK_BYTES: Final = 4096
 # 64 MiB), and a worker left idle while the next ones are copied costs far
 # more than the engine wake-up a bigger batch saves.
 FLUSH_BUFFERED_BYTES: Final = 1 << 20
+# Functions whose chunk timings a pool remembers for its next maps.
+REMEMBERED_FUNCTIONS: Final = 128
+
+
+class ChunkTimes:
+    """How long each function's biggest chunk took in the pool's last map of it.
+
+    A pool's next map of the same function starts with chunks sized from that
+    figure instead of probing with single items: on a warm pool a map of tiny
+    tasks then keeps both workers busy from its first chunk. The figure is a
+    first guess only: the first chunk of the new map to report replaces it.
+
+    Written by the engine's thread as chunks report, read by callers as maps start.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (func_id, kind) -> (items, busy microseconds), e.g. {(3, Kind.MAP): (49417, 2760)}.
+        self._times: collections.OrderedDict[tuple[int, Kind], tuple[int, int]] = (
+            collections.OrderedDict()
+        )
+
+    def recall(self, key: tuple[int, Kind]) -> tuple[int, int] | None:
+        with self._lock:
+            return self._times.get(key)
+
+    def remember(self, key: tuple[int, Kind], items: int, busy_us: int) -> None:
+        with self._lock:
+            self._times[key] = (items, busy_us)
+            self._times.move_to_end(key)
+            if len(self._times) > REMEMBERED_FUNCTIONS:
+                self._times.popitem(last=False)
 
 
 class Chunker:
@@ -65,17 +97,27 @@ class Chunker:
     ``CHUNK_TARGET_SECONDS`` of work per chunk. When the input's length is
     known, no chunk takes more than half of what is left per worker, so the
     last chunks are small and the workers finish together: 200,000 tiny tasks
-    go in a few dozen chunks, 50 slow ones one by one.
+    go in a few dozen chunks, 50 slow ones one by one. Given ``times`` and a
+    ``key``, the sizing starts from what the pool's last map of the same
+    function measured (see :class:`ChunkTimes`), and tells it what it measures.
 
     Args:
         iterable: the input.
         size: a fixed chunk size, or None to size adaptively.
         length: the input's length, if known.
         workers: how many workers share the work.
+        times: the pool's memory of chunk timings.
+        key: the function and kind of task this map runs, for ``times``.
     """
 
     def __init__(
-        self, iterable: Iterable[Any], size: int | None, length: int | None, workers: int
+        self,
+        iterable: Iterable[Any],
+        size: int | None,
+        length: int | None,
+        workers: int,
+        times: ChunkTimes | None = None,
+        key: tuple[int, Kind] | None = None,
     ) -> None:
         # A sequence is sliced, not iterated: a range's chunks stay ranges, a
         # few bytes each instead of thousands of pickled ints.
@@ -89,6 +131,13 @@ class Chunker:
         # the biggest chunk measured so far (a chunk's fixed cost weighs least there).
         self._items_measured = 0
         self._busy_us = 0
+        self._times = times if size is None else None
+        self._key = key
+        recalled = self._times.recall(key) if self._times is not None and key else None
+        # Whether the figures above are the last map's, to be replaced by the first report.
+        self._recalled = recalled is not None
+        if recalled is not None:
+            self._items_measured, self._busy_us = recalled
         # Written by the feeder as it encodes chunks.
         self._items_sized = 0
         self._chunks_sized = 0
@@ -110,8 +159,11 @@ class Chunker:
 
     def observe(self, items: int, busy_us: int) -> None:
         """A chunk of ``items`` items kept a worker busy for ``busy_us`` microseconds."""
-        if items >= self._items_measured:
+        if items >= self._items_measured or self._recalled:
+            self._recalled = False
             self._items_measured, self._busy_us = items, busy_us
+            if self._times is not None and self._key is not None:
+                self._times.remember(self._key, items, busy_us)
 
     def expected(self, items: int) -> float | None:
         """Seconds a chunk of ``items`` items should take, once a chunk has reported."""

@@ -58,7 +58,7 @@ class Outcome:
     they are closed once it is unpickled, or when it is dropped unread.
     """
 
-    __slots__ = ("__weakref__", "_fds", "_lock", "_payload", "_value", "ok")
+    __slots__ = ("__weakref__", "_fds", "_lock", "_payload", "_then", "_value", "ok")
 
     def __init__(
         self,
@@ -72,6 +72,7 @@ class Outcome:
         self._value = value
         self._lock = threading.Lock()
         self._fds = fds
+        self._then: Callable[[], None] | None = None
         if fds:
             weakref.finalize(self, _close_fds, fds)
 
@@ -84,11 +85,23 @@ class Outcome:
         return cls(True, value=value)
 
     def preload(self) -> None:
-        """Unpickle now, in the calling thread, so that value() is quick later."""
+        """Unpickle now, in the calling thread, so that value() is quick later; then
+        call what :meth:`after_preload` was given."""
         with self._lock:
             if self._value is _NOT_LOADED:
                 self._value = self._load()
                 self._payload = None
+            then, self._then = self._then, None
+        if then is not None:
+            then()
+
+    def after_preload(self, then: Callable[[], None]) -> None:
+        """Have :meth:`preload` call ``then`` once it has unpickled the value."""
+        self._then = then
+
+    def loaded(self) -> bool:
+        """Whether the value is unpickled (value() returns or raises at once)."""
+        return self._value is not _NOT_LOADED
 
     def error(self) -> BaseException | None:
         """The task's exception if it failed (unpickled, in the calling thread); else None."""
@@ -375,6 +388,11 @@ class MapResult(ApplyResult):
     The number of chunks is known once the input has been cut up
     (``_set_length``). The first failing chunk makes the whole result fail at
     once (as the stdlib's), even while other chunks still run.
+
+    The list is built as the chunks come: each chunk the supervisor thread
+    unpickles while it would wait is appended at once if the chunks before it
+    are in, so that when the last chunk arrives only that one is left to
+    unpickle and append, not the whole list to join.
     """
 
     def __init__(
@@ -384,10 +402,16 @@ class MapResult(ApplyResult):
         runner: CallbackRunner,
     ) -> None:
         super().__init__(callback, error_callback, runner)
+        # Chunks received and not yet appended to _merged, e.g. {3: <Outcome>, 5: <Outcome>}.
         self._chunks: dict[int, Outcome] = {}
+        self._received = 0
         self._length: int | None = None
         self._lock = threading.Lock()
         self._done = False
+        # The results of chunks 0 .. _merged_chunks - 1, in order (under _merging).
+        self._merging = threading.Lock()
+        self._merged: list[Any] = []
+        self._merged_chunks = 0
 
     def complete_chunk(self, index: int, outcome: Outcome, busy_us: int = 0) -> None:
         with self._lock:
@@ -395,8 +419,11 @@ class MapResult(ApplyResult):
                 return
             if not outcome.ok:
                 final: Outcome | None = outcome
+                self._chunks.clear()
             else:
                 self._chunks[index] = outcome
+                self._received += 1
+                outcome.after_preload(self._merge)
                 final = self._all_there()
             self._done = final is not None
         if final is not None:
@@ -413,9 +440,34 @@ class MapResult(ApplyResult):
             super().complete_chunk(0, final)
 
     def _all_there(self) -> Outcome | None:
-        if self._length is None or len(self._chunks) < self._length:
+        if self._length is None or self._received < self._length:
             return None
-        return _Concatenated([self._chunks[i] for i in range(self._length)])
+        return _Merged(self._take_all)
+
+    def _merge(self) -> None:
+        """Append the chunks that are next in order and already unpickled."""
+        with self._merging:
+            while True:
+                with self._lock:
+                    outcome = self._chunks.get(self._merged_chunks)
+                if outcome is None or not outcome.loaded() or not outcome.ok:
+                    return  # a chunk that failed to unpickle fails the map in _take_all
+                self._merged.extend(outcome.value())
+                with self._lock:
+                    del self._chunks[self._merged_chunks]
+                self._merged_chunks += 1
+
+    def _take_all(self) -> list[Any]:
+        """The whole list: the chunks not merged yet unpickled and appended here.
+        Raises what unpickling a chunk raised."""
+        with self._merging:
+            with self._lock:
+                rest = [self._chunks.pop(i) for i in range(self._merged_chunks, self._length or 0)]
+            self._merged_chunks += len(rest)
+            merged, self._merged = self._merged, []
+            for outcome in rest:
+                merged.extend(outcome.value())
+            return merged
 
 
 def concatenated(parts: list[Outcome]) -> Outcome:
@@ -431,6 +483,26 @@ def each_failed(outcome: Outcome, items: int) -> Outcome:
     if error is None:
         return outcome
     return Outcome.of_value([ItemError(error)] * items)
+
+
+class _Merged(Outcome):
+    """A map's whole list, put together by ``take`` only when the value is asked for."""
+
+    __slots__ = ("_take",)
+
+    def __init__(self, take: Callable[[], list[Any]]) -> None:
+        super().__init__(True)
+        self._take: Callable[[], list[Any]] | None = take
+
+    def _load(self) -> Any:
+        take, self._take = self._take, None
+        if take is None:
+            raise ProcessError("result lost")  # unreachable: loaded once, under the lock
+        try:
+            return take()
+        except BaseException as exc:
+            self.ok = False
+            return exc
 
 
 class _Concatenated(Outcome):

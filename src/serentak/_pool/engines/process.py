@@ -95,6 +95,12 @@ PREFETCH: Final = 2
 PREFETCH_MOST: Final = 16
 PREFETCH_WORK: Final = 200e-6
 PREFETCH_BELOW: Final = 1e-3
+# Tasks up to this long on average (a map's chunks, sized for about 20 ms) still
+# get one task queued behind the one running: the worker goes on without waiting
+# for a round trip through the parent, which on a loaded machine can take
+# milliseconds (the parent's threads queue for a CPU the workers hold). The
+# imbalance it can cause at the end of a map stays under one such task.
+PREFETCH_ONE_BELOW: Final = 50e-3
 # A worker whose current task has run this many times the average gets no more.
 PREFETCH_PATIENCE: Final = 2.0
 _SMOOTHING: Final = 0.1  # weight of the newest task in the average
@@ -1098,15 +1104,18 @@ class Supervisor:
             room = left
 
     def _depth(self, worker: _Worker, now: float) -> int:
-        """How many tasks ``worker`` may hold: more than one only while tasks are
-        short and its current one is not taking longer than they usually do (a
-        held task must not hold up tasks sent ahead of it)."""
+        """How many tasks ``worker`` may hold: several while tasks are short, two
+        while they are under PREFETCH_ONE_BELOW, and only while its current one is
+        not taking longer than they usually do (a held task must not hold up
+        tasks sent ahead of it)."""
         average = self._average_busy
-        if average is None or average >= PREFETCH_BELOW:
+        if average is None or average >= PREFETCH_ONE_BELOW:
             return 1
         started = worker.in_flight[0].started if worker.in_flight else None
         if started is not None and now - started > PREFETCH_PATIENCE * average:
             return 1
+        if average >= PREFETCH_BELOW:
+            return 2
         return 1 + min(PREFETCH_MOST, max(PREFETCH, int(PREFETCH_WORK / max(average, 1e-6))))
 
     def _send_task(self, worker: _Worker, task: Task) -> bool:
