@@ -367,6 +367,14 @@ def feat_sleep_echo(seconds: float, x: Any) -> Any:
     return x
 
 
+def feat_sleep(seconds: float) -> float:
+    """``seconds``, after sleeping that long: one function for tasks of any length."""
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
 def feat_sleep_or_raise(seconds: float, x: int) -> int:
     """Sleep ``seconds``; then raise ValueError for multiples of 3, else return ``x``."""
     import time

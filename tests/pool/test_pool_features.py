@@ -257,6 +257,28 @@ def test_few_slow_tasks_are_spread_over_the_workers(ctx: Any, tmp_path: Path) ->
     assert elapsed <= 0.75 * stats.busy_seconds, (elapsed, stats.busy_seconds)
 
 
+def test_a_map_after_one_of_tiny_items_still_spreads_slow_items(ctx: Any) -> None:
+    """A pool's second map of a function starts with chunks sized from its first
+    map's timings, a guess only: after 20,000 instant items, 16 items of 50 ms
+    still go in small chunks spread over both workers (the chunks are at most a
+    quarter of what is left, the first report resizes the rest).
+
+    Bounds: 0.8 s of work, 0.4 s on two workers at best; one worker doing most of
+    it (or one chunk of all 16) takes 0.6 s or more, over the 0.75 x busy allowed.
+    """
+    sleep = _pool_targets.feat_sleep
+    with ctx.Pool(2) as pool:
+        assert pool.map(sleep, [0.0] * 20_000) == [0.0] * 20_000
+        before = pool.stats()
+        began = time.monotonic()
+        assert pool.map(sleep, [0.05] * 16) == [0.05] * 16
+        elapsed = time.monotonic() - began
+        after = pool.stats()
+    busy = after.busy_seconds - before.busy_seconds
+    assert busy >= 16 * 0.05
+    assert elapsed <= 0.75 * busy, (elapsed, busy)
+
+
 def test_an_explicit_chunksize_is_obeyed(ctx: Any) -> None:
     """100 items in chunks of 7 are 15 chunks (of 100 tasks), whichever call, however fast."""
     square = _pool_targets.pool_square

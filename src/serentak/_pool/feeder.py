@@ -133,7 +133,11 @@ class Chunker:
         self._busy_us = 0
         self._times = times if size is None else None
         self._key = key
-        recalled = self._times.recall(key) if self._times is not None and key else None
+        # Only for an input of known length, whose chunks can be bounded by what is
+        # left: a guess that no longer holds then costs a quarter of the input at most.
+        recalled = None
+        if self._times is not None and key is not None and length is not None:
+            recalled = self._times.recall(key)
         # Whether the figures above are the last map's, to be replaced by the first report.
         self._recalled = recalled is not None
         if recalled is not None:
@@ -210,6 +214,10 @@ class Chunker:
             target = 1  # items bigger than a chunk should be
         elif self._bytes:
             target = min(target, CHUNK_TARGET_BYTES * self._items_sized // self._bytes)
+        if self._recalled and self._remaining is not None:
+            # The last map's figure may not hold for this input: no chunk is more
+            # than a quarter of what is left per worker until this map's first report.
+            return max(1, min(target, self._remaining // (2 * self._workers)))
         if self._remaining is None:
             return target
         # Smaller chunks towards the end so the workers finish together, but

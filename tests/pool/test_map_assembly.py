@@ -1,0 +1,96 @@
+"""How a map's results are put together and its chunks sized, seen from the parent's side.
+
+These exercise the pool's bookkeeping objects directly (no worker process is
+involved); the behaviour they support runs under every start method in
+test_pool.py and test_pool_features.py.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import serentak
+from serentak._pool.feeder import Chunker, ChunkTimes
+from serentak._pool.results import CallbackRunner, MapResult, Outcome
+from serentak._pool.tasks import Kind
+
+
+def _chunk(values: list[int]) -> Outcome:
+    """A chunk's outcome as the supervisor holds it: still pickled."""
+    return Outcome(True, pickle.dumps(values, 5))
+
+
+def test_a_map_result_is_the_chunks_in_order_whatever_was_unpickled_early() -> None:
+    """Chunks arrive out of order; some are unpickled (and appended) by the
+    supervisor while it waits, the rest by get(): the list is in input order."""
+    runner = CallbackRunner()
+    result = MapResult(None, None, runner)
+    first, second, third, fourth = _chunk([0, 1]), _chunk([2, 3]), _chunk([4]), _chunk([5, 6])
+    result.complete_chunk(1, second)
+    second.preload()  # chunk 0 is not there yet: nothing to append
+    result.complete_chunk(0, first)
+    result.complete_chunk(3, fourth)
+    first.preload()  # appends chunks 0 and 1
+    fourth.preload()  # chunk 2 is missing: waits
+    assert not result.ready()
+    result.complete_chunk(2, third)
+    result.set_length(4)
+    assert result.get(1.0) == [0, 1, 2, 3, 4, 5, 6]
+    third.preload()  # late: the list was handed out, nothing is appended to it
+    assert result.get(1.0) == [0, 1, 2, 3, 4, 5, 6]
+    runner.stop()
+
+
+def test_a_map_result_whose_chunk_cannot_be_unpickled_raises() -> None:
+    runner = CallbackRunner()
+    result = MapResult(None, None, runner)
+    good, bad = _chunk([0]), Outcome(True, b"not a pickle")
+    result.complete_chunk(0, good)
+    result.complete_chunk(1, bad)
+    good.preload()
+    bad.preload()
+    result.set_length(2)
+    with pytest.raises(serentak.ProcessError, match="could not be unpickled"):
+        result.get(1.0)
+    runner.stop()
+
+
+def test_chunks_start_from_the_last_map_of_the_same_function() -> None:
+    """Without timings a map probes with one item per worker; with the last map's
+    (10,000 items in 1 ms) it starts at a quarter of the input per chunk, and its
+    own first report replaces the guess."""
+    times = ChunkTimes()
+    key = (7, Kind.MAP)
+    fresh = Chunker(range(100_000), None, 100_000, 2, times, key)
+    assert len(fresh.next_chunk()) == 1
+    assert fresh.window(12) == 2
+    fresh.observe(10_000, 1_000)
+    assert times.recall(key) == (10_000, 1_000)
+
+    warm = Chunker(range(100_000), None, 100_000, 2, times, key)
+    assert warm.window(12) == 12
+    assert len(warm.next_chunk()) == 25_000
+    warm.observe(10, 1_000_000)  # far slower than the guess: believed at once
+    assert times.recall(key) == (10, 1_000_000)
+    assert len(warm.next_chunk()) == 1
+
+
+def test_a_fixed_chunksize_ignores_and_keeps_no_timings() -> None:
+    times = ChunkTimes()
+    times.remember((7, Kind.MAP), 10_000, 1_000)
+    fixed = Chunker(range(100), 3, 100, 2, times, (7, Kind.MAP))
+    assert len(fixed.next_chunk()) == 3
+    fixed.observe(3, 5)
+    assert times.recall((7, Kind.MAP)) == (10_000, 1_000)
+
+
+def test_an_input_of_unknown_length_probes_even_after_a_map_of_the_function() -> None:
+    """A generator's chunks cannot be bounded by what is left: it starts with one item
+    per worker, as on a fresh pool, whatever the last map measured."""
+    times = ChunkTimes()
+    times.remember((7, Kind.MAP), 10_000, 1_000)
+    lazy = Chunker(iter(range(100)), None, None, 2, times, (7, Kind.MAP))
+    assert len(lazy.next_chunk()) == 1
+    assert lazy.window(12) == 2
