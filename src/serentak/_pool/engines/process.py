@@ -95,12 +95,13 @@ PREFETCH: Final = 2
 PREFETCH_MOST: Final = 16
 PREFETCH_WORK: Final = 200e-6
 PREFETCH_BELOW: Final = 1e-3
-# Tasks up to this long on average (a map's chunks, sized for about 20 ms) still
-# get one task queued behind the one running: the worker goes on without waiting
-# for a round trip through the parent, which on a loaded machine can take
-# milliseconds (the parent's threads queue for a CPU the workers hold). The
-# imbalance it can cause at the end of a map stays under one such task.
-PREFETCH_ONE_BELOW: Final = 50e-3
+# Longer tasks: a worker is sent its next task this long (at most half the usual
+# task time) before the one it runs should end, so that it goes on without
+# waiting for a round trip through the parent, which on a busy machine can take
+# milliseconds (the parent's threads queue for a CPU the workers hold). Sent that
+# late, a task waits behind a running one that overruns for little longer than
+# this, even if another worker becomes free meanwhile.
+PREFETCH_LEAD: Final = 20e-3
 # A worker whose current task has run this many times the average gets no more.
 PREFETCH_PATIENCE: Final = 2.0
 _SMOOTHING: Final = 0.1  # weight of the newest task in the average
@@ -1103,19 +1104,26 @@ class Supervisor:
                     left.append((worker, capacity - sent))
             room = left
 
+    def _may_take_more(self, worker: _Worker) -> bool:
+        """Whether ``worker`` has tasks left before it retires (maxtasksperchild)."""
+        return (
+            self._maxtasks is None or self._maxtasks - worker.completed - len(worker.in_flight) > 0
+        )
+
     def _depth(self, worker: _Worker, now: float) -> int:
         """How many tasks ``worker`` may hold: several while tasks are short, two
-        while they are under PREFETCH_ONE_BELOW, and only while its current one is
-        not taking longer than they usually do (a held task must not hold up
-        tasks sent ahead of it)."""
+        near the end of a longer one (see _top_up_time), and only while its
+        current one is not taking longer than they usually do (a held task must
+        not hold up tasks sent ahead of it)."""
         average = self._average_busy
-        if average is None or average >= PREFETCH_ONE_BELOW:
+        if average is None:
             return 1
+        if average >= PREFETCH_BELOW:
+            top_up = self._top_up_time(worker, now)
+            return 2 if top_up is not None and now >= top_up else 1
         started = worker.in_flight[0].started if worker.in_flight else None
         if started is not None and now - started > PREFETCH_PATIENCE * average:
             return 1
-        if average >= PREFETCH_BELOW:
-            return 2
         return 1 + min(PREFETCH_MOST, max(PREFETCH, int(PREFETCH_WORK / max(average, 1e-6))))
 
     def _send_task(self, worker: _Worker, task: Task) -> bool:
@@ -1140,6 +1148,19 @@ class Supervisor:
         )
         return True
 
+    def _top_up_time(self, worker: _Worker, now: float) -> float | None:
+        """When ``worker``, running one task while tasks take PREFETCH_BELOW or more,
+        may be sent its next: PREFETCH_LEAD (at most half the usual task time)
+        before the running one should end. None: not while this task runs (it
+        overran its usual time by PREFETCH_PATIENCE, or it holds a task already)."""
+        average = self._average_busy
+        if average is None or average < PREFETCH_BELOW or len(worker.in_flight) != 1:
+            return None
+        started = worker.in_flight[0].started
+        if started is None or now - started > PREFETCH_PATIENCE * average:
+            return None
+        return started + average - min(average / 2, PREFETCH_LEAD)
+
     def _next_timeout(self) -> float | None:
         restart = self._restart_at
         deadlines = [
@@ -1163,6 +1184,12 @@ class Supervisor:
             self._next_memory_check = None
         if restart is not None:
             deadlines.append(restart)
+        if self._pending and self._state is not PoolState.TERMINATE:
+            now = monotonic()
+            for worker in self._workers.values():
+                top_up = self._top_up_time(worker, now)
+                if top_up is not None and not worker.retiring and self._may_take_more(worker):
+                    deadlines.append(top_up)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - monotonic())
