@@ -55,6 +55,9 @@ SMALL_CHUNK_BYTES: Final = 4096
 # 64 MiB), and a worker left idle while the next ones are copied costs far
 # more than the engine wake-up a bigger batch saves.
 FLUSH_BUFFERED_BYTES: Final = 1 << 20
+# Sized from a previous map's timing, a chunk is never cut below this share of
+# the input (more chunks than that cost more than they balance).
+RECALLED_FLOOR_SHARE: Final = 16
 # Functions whose chunk timings a pool remembers for its next maps.
 REMEMBERED_FUNCTIONS: Final = 128
 
@@ -126,6 +129,7 @@ class Chunker:
         self._iterator = iter(iterable) if self._sequence is None else None
         self._fixed = size
         self._remaining = length
+        self._length = length or 0
         self._workers = workers
         # Written by the engine's thread as results arrive, read by the feeder:
         # the biggest chunk measured so far (a chunk's fixed cost weighs least there).
@@ -216,8 +220,10 @@ class Chunker:
             target = min(target, CHUNK_TARGET_BYTES * self._items_sized // self._bytes)
         if self._recalled and self._remaining is not None:
             # The last map's figure may not hold for this input: no chunk is more
-            # than a quarter of what is left per worker until this map's first report.
-            return max(1, min(target, self._remaining // (2 * self._workers)))
+            # than a quarter of what is left per worker until this map's first
+            # report, and the floor below is at most a sixteenth of the input.
+            floor = min(target // 10, self._length // RECALLED_FLOOR_SHARE)
+            return max(1, floor, min(target, self._remaining // (2 * self._workers)))
         if self._remaining is None:
             return target
         # Smaller chunks towards the end so the workers finish together, but
