@@ -71,10 +71,23 @@ def test_chunks_start_from_the_last_map_of_the_same_function() -> None:
 
     warm = Chunker(range(100_000), None, 100_000, 2, times, key)
     assert warm.window(12) == 12
-    assert len(warm.next_chunk()) == 25_000
+    assert len(warm.next_chunk()) == 1  # its size in bytes is not known yet
+    warm.weigh(1, 20)
+    assert len(warm.next_chunk()) == 24_999
     warm.observe(10, 1_000_000)  # far slower than the guess: believed at once
     assert times.recall(key) == (10, 1_000_000)
     assert len(warm.next_chunk()) == 1
+
+
+def test_big_items_go_one_by_one_even_after_a_map_of_the_function() -> None:
+    """The first item of a warm map is weighed before any chunk holds several: items
+    of 8 MiB go one per chunk, whatever the last map's timing said."""
+    times = ChunkTimes()
+    times.remember((7, Kind.MAP), 16, 1_000)
+    warm = Chunker(list(range(16)), None, 16, 2, times, (7, Kind.MAP))
+    for _ in range(3):
+        assert len(warm.next_chunk()) == 1
+        warm.weigh(1, 8 << 20)
 
 
 def test_a_fixed_chunksize_ignores_and_keeps_no_timings() -> None:

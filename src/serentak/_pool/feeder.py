@@ -210,7 +210,10 @@ class Chunker:
     def _next_size(self) -> int:
         if self._fixed is not None:
             return self._fixed
-        if not self._items_measured:
+        if not self._items_measured or not self._chunks_sized:
+            # Nothing measured yet; or recalled, but the items' size is unknown:
+            # one item first, so that big items (arrays) are never sent several
+            # to a chunk before their bytes are known.
             return 1
         per_item = max(self._busy_us, 1) / 1e6 / self._items_measured
         target = max(1, min(int(CHUNK_TARGET_SECONDS / per_item), MAX_ADAPTIVE_CHUNK))
