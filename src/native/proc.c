@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -701,6 +702,189 @@ native_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(nN)", got, fds);
 }
 
+/* ---- sending one frame ----------------------------------------------------
+ *
+ * A frame is the connection's (see serentak/_ipc/connection.py): a u32
+ * little-endian length, or 0x7FFFFFFF and a u64 length for 2 GiB and more,
+ * then the payload. write_frame writes one in a single system call: a small
+ * one copied with its header into a stack buffer for one send(2) (cheaper in
+ * the kernel than a two-iovec sendmsg), a bigger one as two iovecs (no copy
+ * of the payload).
+ *
+ * Over a socket the call never waits (MSG_DONTWAIT): what did not fit is left
+ * to the caller, who knows whether it may block in this thread or must wait
+ * in spans so that the main thread sees a Ctrl-C. Such a send keeps the GIL
+ * up to FRAME_KEEP_GIL bytes: it cannot sleep, and giving the GIL up and
+ * taking it back would cost more than the copy. A pipe end cannot be told not
+ * to wait: write blocks, without the GIL, as os.write does.
+ *
+ * Returns the bytes of the frame not written (0: all went), or -1 with an
+ * exception set. */
+#define FRAME_LONG_FOLLOWS 0x7FFFFFFFu
+#define FRAME_KEEP_GIL (64 * 1024)
+#define FRAME_COPY 2048
+
+static Py_ssize_t
+write_frame(int fd, const char *payload, Py_ssize_t length, int is_socket)
+{
+    char small[12 + FRAME_COPY];
+    unsigned char *header = (unsigned char *)small;
+    size_t header_size = 4;
+    uint32_t word = (uint64_t)length < FRAME_LONG_FOLLOWS ? (uint32_t)length : FRAME_LONG_FOLLOWS;
+    for (int i = 0; i < 4; i++) {
+        header[i] = (unsigned char)(word >> (8 * i));
+    }
+    if (word == FRAME_LONG_FOLLOWS) {
+        for (int i = 0; i < 8; i++) {
+            header[4 + i] = (unsigned char)((uint64_t)length >> (8 * i));
+        }
+        header_size = 12;
+    }
+    size_t total = header_size + (size_t)length;
+    int copied = length <= FRAME_COPY;
+    if (copied) {
+        memcpy(small + header_size, payload, (size_t)length);
+    }
+    struct iovec iov[2] = {{small, header_size}, {(void *)payload, (size_t)length}};
+    ssize_t sent;
+    int failed = 0;
+    for (;;) {
+        if (is_socket && copied) {
+            sent = send(fd, small, total, MSG_DONTWAIT);
+        } else if (is_socket) {
+            struct msghdr msg;
+            memset(&msg, 0, sizeof(msg));
+            msg.msg_iov = iov;
+            msg.msg_iovlen = 2;
+            if (length <= FRAME_KEEP_GIL) {
+                sent = sendmsg(fd, &msg, MSG_DONTWAIT);
+            } else {
+                Py_BEGIN_ALLOW_THREADS
+                sent = sendmsg(fd, &msg, MSG_DONTWAIT);
+                Py_END_ALLOW_THREADS
+            }
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            sent = copied ? write(fd, small, total) : writev(fd, iov, 2);
+            Py_END_ALLOW_THREADS
+        }
+        if (sent >= 0) {
+            break;
+        }
+        failed = errno;
+        if (is_socket && (failed == EAGAIN || failed == EWOULDBLOCK)) {
+            sent = 0; /* full: the caller waits for room */
+            break;
+        }
+        if (failed != EINTR) {
+            errno = failed;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (PyErr_CheckSignals() < 0) { /* a handler raised (Ctrl-C): nothing was written */
+            return -1;
+        }
+    }
+    return (Py_ssize_t)(total - (size_t)sent);
+}
+
+static int
+frame_fd(PyObject *number, PyObject *socket_flag, int *is_socket)
+{
+    int fd = PyLong_AsLong(number);
+    if (fd == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if ((*is_socket = PyObject_IsTrue(socket_flag)) < 0) {
+        return -1;
+    }
+    return fd;
+}
+
+/* send_frame(fd, payload, socket) -> bytes of the frame not written (0: all went). */
+static PyObject *
+native_send_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_frame(fd, payload, socket) takes 3 arguments");
+        return NULL;
+    }
+    int is_socket;
+    int fd = frame_fd(args[0], args[2], &is_socket);
+    if (fd == -1) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    Py_ssize_t unsent = write_frame(fd, view.buf, view.len, is_socket);
+    PyBuffer_Release(&view);
+    return unsent < 0 ? NULL : PyLong_FromSsize_t(unsent);
+}
+
+/* send_plain(fd, obj, socket, budget, protocol) -> None when `obj` went whole;
+ * False when it is not plain data (see plain_data: the caller pickles it its
+ * own way, nothing was written); (payload, unsent) when the socket had no room
+ * for all of its frame, whose last `unsent` bytes the caller must write.
+ *
+ * The common send of a small message in one call: the plain-data check,
+ * pickle.dumps(obj, protocol) and the frame's write. */
+static PyObject *pickle_dumps = NULL;
+
+static PyObject *
+native_send_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "send_plain(fd, obj, socket, budget, protocol) takes 5 arguments");
+        return NULL;
+    }
+    int is_socket;
+    int fd = frame_fd(args[0], args[2], &is_socket);
+    if (fd == -1) {
+        return NULL;
+    }
+    Py_ssize_t budget = PyLong_AsSsize_t(args[3]);
+    if (budget == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!plain_walk(args[1], &budget, 0)) {
+        Py_RETURN_FALSE;
+    }
+    if (pickle_dumps == NULL) {
+        PyObject *pickle = PyImport_ImportModule("pickle");
+        if (pickle == NULL) {
+            return NULL;
+        }
+        pickle_dumps = PyObject_GetAttrString(pickle, "dumps");
+        Py_DECREF(pickle);
+        if (pickle_dumps == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *call[2] = {args[1], args[4]};
+    PyObject *payload = PyObject_Vectorcall(pickle_dumps, call, 2, NULL);
+    if (payload == NULL) {
+        return NULL;
+    }
+    if (!PyBytes_Check(payload)) {
+        Py_DECREF(payload);
+        PyErr_SetString(PyExc_TypeError, "pickle.dumps returned no bytes");
+        return NULL;
+    }
+    Py_ssize_t unsent =
+        write_frame(fd, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), is_socket);
+    if (unsent <= 0) {
+        Py_DECREF(payload);
+        if (unsent < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(Nn)", payload, unsent);
+}
+
 PyMethodDef serentak_proc_methods[] = {
     {"recv_into", (PyCFunction)(void (*)(void))native_recv_into, METH_FASTCALL,
      "recv_into(fd, buffer, span=None) -> nbytes, or (nbytes, [fds]) if descriptors came\n"
@@ -730,6 +914,12 @@ PyMethodDef serentak_proc_methods[] = {
     {"spin_readable", (PyCFunction)(void (*)(void))native_spin_readable, METH_FASTCALL,
      "spin_readable(fd, seconds) -> True once fd polls readable (or at EOF), False if\n"
      "`seconds` pass first; polls without sleeping, the GIL released."},
+    {"send_frame", (PyCFunction)(void (*)(void))native_send_frame, METH_FASTCALL,
+     "send_frame(fd, payload, socket) -> bytes of the frame not written: header and payload\n"
+     "in one call; over a socket it never waits (what did not fit is left to the caller)."},
+    {"send_plain", (PyCFunction)(void (*)(void))native_send_plain, METH_FASTCALL,
+     "send_plain(fd, obj, socket, budget, protocol) -> None when sent whole, False when obj\n"
+     "is not plain data (nothing sent), (payload, unsent) when the socket was full."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -48,7 +48,7 @@ from serentak._os import _native
 from serentak._os import posix as _posix
 from serentak._os.waiting import SIGNAL_SPAN, in_main_thread
 
-from .buffers import pack, plain, unpack
+from .buffers import PLAIN_BUDGET, pack, plain, unpack
 from .serialize import PROTOCOL, fd_received, fd_to_send
 
 _WORD: Final = struct.Struct("<I")
@@ -60,8 +60,6 @@ _BUFFER_SIZE: Final = 256 * 1024
 # _GROWTH_STEP at a time, as the bytes arrive.
 _BIG_START: Final = 1024 * 1024
 _GROWTH_STEP: Final = 4 * 1024 * 1024
-# Payloads up to this size are sent with their header in one buffer.
-_SMALL: Final = 64 * 1024
 _DONTWAIT: Final = int(socket.MSG_DONTWAIT)
 # The kernel passes at most SCM_MAX_FD (253) descriptors in one message.
 MAX_FDS: Final = 253
@@ -128,11 +126,16 @@ class Connection:
         self._fd = handle
         self._readable = readable
         self._writable = writable
+        # The fd while this end may send (receive), else None: the one test a
+        # send (receive) makes on its fast path; _check_writable says what is wrong.
+        self._write_fd: int | None = handle if writable else None
+        self._read_fd: int | None = handle if readable else None
         self._socket: socket.socket | None = None
         try:
             self._socket = _posix.adopt_socket(handle)
         except OSError:
             self._socket = None  # a pipe end: plain read/write, no fds
+        self._is_socket = self._socket is not None
         self._buffer = bytearray(_BUFFER_SIZE)
         self._view = memoryview(self._buffer)
         self._start = 0
@@ -165,6 +168,7 @@ class Connection:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        self._write_fd = self._read_fd = None
         while self._fd_groups:
             for unclaimed in self._fd_groups.popleft():
                 _posix.close_quietly(unclaimed)
@@ -176,7 +180,7 @@ class Connection:
     def detach(self) -> int:
         """Give up ownership of the descriptor and return it; the Connection is closed."""
         fd = self._check_open()
-        self._fd = None
+        self._fd = self._write_fd = self._read_fd = None
         if self._socket is not None:
             self._socket.detach()
         return fd
@@ -215,13 +219,19 @@ class Connection:
 
     def send(self, obj: Any) -> None:
         """Send a picklable object (and the fds of any handles in it, over a socket)."""
+        fd = self._write_fd
+        if fd is not None:
+            # Small plain data (most messages): checked, pickled and sent in one call.
+            left = _native.send_plain(fd, obj, self._is_socket, PLAIN_BUDGET, PROTOCOL)
+            if left is None:
+                return
+            if left is not False:
+                payload, unsent = left  # the socket was full
+                self._send_rest(fd, payload, unsent)
+                return
         if plain(obj):
             # Small plain data (most messages): no Packed, no fds to own.
-            payload = pickle.dumps(obj, PROTOCOL)
-            if len(payload) <= _SMALL:
-                self._send_small(self._check_writable(), payload)
-            else:
-                self.send_frame(payload)
+            self._send_plain(pickle.dumps(obj, PROTOCOL))
             return
         packed = pack(obj)
         if not packed.fds:
@@ -261,46 +271,46 @@ class Connection:
         sock = self._socket
         if type(payload) is not bytes:
             payload = memoryview(payload).cast("B")
-        if fds:
-            if len(fds) > MAX_FDS:
-                raise ValueError(f"a message can carry at most {MAX_FDS} file descriptors")
-            if sock is None:
-                raise TypeError("file descriptors can only travel over a socket connection")
-        if not fds and len(payload) <= _SMALL:
-            self._send_small(fd, payload)
+        if not fds:
+            self._send_plain(payload)
             return
+        if len(fds) > MAX_FDS:
+            raise ValueError(f"a message can carry at most {MAX_FDS} file descriptors")
+        if sock is None:
+            raise TypeError("file descriptors can only travel over a socket connection")
+        header = _header(len(payload), True)
+        if in_main_thread():
+            _send_in_spans(sock, [header, payload], fds)  # see _send_rest
+            return
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        sent = sock.sendmsg([header, payload], ancillary)
+        self._write_rest(fd, header, payload, sent)
+
+    def _send_plain(self, payload: bytes | memoryview) -> None:
+        """Send a frame without fds: most often one call into C, which writes header
+        and payload at once and, over a socket, never waits."""
+        fd = self._write_fd
+        if fd is None:
+            fd = self._check_writable()  # raises
+        unsent = _native.send_frame(fd, payload, self._is_socket)
+        if unsent:
+            self._send_rest(fd, payload, unsent)
+
+    def _send_rest(self, fd: int, payload: bytes | memoryview, unsent: int) -> None:
+        """Write the last ``unsent`` bytes of ``payload``'s frame (no fds), waiting for room."""
+        header = _header(len(payload), False)
+        sent = len(header) + len(payload) - unsent
+        sock = self._socket
         if sock is not None and in_main_thread():
             # A send to a peer that does not read would block the main thread for
             # good, and a Ctrl-C another thread took with it (see _waiting).
-            _send_in_spans(sock, [_header(len(payload), bool(fds)), payload], fds)
+            if sent < len(header):
+                chunks: list[Any] = [header[sent:], payload]
+            else:
+                chunks = [memoryview(payload)[sent - len(header) :]]
+            _send_in_spans(sock, chunks, ())
             return
-        header = _header(len(payload), bool(fds))
-        if sock is not None and fds:
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-            sent = sock.sendmsg([header, payload], ancillary)
-        else:
-            sent = os.writev(fd, [header, payload])
         self._write_rest(fd, header, payload, sent)
-
-    def _send_small(self, fd: int, payload: bytes | memoryview) -> None:
-        """The common case: a small frame without fds, header and payload in one
-        buffer (one copy beats a scatter list)."""
-        data = _WORD.pack(len(payload)) + payload
-        sock = self._socket
-        if sock is None:
-            sent = os.write(fd, data)
-        else:
-            try:
-                # Most often the socket has room: one call, whichever the thread.
-                sent = sock.send(data, _DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data) and in_main_thread():
-                # See send_frame: the main thread waits for room in spans.
-                _send_in_spans(sock, [memoryview(data)[sent:]], ())
-                return
-        if sent < len(data):
-            self._write_rest(fd, b"", data, sent)
 
     def send_some(self, data: memoryview, fds: Sequence[int] = ()) -> int:
         """Write as much of ``data`` (framed bytes, see :func:`frame`) as fits now.
@@ -336,6 +346,19 @@ class Connection:
         Raises:
             EOFError: the other end is closed and nothing is left to read.
         """
+        start = self._start
+        if self._read_fd is not None and self._end - start >= _WORD.size:
+            # The common case: a whole frame already read ahead, without fds and of
+            # a u32 length (bit 31 and the long-length word both above this bound).
+            word = _WORD.unpack_from(self._buffer, start)[0]
+            start += _WORD.size
+            end = start + word
+            if word < _LONG_FOLLOWS and end <= self._end:
+                if end == self._end:
+                    self._start = self._end = 0  # the view stays valid until the next read
+                else:
+                    self._start = end
+                return pickle.loads(self._view[start:end])
         payload, fds = self.recv_frame()
         return unpack(payload, fds)
 
@@ -441,6 +464,7 @@ class Connection:
         stream, so this end reads no more (as the stdlib's does after a bad length)."""
         if self._writable:
             self._readable = False
+            self._read_fd = None
             self._unreadable = f"connection is not readable any more: {message}"
         else:
             self.close()
