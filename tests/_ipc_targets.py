@@ -60,6 +60,22 @@ def conn_send_many(conn: Any, count: int) -> None:
     conn.close()
 
 
+def conn_send_with_connections(conn: Any, count: int, every: int) -> None:
+    """Send ``(number, bytes)`` for 0 .. count-1, and after every ``every``-th one the
+    reading end of a new Pipe whose writing end has sent ``("through", number)``."""
+    import serentak
+
+    for number in range(count):
+        conn.send((number, b"x" * (number % 300)))
+        if number % every == 0:
+            reader, writer = serentak.Pipe(duplex=False)
+            writer.send(("through", number))
+            writer.close()
+            conn.send(reader)
+            reader.close()
+    conn.close()
+
+
 def conn_send_sizes(conn: Any, sizes: list[int]) -> None:
     """Send one byte message of each size, filled with its index."""
     for index, size in enumerate(sizes):

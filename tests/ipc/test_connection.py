@@ -206,6 +206,130 @@ def test_a_plain_message_bigger_than_a_small_frame(pipe: tuple[Connection, Conne
     assert reader_got == [message]
 
 
+# Payload sizes around the sender's copy into one buffer with its header (2 KiB)
+# and around 64 KiB, where a send gives up the GIL.
+EDGE_SIZES = [0, 1, 2047, 2048, 2049, 4096, 65535, 65536, 65537, 200_000]
+
+
+def _small_send_buffer(conn: Connection) -> None:
+    """Shrink ``conn``'s socket buffer (the kernel's minimum), so that sends of a few
+    KiB find it full and are written in parts."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+
+
+@pytest.mark.parametrize("sender_is_main", [True, False], ids=["main-thread", "other-thread"])
+def test_frames_written_in_parts_arrive_whole(
+    pipe: tuple[Connection, Connection], sender_is_main: bool
+) -> None:
+    """Plain messages and byte messages at the sender's size boundaries, through a
+    socket too small for most of them: each send writes what fits, then the rest."""
+    a, b = pipe
+    _small_send_buffer(a)
+    messages: list[Any] = []
+    for size in EDGE_SIZES:
+        messages += [b"p" * size, (size, "q" * min(size, 60_000))]
+    received: list[Any] = []
+
+    def send_all() -> None:
+        for message in messages:
+            if type(message) is bytes:
+                a.send_bytes(message)
+            else:
+                a.send(message)
+
+    def receive_all() -> None:
+        for message in messages:
+            received.append(b.recv_bytes() if type(message) is bytes else b.recv())
+
+    worker = threading.Thread(target=receive_all if sender_is_main else send_all)
+    worker.start()
+    (send_all if sender_is_main else receive_all)()
+    worker.join(PATIENCE)
+    assert not worker.is_alive()
+    assert received == messages
+
+
+def test_a_connection_on_os_pipe_ends() -> None:
+    """Connections over plain pipe ends (no socket): every size, both ways of sending."""
+    read_end, write_end = os.pipe()
+    with (
+        Connection(read_end, writable=False) as reader,
+        Connection(write_end, readable=False) as writer,
+    ):
+        messages: list[Any] = []
+        for size in EDGE_SIZES:
+            messages += [b"p" * size, {"size": size, "text": "q" * min(size, 60_000)}]
+        received: list[Any] = []
+
+        def receive_all() -> None:
+            for message in messages:
+                received.append(reader.recv_bytes() if type(message) is bytes else reader.recv())
+
+        worker = threading.Thread(target=receive_all)
+        worker.start()
+        for message in messages:
+            if type(message) is bytes:
+                writer.send_bytes(message)
+            else:
+                writer.send(message)
+        worker.join(PATIENCE)
+        assert not worker.is_alive()
+        assert received == messages
+        with pytest.raises(OSError, match="read-only"):
+            reader.send(1)
+        with pytest.raises(OSError, match="write-only"):
+            writer.recv()
+
+
+def test_fds_and_small_messages_interleaved(pipe: tuple[Connection, Connection]) -> None:
+    """Frames with fds between small frames read ahead in one batch: each fd group
+    goes with its own frame, and the small ones around it are read as they were."""
+    a, b = pipe
+    read_end, write_end = os.pipe()
+    try:
+        for number in range(50):
+            a.send(number)
+            a.send_frame(b"with fds %d" % number, [read_end, write_end])
+            a.send(("after", number))
+        for number in range(50):
+            assert b.recv() == number
+            payload, fds = b.recv_frame()
+            try:
+                assert bytes(payload) == b"with fds %d" % number
+                assert [os.fstat(fd).st_ino for fd in fds] == [
+                    os.fstat(read_end).st_ino,
+                    os.fstat(write_end).st_ino,
+                ]
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            assert b.recv() == ("after", number)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_closed_or_refused_end_is_not_read_from_its_buffer(
+    pipe: tuple[Connection, Connection],
+) -> None:
+    """Messages read ahead are not handed out once the end is closed or unreadable."""
+    a, b = pipe
+    a.send_bytes(b"x" * 100)  # refused below: longer than maxlength
+    a.send(1)
+    a.send(2)
+    with pytest.raises(OSError, match="bad message length"):
+        b.recv_bytes(10)
+    with pytest.raises(OSError, match="not readable any more"):
+        b.recv()
+    b.close()
+    with pytest.raises(OSError, match="closed"):
+        b.recv()
+    with pytest.raises(OSError, match="closed"):
+        b.send(1)
+
+
 def test_send_bytes_with_offset_and_size(pipe: tuple[Connection, Connection]) -> None:
     a, b = pipe
     a.send_bytes(b"abcdef")
@@ -626,6 +750,27 @@ def test_messages_of_every_size_from_a_child(ctx: Any) -> None:
         there.close()
         for index, size in enumerate(sizes):
             assert here.recv_bytes() == bytes([index % 256]) * size, f"message {index}"
+        process.join(PATIENCE)
+    assert process.exitcode == 0
+
+
+def test_connections_among_small_messages_from_a_child(ctx: Any) -> None:
+    """Messages carrying fds (a Pipe's end) among a stream of small plain ones."""
+    count, every = 2000, 97
+    here, there = ctx.Pipe(duplex=False)
+    with here, there:
+        process = ctx.Process(
+            target=_ipc_targets.conn_send_with_connections, args=(there, count, every)
+        )
+        process.start()
+        there.close()
+        for number in range(count):
+            assert here.recv() == (number, b"x" * (number % 300))
+            if number % every == 0:
+                with here.recv() as passed:
+                    assert passed.recv() == ("through", number)
+        with pytest.raises(EOFError):
+            here.recv()
         process.join(PATIENCE)
     assert process.exitcode == 0
 
