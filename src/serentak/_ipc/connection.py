@@ -14,6 +14,15 @@ message. Big payloads are read straight into their own buffer, which grows as
 the bytes arrive: a length is only the peer's word, so nothing is allocated on
 it alone (a peer announcing 2 GiB and sending nothing costs nothing), and
 ``recv_bytes(maxlength)`` refuses a longer message on reading its header.
+
+Sending costs one system call per message, and a small plain message (see
+buffers.plain) one call into C: check, pickle, header and payload in one
+``send``. Over a socket that call never waits; a frame that did not fit whole
+is finished here, in spans in the main thread (so that a Ctrl-C taken by
+another thread ends the wait). The sender is what limits a stream of small
+messages: the reader takes several frames per ``recvmsg`` and, with a whole
+frame buffered, unpickles it straight from the read buffer.
+
 A malformed frame (a length no message can have, fds announced that never
 came) raises OSError and leaves the connection unreadable, as a refused
 message does: its bytes are still in the stream.
