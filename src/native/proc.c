@@ -885,6 +885,82 @@ native_send_plain(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(Nn)", payload, unsent);
 }
 
+/* load_frame(buffer, start, end) -> (obj, next_start), or None.
+ *
+ * The common receive: a whole frame without fds and of a u32 length lies in
+ * buffer[start:end] (a connection's read buffer); its payload is unpickled in
+ * place, through a memoryview on the buffer's bytes, and the position after it
+ * returned. None when no such frame is there: the caller takes its slow path.
+ * If unpickling raises, the frame is not consumed here: the caller skips it. */
+static PyObject *pickle_loads = NULL;
+
+static PyObject *
+native_load_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "load_frame(buffer, start, end) takes 3 arguments");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
+    if (end == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (end - start < 4) {
+        Py_RETURN_NONE;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (start < 0 || end > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "load_frame: start and end outside the buffer");
+        return NULL;
+    }
+    const unsigned char *bytes = (const unsigned char *)view.buf + start;
+    uint32_t word = (uint32_t)bytes[0] | (uint32_t)bytes[1] << 8 | (uint32_t)bytes[2] << 16 |
+                    (uint32_t)bytes[3] << 24;
+    /* Bit 31 (fds) and the long-length word are both at least FRAME_LONG_FOLLOWS. */
+    if (word >= FRAME_LONG_FOLLOWS || (Py_ssize_t)word > end - start - 4) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    if (pickle_loads == NULL) {
+        PyObject *pickle = PyImport_ImportModule("pickle");
+        if (pickle != NULL) {
+            pickle_loads = PyObject_GetAttrString(pickle, "loads");
+            Py_DECREF(pickle);
+        }
+        if (pickle_loads == NULL) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    PyObject *payload = PyMemoryView_FromMemory((char *)bytes + 4, word, PyBUF_READ);
+    PyObject *obj = NULL;
+    if (payload != NULL) {
+        obj = PyObject_CallOneArg(pickle_loads, payload);
+        if (Py_REFCNT(payload) > 1) {
+            /* Someone kept the view: it must not read the buffer once it is reused. */
+            PyObject *released = PyObject_CallMethod(payload, "release", NULL);
+            Py_XDECREF(released);
+            if (released == NULL) {
+                PyErr_Clear();
+            }
+        }
+        Py_DECREF(payload);
+    }
+    PyBuffer_Release(&view);
+    if (obj == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(Nn)", obj, start + 4 + (Py_ssize_t)word);
+}
+
 PyMethodDef serentak_proc_methods[] = {
     {"recv_into", (PyCFunction)(void (*)(void))native_recv_into, METH_FASTCALL,
      "recv_into(fd, buffer, span=None) -> nbytes, or (nbytes, [fds]) if descriptors came\n"
@@ -920,6 +996,9 @@ PyMethodDef serentak_proc_methods[] = {
     {"send_plain", (PyCFunction)(void (*)(void))native_send_plain, METH_FASTCALL,
      "send_plain(fd, obj, socket, budget, protocol) -> None when sent whole, False when obj\n"
      "is not plain data (nothing sent), (payload, unsent) when the socket was full."},
+    {"load_frame", (PyCFunction)(void (*)(void))native_load_frame, METH_FASTCALL,
+     "load_frame(buffer, start, end) -> (obj, next_start) for a whole plain frame (no fds)\n"
+     "at buffer[start:end], unpickled in place; None when there is none."},
     {NULL, NULL, 0, NULL},
 };
 

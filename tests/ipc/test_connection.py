@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import math
 import os
+import pickle
 import socket
 import struct
 import threading
@@ -309,6 +310,21 @@ def test_fds_and_small_messages_interleaved(pipe: tuple[Connection, Connection])
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_message_that_fails_to_unpickle_is_consumed(pipe: tuple[Connection, Connection]) -> None:
+    """Its error is raised; the messages read ahead with it are still received."""
+    a, b = pipe
+    a.send(1)
+    a.send_bytes(b"\x80\x05not a pickle")
+    a.send_bytes(b"")
+    a.send(("after", 2))
+    assert b.recv() == 1
+    with pytest.raises(pickle.UnpicklingError):
+        b.recv()
+    with pytest.raises(EOFError):  # an empty payload: what pickle.loads(b"") raises
+        b.recv()
+    assert b.recv() == ("after", 2)
 
 
 def test_a_closed_or_refused_end_is_not_read_from_its_buffer(

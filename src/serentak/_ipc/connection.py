@@ -355,19 +355,21 @@ class Connection:
         Raises:
             EOFError: the other end is closed and nothing is left to read.
         """
-        start = self._start
-        if self._read_fd is not None and self._end - start >= _WORD.size:
-            # The common case: a whole frame already read ahead, without fds and of
-            # a u32 length (bit 31 and the long-length word both above this bound).
-            word = _WORD.unpack_from(self._buffer, start)[0]
-            start += _WORD.size
-            end = start + word
-            if word < _LONG_FOLLOWS and end <= self._end:
+        if self._read_fd is not None:
+            # The common case: a whole frame without fds already read ahead,
+            # unpickled in place by one call.
+            try:
+                got = _native.load_frame(self._buffer, self._start, self._end)
+            except BaseException:
+                self._skip_frame()  # consumed, as recv_frame's frames are once read
+                raise
+            if got is not None:
+                obj, end = got
                 if end == self._end:
-                    self._start = self._end = 0  # the view stays valid until the next read
+                    self._start = self._end = 0
                 else:
                     self._start = end
-                return pickle.loads(self._view[start:end])
+                return obj
         payload, fds = self.recv_frame()
         return unpack(payload, fds)
 
@@ -467,6 +469,12 @@ class Connection:
             return payload, self._fd_groups.popleft() if word & _HAS_FDS else []
         except IndexError:
             self._refuse("malformed frame: it announced file descriptors that did not come")
+
+    def _skip_frame(self) -> None:
+        """Drop the whole frame without fds at the read position (see recv)."""
+        self._start += _WORD.size + _WORD.unpack_from(self._buffer, self._start)[0]
+        if self._start == self._end:
+            self._start = self._end = 0
 
     def _refuse(self, message: str) -> NoReturn:
         """Raise OSError(``message``) for a frame not to be read: its bytes are still in the
