@@ -203,6 +203,24 @@ def test_a_loaded_goal_is_judged_against_its_quiet_row_of_the_same_run() -> None
     assert results.goal_met(loaded) is None  # the quiet ratio is unknown
 
 
+def test_a_cpu_map_goal_is_judged_against_the_serial_run_of_the_same_run() -> None:
+    goal = _bench.Goal(ratio=1.0, of_serial=1.85)
+    for ours, serial, met in ((0.38, 0.72, True), (0.40, 0.72, False), (0.38, None, None)):
+        results, _ = _results(_bench.SECONDS, ours, 0.40)
+        workload = _bench.Workload(
+            "map-cpu", "w", _bench.SECONDS, _bench.WorkloadKind.POOL, len, goal=goal
+        )
+        results.workloads = [workload]
+        results.samples = {("map-cpu", lib): v for (_, lib), v in results.samples.items()}
+        results.serial_s = serial
+        assert results.goal_met(workload) is met
+    results.serial_s = 0.72
+    table = _bench.format_table(results)
+    assert ">= 1x stdlib and >= 1.85x serial: met" in table
+    assert "serentak's map is 1.89x that" in table
+    assert _bench.serial_seconds(1, 1) > 0
+
+
 def test_every_row_of_the_full_bench_has_a_goal() -> None:
     rows = _bench.workloads(_bench.FULL)
     assert all(row.goal is not None for row in rows)

@@ -411,6 +411,9 @@ class Goal:
     # row named here, measured in the same run (a loaded row against its quiet one).
     of_row: str | None = None
     keep: float = 0.8
+    # A floor on the speed-up over running the same tasks one after another in
+    # this process, measured in the same run (the CPU map: 2 workers, 2 cores).
+    of_serial: float | None = None
 
     def describe(self, unit: Unit) -> str:
         parts = []
@@ -422,6 +425,8 @@ class Goal:
             parts.append(f">= {self.of_copy:.0%} of np.copyto")
         if self.of_row is not None:
             parts.append(f"vs {self.against} >= {self.keep:.0%} of {self.of_row}'s")
+        if self.of_serial is not None:
+            parts.append(f">= {self.of_serial:g}x serial")
         return " and ".join(parts)
 
 
@@ -454,7 +459,7 @@ BIG_PIPE_GOAL = Goal(ratio=1.0)
 ROUND_TRIP_GOAL = Goal(bound=40.0)
 ROUND_TRIP_P99_GOAL = Goal(bound=200.0)
 TINY_MAP_GOAL = Goal(ratio=2.0)
-CPU_MAP_GOAL = Goal(ratio=1.0)
+CPU_MAP_GOAL = Goal(ratio=1.0, of_serial=1.85)
 SPAWN_GOAL = Goal(ratio=1.0)
 VALUE_LOCK_GOAL = Goal(ratio=2.0)
 # Idle process pools alive in the parent while the tiny maps run: a user's
@@ -807,6 +812,7 @@ class Results:
     errors: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     pipe_floor_us: float | None = None  # an os.pipe round trip between two processes
     copy_gb_s: float | None = None  # one thread's np.copyto of a 64 MiB array
+    serial_s: float | None = None  # the CPU map's tasks run one after another here
 
     def median(self, workload: Workload, library: str) -> float | None:
         samples = self.samples.get((workload.name, library))
@@ -846,6 +852,10 @@ class Results:
             if loaded is None or quiet is None:
                 return None
             met = met and loaded >= goal.keep * quiet
+        if goal.of_serial is not None:
+            if self.serial_s is None:
+                return None
+            met = met and self.serial_s / ours >= goal.of_serial
         return met
 
 
@@ -963,7 +973,22 @@ def run(
         results.pipe_floor_us = pipe_round_trip_us(ROUND_TRIPS_FOR_FLOOR)
     if any(workload.needs_numpy for workload in chosen):
         results.copy_gb_s = copy_speed_gb_s()
+    cpu_maps = [workload for workload in chosen if workload.name == "map-cpu"]
+    if cpu_maps and cpu_maps[0].goal is not None:
+        results.serial_s = serial_seconds(FULL.cpu_tasks, rounds)
     return results
+
+
+def serial_seconds(count: int, repeat: int) -> float:
+    """Seconds to run the CPU map's ``count`` tasks one after another in this process
+    (median of ``repeat``): what the map's speed-up is judged against."""
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for seed in range(count):
+            cpu_task(seed)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
 
 
 def copy_speed_gb_s(mib: int = 64, repeat: int = 7) -> float:
@@ -1067,6 +1092,13 @@ def format_table(results: Results) -> str:
         )
     if results.copy_gb_s is not None:
         lines.append(f"One thread's np.copyto of 64 MiB runs at {results.copy_gb_s:.1f} GB/s here.")
+    cpu_map = next((w for w in results.workloads if w.name == "map-cpu"), None)
+    ours = None if cpu_map is None else results.median(cpu_map, SERENTAK)
+    if results.serial_s is not None and ours is not None:
+        lines.append(
+            f"The CPU map's tasks take {results.serial_s:.2f} s one after another here:"
+            f" serentak's map is {results.serial_s / ours:.2f}x that."
+        )
     if results.errors:
         lines += ["", "errors:"]
         lines += [f"  {w} / {lib}: {text}" for (w, lib), text in results.errors.items()]
