@@ -90,6 +90,34 @@ def test_big_items_go_one_by_one_even_after_a_map_of_the_function() -> None:
         warm.weigh(1, 8 << 20)
 
 
+def _sizes(chunker: Chunker) -> list[int]:
+    sizes = []
+    while chunk := chunker.next_chunk():
+        chunker.weigh(len(chunk), 28 * len(chunk))
+        sizes.append(len(chunk))
+    return sizes
+
+
+def test_a_warm_map_of_little_work_goes_in_two_chunks_per_worker() -> None:
+    """After a map that timed the function at 0.05 us an item, 1,000 items (50 us of
+    work) go in a weighed first item and two even chunks per worker, with no
+    halving tail of ever smaller chunks; 200,000 items (10 ms) are still sized
+    by time, in more chunks, smaller towards the end."""
+    times = ChunkTimes()
+    times.remember((7, Kind.MAP), 50_000, 2_500)
+    assert _sizes(Chunker(range(1000), None, 1000, 2, times, (7, Kind.MAP))) == [
+        1,
+        250,
+        250,
+        250,
+        249,
+    ]
+    big = _sizes(Chunker(range(200_000), None, 200_000, 2, times, (7, Kind.MAP)))
+    assert sum(big) == 200_000
+    assert len(big) > 5
+    assert big[1] > big[-1]
+
+
 def test_a_fixed_chunksize_ignores_and_keeps_no_timings() -> None:
     times = ChunkTimes()
     times.remember((7, Kind.MAP), 10_000, 1_000)

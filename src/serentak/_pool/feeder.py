@@ -58,6 +58,10 @@ FLUSH_BUFFERED_BYTES: Final = 1 << 20
 # Sized from a previous map's timing, a chunk is never cut below this share of
 # the input (more chunks than that cost more than they balance).
 RECALLED_FLOOR_SHARE: Final = 16
+# Sized from a previous map's timing, an input whose rest should take less work
+# than this goes in two chunks per worker: a chunk's round trip through the
+# engine costs tens of microseconds, more than such a map's items take.
+SMALL_MAP_SECONDS: Final = 1e-3
 # Functions whose chunk timings a pool remembers for its next maps.
 REMEMBERED_FUNCTIONS: Final = 128
 
@@ -222,6 +226,11 @@ class Chunker:
         elif self._bytes:
             target = min(target, CHUNK_TARGET_BYTES * self._items_sized // self._bytes)
         if self._recalled and self._remaining is not None:
+            if self._remaining * per_item < SMALL_MAP_SECONDS:
+                # All that is left is less work than a few chunks' round trips: two
+                # chunks per worker of the whole input, no halving tail (should the
+                # guess be wrong, the items still go over the workers in even parts).
+                return max(1, min(target, -(-self._length // (2 * self._workers))))
             # The last map's figure may not hold for this input: no chunk is more
             # than a quarter of what is left per worker until this map's first
             # report, and the floor below is at most a sixteenth of the input.
