@@ -445,18 +445,23 @@ def test_shared_memory_manager_makes_nothing_unless_running(ctx: Any) -> None:
     assert set(os.listdir("/dev/shm")) == before
 
 
+def _serves_an_honest_client(address: Any) -> None:
+    """A client with the key connects, uses a list, and shuts the server down."""
+    client = SyncManager(address=address, authkey=b"k")
+    client.connect()
+    values = client.list([1])
+    values.append(2)
+    assert values[:] == [1, 2]
+    del values
+    client.shutdown()
+
+
 def test_get_server_in_this_process(ctx: Any) -> None:
     server = SyncManager(authkey=b"k", ctx=ctx).get_server()
     serving = threading.Thread(target=server.serve_forever)
     serving.start()
     try:
-        client = SyncManager(address=server.address, authkey=b"k")
-        client.connect()
-        values = client.list([1])
-        values.append(2)
-        assert values[:] == [1, 2]
-        del values
-        client.shutdown()
+        _serves_an_honest_client(server.address)
     finally:
         server.stop()
         serving.join()
@@ -498,13 +503,7 @@ def test_peers_that_never_authenticate_are_cut_off_and_honest_ones_served(
         assert time.monotonic() - started >= 0.5
         for sock in [*silent, one_too_many]:
             sock.close()
-        client = SyncManager(address=server.address, authkey=b"k")
-        client.connect()
-        values = client.list([1])
-        values.append(2)
-        assert values[:] == [1, 2]
-        del values
-        client.shutdown()
+        _serves_an_honest_client(server.address)
     finally:
         server.stop()
         serving.join()
