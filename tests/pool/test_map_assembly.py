@@ -7,14 +7,17 @@ test_pool.py and test_pool_features.py.
 
 from __future__ import annotations
 
+import itertools
 import pickle
+import threading
+from typing import Any
 
 import pytest
 
 import serentak
-from serentak._pool.feeder import Chunker, ChunkTimes
+from serentak._pool.feeder import FEED_BATCH, Chunker, ChunkTimes, Feeder, MapJob
 from serentak._pool.results import CallbackRunner, MapResult, Outcome
-from serentak._pool.tasks import Kind
+from serentak._pool.tasks import Function, Kind
 
 
 def _chunk(values: list[int]) -> Outcome:
@@ -135,3 +138,56 @@ def test_an_input_of_unknown_length_probes_even_after_a_map_of_the_function() ->
     lazy = Chunker(iter(range(100)), None, None, 2, times, (7, Kind.MAP))
     assert len(lazy.next_chunk()) == 1
     assert lazy.window(12) == 2
+
+
+def _feeding(chunks: int) -> tuple[Feeder, list[str], threading.Event, CallbackRunner]:
+    """A feeder whose engine records which thread dispatched each batch, and lets
+    ``done`` know once ``chunks`` tasks have come."""
+    threads: list[str] = []
+    done = threading.Event()
+    count = 0
+
+    def dispatch(tasks: Any) -> None:
+        nonlocal count
+        threads.extend(threading.current_thread().name for _ in tasks)
+        count += len(tasks)
+        if count >= chunks:
+            done.set()
+
+    return (
+        Feeder(dispatch, pickle.dumps, itertools.count().__next__, lambda: None),
+        threads,
+        done,
+        CallbackRunner(),
+    )
+
+
+def _job(feeder: Feeder, runner: CallbackRunner, items: int) -> MapJob:
+    chunker = Chunker(range(items), 1, items, 2)
+    result = MapResult(None, None, runner)
+    return MapJob(feeder, Kind.MAP, Function(1, b""), chunker, result, None, 1_000, lazy=False)
+
+
+def test_the_caller_feeds_a_small_map_itself_and_leaves_the_rest_to_the_feeder() -> None:
+    """A map added ``here`` with no other job waiting is fed by the caller's thread,
+    its first batch only: a longer one goes on in the feeder's thread."""
+    feeder, threads, done, runner = _feeding(3)
+    try:
+        feeder.add(_job(feeder, runner, 3), here=True)
+        assert done.wait(5)
+        assert threads == [threading.current_thread().name] * 3
+    finally:
+        feeder.stop()
+        feeder.join()
+        runner.stop()
+    items = FEED_BATCH + 5
+    feeder, threads, done, runner = _feeding(items)
+    try:
+        feeder.add(_job(feeder, runner, items), here=True)
+        assert done.wait(5)
+        assert threads[:FEED_BATCH] == [threading.current_thread().name] * FEED_BATCH
+        assert set(threads[FEED_BATCH:]) == {"serentak-pool-feeder"}
+    finally:
+        feeder.stop()
+        feeder.join()
+        runner.stop()

@@ -694,7 +694,7 @@ class BasePool:
         self._track(result)
         self._add_job(
             kind, function, items, len(items), chunksize, result, timeout, progress, False,
-            options=options,
+            options=options, here=True,
         )  # fmt: skip
         return result
 
@@ -822,7 +822,10 @@ class BasePool:
         *,
         options: CallOptions | None = None,
         on_chunk: Callable[[int, Sequence[Any]], None] | None = None,
+        here: bool = False,
     ) -> MapJob:
+        """Start feeding a map-family call; with ``here``, the caller's thread feeds
+        the first batch (see :meth:`Feeder.add`)."""
         options = options or self._defaults
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
@@ -849,7 +852,7 @@ class BasePool:
             memory_limit=options.memory_limit,
             on_chunk=on_chunk,
         )
-        self._feeder.add(job)
+        self._feeder.add(job, here=here)
         return job
 
     def stats(self) -> PoolStats:

@@ -412,10 +412,32 @@ class Feeder:
         self._thread = threading.Thread(target=self._run, name="serentak-pool-feeder", daemon=True)
         self._thread.start()
 
-    def add(self, job: MapJob) -> None:
+    def add(self, job: MapJob, *, here: bool = False) -> None:
+        """Feed ``job``. With ``here``, when no other job is waiting, the caller's
+        thread feeds its first batch itself (as an apply dispatches its own task):
+        a small map then costs no wake-up of this thread. The rest, if any, is
+        left to this thread, as is everything when the caller is interrupted."""
+        if here:
+            with self._condition:
+                here = not (self._jobs or self._closing or self._stopped)
+        if here:
+            try:
+                self._feed_batch(job)
+            except BaseException:
+                self._hand_over(job)
+                raise
+            self._hand_over(job)
+            return
         with self._condition:
             self._jobs.append(job)
             self._condition.notify()
+
+    def _hand_over(self, job: MapJob) -> None:
+        """Leave what is left of ``job`` (fed in the caller's thread) to this thread."""
+        with self._condition:
+            if not job.fed_all and job not in self._jobs:
+                self._jobs.append(job)
+                self._condition.notify()
 
     def release(self, job: MapJob, index: int, *, consumed: bool) -> None:
         """Chunk ``index`` of ``job`` completed (consumed=False) or was consumed (True)."""
