@@ -26,11 +26,12 @@ segments and refills them (the smallest free one that fits), and a receiver
 keeps its mappings: mapping a warm 64 MiB segment still costs about 8 ms of
 page-table set-up, once per segment and receiver. The copy in runs without
 the GIL (``_native.copy_into``): the sender's other threads (the pool's
-supervisor sending the previous task) go on meanwhile. A segment holds one message at a time; its
-first 64 bytes are a header whose first word is the busy word: 0 when free,
-SENT once the sender has filled it, then the pid of the receiver holding it,
-and 0 again on the receiver's release. A segment whose holder has died is
-free again.
+supervisor sending the previous task) go on meanwhile.
+
+A segment holds one message at a time; its first 64 bytes are a header whose
+first word is the busy word: 0 when free, SENT once the sender has filled it,
+then the pid of the receiver holding it, and 0 again on the receiver's release.
+A segment whose holder has died is free again.
 
 Nothing can leak: a segment is a memfd, freed by the kernel once no process
 maps it or holds its fd. The pool only ever gives segments up, never waits on

@@ -190,12 +190,10 @@ class Server:
             _logging.debug("accept failed: %r", exc)
             return
         with self._lock:
-            if len(self._handshakes) >= MAX_HANDSHAKES:
-                full = True
-            else:
-                full = False
+            admitted = len(self._handshakes) < MAX_HANDSHAKES
+            if admitted:
                 self._handshakes[conn] = time.monotonic() + HANDSHAKE_SECONDS
-        if full:
+        if not admitted:
             _logging.info(
                 "refused a client of the manager at %r: %d others are still in the handshake",
                 self.address,
@@ -237,19 +235,27 @@ class Server:
 
     def _serve_client(self, conn: Connection) -> None:
         with conn:
+            refused: BaseException | None = None
             try:
                 deliver_challenge(conn, self.authkey)
                 answer_challenge(conn, self.authkey)
             except (AuthenticationError, EOFError, OSError) as exc:
+                refused = exc
+            finally:
+                # Out of the table before the connection can close, whatever happened:
+                # the deadline must never shut down a descriptor reused since.
                 with self._lock:
-                    late = self._handshakes.pop(conn, None) is None
-                reason = f"no handshake within {HANDSHAKE_SECONDS:g} s" if late else exc
-                _logging.info("refused a client of the manager at %r: %s", self.address, reason)
-                return
-            with self._lock:
-                in_time = self._handshakes.pop(conn, None) is not None
+                    in_time = self._handshakes.pop(conn, None) is not None
             if not in_time:
-                return  # its connection was shut down as the handshake ended
+                _logging.info(
+                    "refused a client of the manager at %r: no handshake within %g s",
+                    self.address,
+                    HANDSHAKE_SECONDS,
+                )
+                return
+            if refused is not None:
+                _logging.info("refused a client of the manager at %r: %s", self.address, refused)
+                return
             while not self._stopped.is_set():
                 reply: Reply | None
                 try:

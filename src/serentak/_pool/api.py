@@ -366,12 +366,9 @@ class BasePool:
         self._check_running(timeout)
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
-        if retries is None and retry_on is None and backoff is None and memory_limit is None:
-            options = self._plain_options  # what _options gives, without its checks
-        else:
-            options = self._options(
-                retries=retries, retry_on=retry_on, backoff=backoff, memory_limit=memory_limit
-            )
+        options = self._options(
+            retries=retries, retry_on=retry_on, backoff=backoff, memory_limit=memory_limit
+        )
         result = ApplyResult(callback, error_callback, self._callbacks)
         result.cancel_hook = self._cancel_hook
         result.collector = self._collector

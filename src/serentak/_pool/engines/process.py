@@ -1063,13 +1063,8 @@ class Supervisor:
     def _dispatch_to_workers(self, now: float) -> None:
         if len(self._pending) == 1:
             # One task (an apply): the first idle worker takes it, as below.
-            maxtasks = self._maxtasks
             for worker in self._workers.values():
-                if (
-                    not worker.in_flight
-                    and not worker.retiring
-                    and (maxtasks is None or worker.completed < maxtasks)
-                ):
+                if not worker.in_flight and not worker.retiring and self._may_take_more(worker):
                     self._send_task(worker, self._pending.popleft())
                     return
         room: list[tuple[_Worker, int]] = []  # (worker, how many more tasks it may take)
