@@ -607,6 +607,16 @@ serentak_semlock_acquire(PyObject *lock)
     return semlock_acquire_impl((SemLockObject *)lock, 1, FOREVER) < 0 ? -1 : 0;
 }
 
+/* 1 if `lock` (serentak_is_semlock) is an RLock the calling thread holds: a
+ * guarded access inside `with v.get_lock():` then needs no re-entry. */
+int
+serentak_semlock_held_rlock(PyObject *lock)
+{
+    SemLockObject *self = (SemLockObject *)lock;
+    return self->kind == KIND_RLOCK &&
+           lock_is_mine(self->st, (uint32_t)serentak_getpid(), serentak_gettid());
+}
+
 /* release() of a SemLock (serentak_is_semlock): 0, or -1 with an exception. */
 int
 serentak_semlock_release(PyObject *lock)

@@ -7,6 +7,7 @@ start method (the ``ctx`` fixture).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import multiprocessing.sharedctypes as stdlib_sharedctypes
@@ -95,6 +96,63 @@ def test_every_typecode_round_trips(code: str) -> None:
     assert [array[i] for i in range(3)] == items
     assert len(array) == 3
     assert sharedctypes.RawValue(code).value == stdlib_sharedctypes.RawValue(code).value
+
+
+class _Index:
+    """An integer by ``__index__`` only."""
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+
+    def __index__(self) -> int:
+        return self._value
+
+
+# Values a Value's ``value`` may be given: in range, beyond every type's width
+# (ctypes truncates), of other numeric types, and of no numeric type.
+ASSIGNED: list[Any] = [
+    0, -1, 1, 127, 128, 255, 256, -129, 2**15, 2**16 + 3, 2**31, -(2**31) - 1, 2**32 + 7,
+    2**63, 2**64 + 5, -(2**64) - 5, 2**100 + 9, True, False, _Index(300), 1.5, -0.0,
+    float("inf"), 1e300, "7", None,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("code", [code for code in TYPECODE_VALUES if code not in "cu"])
+def test_a_value_converts_what_it_is_given_as_ctypes(code: str) -> None:
+    """``value`` is read and written in place for a shared simple value: it converts,
+    truncates and refuses exactly as ctypes does, inside the lock or not."""
+    value = sharedctypes.Value(code)
+    plain = stdlib_sharedctypes.typecode_to_type[code]()  # type: ignore[attr-defined]
+    for given in ASSIGNED:
+        for held in (False, True):
+            try:
+                plain.value = given
+            except Exception as exc:
+                with (
+                    pytest.raises(type(exc)),
+                    value.get_lock() if held else contextlib.nullcontext(),
+                ):
+                    value.value = given
+            else:
+                with value.get_lock() if held else contextlib.nullcontext():
+                    value.value = given
+                    got = value.value
+                assert got == plain.value or (got != got and plain.value != plain.value), given
+                assert type(got) is type(plain.value)
+            assert value.get_lock()._count() == 0
+
+
+def test_a_rebound_object_is_read_through_ctypes() -> None:
+    value = sharedctypes.Value("i", 5)
+    other = sharedctypes.RawValue("i", 9)
+    value._obj = other
+    assert value.value == 9
+    value.value = 10
+    assert other.value == 10
+    assert value.get_obj() is other
+    owned: Any = sharedctypes.synchronized(ctypes.c_int(3))
+    owned.value += 1
+    assert owned.value == 4
 
 
 def test_zero_filled_even_when_the_arena_recycles_bytes() -> None:

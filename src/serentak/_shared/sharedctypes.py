@@ -71,6 +71,13 @@ TYPECODES: Final[dict[str, type[Any]]] = {
     "d": ctypes.c_double,
 }
 
+# The simple types whose value a wrapper reads and writes in place (see
+# SynchronizedBase): every typecode but the characters, whose values are bytes
+# and str. c_long and c_longlong may be one type; their codes then agree.
+_IN_PLACE_CODES: Final[dict[type[Any], str]] = {
+    ctype: code for code, ctype in TYPECODES.items() if code not in "cu"
+}
+
 # The attribute of a shared ctypes object that keeps its Block alive. Odd on
 # purpose: a Structure's field of the same name would shadow it.
 _BLOCK_ATTRIBUTE: Final = "_serentak_block_"
@@ -345,6 +352,13 @@ class SynchronizedBase(_native.Guarded):
         self._lock = lock if lock else _with_lock(None, ctx)
         self.acquire: Callable[..., bool] = self._lock.acquire
         self.release: Callable[[], None] = self._lock.release
+        # A shared simple value is a view that cannot move (ctypes does not
+        # resize memory it does not own): ``value`` then converts its bytes in
+        # place, without the ctypes attribute machinery, inside the critical
+        # section where processes sharing the value wait for each other.
+        code = _IN_PLACE_CODES.get(_types.base(type(obj)))
+        if code is not None and getattr(obj, _BLOCK_ATTRIBUTE, None) is not None:
+            self._bind_raw(code)
 
     def __reduce__(self) -> tuple[Any, ...]:
         _refuse_unless_spawning(self)
