@@ -11,6 +11,8 @@
  *                             | magic kind maxval |
  *                             +-------------------+
  *                             | owner_tid, depth  |  line 1: the owner's
+ *                             | owner_stamp       |
+ *                             | spare: 48 bytes   |  the guarded data (a Value)
  *                             +-------------------+
  *
  * Lock and RLock
@@ -43,6 +45,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -67,7 +70,7 @@ enum { KIND_LOCK = 0, KIND_RLOCK = 1, KIND_SEMAPHORE = 2 };
 #define TIMEOUT_FOREVER_ABOVE 1e8
 
 /* Waiters poll `word` while the owner works; the owner writes owner_tid and
- * depth on every RLock re-entry (a Synchronized value's accessors re-enter
+ * depth on every RLock re-entry (a Synchronized value's accessors re-entered
  * twice per `with v.get_lock(): v.value += 1`). With all of it on one cache
  * line, every such write stole the line back from the polling waiter, and
  * the protected data, allocated next to the lock, did the same: two
@@ -75,8 +78,18 @@ enum { KIND_LOCK = 0, KIND_RLOCK = 1, KIND_SEMAPHORE = 2 };
  * So the state spans two cache lines, the word's read by everyone and the
  * owner's written only by the owner, and the block is placed on a line
  * boundary inside a buffer one line longer than the state (the offset is
- * the same in every process, since segments are mapped page-aligned). */
+ * the same in every process, since segments are mapped page-aligned).
+ *
+ * The owner's line keeps its last SPARE_SIZE bytes for the data the lock
+ * guards (a Value's bytes, a small Array's; see SemLock._spare): a process
+ * taking the lock over from another needs the owner's line anyway, and then
+ * gets the data with it, so a hand-over between processes on two CPUs moves
+ * two cache lines rather than three. The owner's start stamp is on that line
+ * too: it is written at every acquire and release, by the owner only, and
+ * read by the others only when they look for a dead owner. */
 #define CACHE_LINE 64
+#define OWNER_FIELDS 16 /* owner_tid, depth, owner_stamp, and padding to 16 */
+#define SPARE_SIZE (CACHE_LINE - OWNER_FIELDS)
 
 typedef struct {
     /* line 0: read by waiters */
@@ -85,17 +98,19 @@ typedef struct {
     _Atomic uint32_t magic; /* written last by the creator */
     uint32_t kind;
     uint32_t maxvalue;
+    char pad0[CACHE_LINE - 5 * sizeof(uint32_t)];
+    /* line 1: written by the owner only, then the spare bytes */
+    _Atomic int32_t owner_tid;
+    _Atomic uint32_t depth;
     /* the owner's start stamp (see native.h), 0: unknown; written with the word, once
      * per acquisition, and read by waiters looking for a dead owner */
     _Atomic uint32_t owner_stamp;
-    char pad0[CACHE_LINE - 6 * sizeof(uint32_t)];
-    /* line 1: written by the owner only */
-    _Atomic int32_t owner_tid;
-    _Atomic uint32_t depth;
-    char pad1[CACHE_LINE - 2 * sizeof(uint32_t)];
+    uint32_t pad1;
+    char spare[SPARE_SIZE];
 } shared_state;
 
 _Static_assert(sizeof(shared_state) == 2 * CACHE_LINE, "two cache lines");
+_Static_assert(offsetof(shared_state, spare) == CACHE_LINE + OWNER_FIELDS, "spare at the end");
 /* The bytes a SemLock needs in its buffer: the state plus room to align it. */
 #define SEMLOCK_SIZE (sizeof(shared_state) + CACHE_LINE)
 
@@ -884,6 +899,18 @@ refuse_pickle(PyObject *self, PyObject *unused)
     return NULL;
 }
 
+/* (offset, size) of the spare bytes on the owner's line, from the start of
+ * the buffer given to __init__: the same in every process (see CACHE_LINE). */
+static PyObject *
+semlock_spare(SemLockObject *self, PyObject *unused)
+{
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    Py_ssize_t offset = (Py_ssize_t)(self->st->spare - (char *)self->view.buf);
+    return Py_BuildValue("nn", offset, (Py_ssize_t)SPARE_SIZE);
+}
+
 static PyObject *
 semlock_get_kind(SemLockObject *self, void *closure)
 {
@@ -921,6 +948,9 @@ static PyMethodDef semlock_methods[] = {
      "Release a lock the calling thread holds, however deep; return the depth."},
     {"_acquire_restore", (PyCFunction)semlock_acquire_restore, METH_O,
      "Acquire, blocking, and set the depth _release_save() returned."},
+    {"_spare", (PyCFunction)semlock_spare, METH_NOARGS,
+     "(offset, size): bytes of the buffer, on the owner's cache line, that the lock\n"
+     "never touches, for the data it guards."},
     {"__reduce__", (PyCFunction)refuse_pickle, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -505,6 +505,76 @@ def test_every_typecode_across_processes(ctx: Any) -> None:
     assert [v.value for v in values + raws] == [TYPECODE_VALUES[code][1] for code in codes] * 2
 
 
+def _address(buffer: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+def test_a_small_value_or_array_lives_beside_its_lock_and_counts_exactly(ctx: Any) -> None:
+    """A Value or an Array of at most 48 bytes with its own RLock is placed in the lock's
+    spare bytes (on its owner's cache line); two processes hammering both, with the
+    locks handed over between them, count exactly."""
+    value = ctx.Value("q", 0)
+    array = ctx.Array("i", [0, 10, 20, 30])
+    for wrapper in (value, array):
+        block, offset, size = wrapper.get_lock().spare_bytes()
+        assert size == 48
+        assert ctypes.addressof(wrapper.get_obj()) == _address(block.buffer) + offset
+        assert (_address(block.buffer) + offset) % 64 == 16
+    big = ctx.Array("d", 7)  # 56 bytes: apart
+    block, offset, _ = big.get_lock().spare_bytes()
+    assert ctypes.addressof(big.get_obj()) != _address(block.buffer) + offset
+    assert big[:] == [0.0] * 7
+    times = 3_000
+    children = [
+        ctx.Process(target=_shared_targets.sct_add_many_beside, args=(value, array, times))
+        for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(PATIENCE)
+        assert child.exitcode == 0
+    assert value.value == 2 * times
+    assert array[:] == [2 * times, 10 + 2 * times, 20 + 2 * times, 30 + 2 * times]
+    for wrapper in (value, array):
+        lock = wrapper.get_lock()
+        assert lock._count() == 0
+        assert lock.acquire(False)
+        lock.release()
+
+
+def test_a_given_lock_or_no_lock_keeps_the_value_apart() -> None:
+    lock = serentak.RLock()
+    value = sharedctypes.Value("i", 3, lock=lock)
+    block, offset, _ = lock.spare_bytes()
+    assert ctypes.addressof(value.get_obj()) != _address(block.buffer) + offset
+    assert sharedctypes.Value("i", 4, lock=False).value == 4
+    assert sharedctypes.Array("i", [1, 2], lock=False)[:] == [1, 2]
+    assert sharedctypes.Value("i", 5, lock=None).value == 5
+    with pytest.raises(TypeError):
+        sharedctypes.Value("i", 1, 2)
+    with pytest.raises(ValueError, match="length must be >= 0"):
+        sharedctypes.Array("i", -1)
+    assert sharedctypes.Array("i", iter([7, 8]))[:] == [7, 8]
+
+
+def test_a_process_looping_on_the_lock_does_not_starve_another(ctx: Any) -> None:
+    """A waiter is not locked out by a holder that releases and re-takes the lock at
+    once, over and over (a release does not hand the lock over; the waiter must win
+    it in the holder's short gap, and does)."""
+    value = ctx.Value("i", 0)
+    stop = ctx.Event()
+    hog = ctx.Process(target=_shared_targets.sct_hog_value_lock, args=(value, stop))
+    hog.start()
+    taker = ctx.Process(target=_shared_targets.sct_take_lock_beside_a_hog, args=(value, 200, stop))
+    taker.start()
+    taker.join(PATIENCE)
+    stop.set()
+    hog.join(PATIENCE)
+    assert (taker.exitcode, hog.exitcode) == (0, 0)
+    assert value.value >= 200
+
+
 def test_child_uses_the_given_lock(ctx: Any) -> None:
     lock = ctx.Lock()
     value = ctx.Value("i", 0, lock=lock)
