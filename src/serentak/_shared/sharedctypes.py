@@ -6,11 +6,17 @@ Every object is a ctypes view on a block of the shared arena
     parent                              shared block                 child
     RawValue('i') ── c_int view ──────▶ [ 4 bytes ]  ◀────────────── c_int view
     Value('i')    ── Synchronized                                    Synchronized
-                      ├ the c_int view ─▶ [ 4 bytes ]  ◀────────────── ├ c_int view
-                      └ RLock ─────────▶ [ lock word ] ◀────────────── └ RLock
+                      └ RLock ─────────▶ [ line 0: lock word     ] ◀── └ RLock
+                      └ the c_int view ▶ [ line 1: owner | 4 bytes ] ◀── └ c_int view
     fork: the child inherits the views.  spawn, forkserver: while the child is
-    being started, a view pickles (ctypes type, Block) and the Block its
-    segment's fd; the child maps the segment and lays the same type over it.
+    being started, a view pickles (ctypes type, Block, offset) and the Block
+    its segment's fd; the child maps the segment and lays the same type over it.
+
+A Value or Array of at most 48 bytes made with its own RLock (``lock=True``)
+lives in the RLock's block, in the spare bytes of the cache line the lock's
+owner writes (:meth:`~serentak._shared.sync.RLock.spare_bytes`): a process
+taking the lock from another receives the value with the same cache-line
+transfer. A bigger object, or one given a lock, has a block of its own.
 
 Whoever holds the lock may read and write the bytes; a raw object has no
 lock, and its users coordinate as they see fit.
