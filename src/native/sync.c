@@ -349,6 +349,28 @@ lock_take(shared_state *st, uint32_t me, uint32_t flags, pid_t *dead)
 
 typedef enum { WAIT_ACQUIRED, WAIT_SLICE_OVER, WAIT_INTERRUPTED } wait_status;
 
+/* Poll the word at growing gaps (see SPIN_FIRST_GAP), SPIN_LIMIT pauses in
+ * all, and take the lock (as me | flags) if it is seen free. 1 if taken. */
+static int
+lock_spin(shared_state *st, uint32_t me, uint32_t flags)
+{
+    for (int spun = 0, gap = SPIN_FIRST_GAP; spun < SPIN_LIMIT; spun += gap) {
+        for (int i = 0; i < gap; i++) {
+            cpu_relax();
+        }
+        uint32_t expected = 0;
+        if (atomic_load_explicit(&st->word, memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_strong_explicit(&st->word, &expected, me | flags,
+                                                    memory_order_acquire, memory_order_relaxed)) {
+            return 1;
+        }
+        if (gap < SPIN_MAX_GAP) {
+            gap *= 2;
+        }
+    }
+    return 0;
+}
+
 /* Called without the GIL: sleep on a held lock until it is ours or `until`. */
 static wait_status
 lock_sleep(shared_state *st, uint32_t me, const struct timespec *until)
@@ -375,6 +397,15 @@ lock_sleep(shared_state *st, uint32_t me, const struct timespec *until)
         }
         if (err == EINTR) {
             return WAIT_INTERRUPTED;
+        }
+        /* Woken by a release, we are on a CPU now: a holder that took the lock
+         * back meanwhile holds it a short while, so spin for it before sleeping
+         * again. Going straight back to sleep, a waiter on a lock its holder
+         * re-takes at once won only if its one look fell in the holder's gap,
+         * and each of its rounds cost the holder a wake system call. Keep
+         * SERENTAK_WAITERS: others may sleep. */
+        if (lock_spin(st, me, SERENTAK_WAITERS)) {
+            return WAIT_ACQUIRED;
         }
     }
 }
@@ -459,17 +490,8 @@ lock_acquire(SemLockObject *self, int blocking, double timeout)
     }
     struct timespec deadline_storage;
     const struct timespec *deadline = deadline_after(timeout, &deadline_storage);
-    /* Poll the word at growing gaps (see SPIN_FIRST_GAP), SPIN_LIMIT pauses in all. */
-    for (int spun = 0, gap = SPIN_FIRST_GAP; spun < SPIN_LIMIT; spun += gap) {
-        for (int i = 0; i < gap; i++) {
-            cpu_relax();
-        }
-        if (atomic_load_explicit(&st->word, memory_order_relaxed) == 0 && lock_try(st, me)) {
-            goto acquired;
-        }
-        if (gap < SPIN_MAX_GAP) {
-            gap *= 2;
-        }
+    if (lock_spin(st, me, 0)) {
+        goto acquired;
     }
     for (;;) {
         struct timespec until;
