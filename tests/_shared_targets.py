@@ -157,6 +157,41 @@ def sct_add_many(value: Any, times: int) -> None:
             value.value += 1
 
 
+def sct_add_many_beside(value: Any, array: Any, times: int) -> None:
+    """Add 1 to ``value`` and to each item of ``array`` ``times`` times, each under its lock,
+    the array's accesses in and out of ``with``."""
+    for turn in range(times):
+        with value.get_lock():
+            value.value += 1
+        if turn % 2:
+            with array.get_lock():
+                for index in range(len(array)):
+                    array[index] += 1
+        else:
+            for index in range(len(array)):
+                with array.get_lock():
+                    array[index] += 1
+
+
+def sct_hog_value_lock(value: Any, stop: Any) -> None:
+    """Take and give back ``value``'s lock in a tight loop until ``stop`` is set."""
+    lock = value.get_lock()
+    while not stop.is_set():
+        for _ in range(1000):
+            with lock:
+                value.value += 1
+
+
+def sct_take_lock_beside_a_hog(value: Any, times: int, stop: Any) -> None:
+    """Take ``value``'s lock ``times`` times while another process hogs it; then stop the hog."""
+    try:
+        for _ in range(times):
+            with value.get_lock():
+                value.value += 1
+    finally:
+        stop.set()
+
+
 def sct_swap_values(conn: Any, objects: list[Any], new_values: list[Any]) -> None:
     """Send the ``.value`` of each object as the child sees it, then store ``new_values``."""
     conn.send([obj.value for obj in objects])

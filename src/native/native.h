@@ -27,6 +27,7 @@ int serentak_sync_init(PyObject *module);
 int serentak_is_semlock(PyObject *obj);
 int serentak_semlock_acquire(PyObject *lock);
 int serentak_semlock_release(PyObject *lock);
+int serentak_semlock_held_rlock(PyObject *lock);
 
 /* guarded.c */
 int serentak_guarded_init(PyObject *module);

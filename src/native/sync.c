@@ -11,6 +11,8 @@
  *                             | magic kind maxval |
  *                             +-------------------+
  *                             | owner_tid, depth  |  line 1: the owner's
+ *                             | owner_stamp       |
+ *                             | spare: 48 bytes   |  the guarded data (a Value)
  *                             +-------------------+
  *
  * Lock and RLock
@@ -43,6 +45,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
@@ -58,16 +61,31 @@ enum { KIND_LOCK = 0, KIND_RLOCK = 1, KIND_SEMAPHORE = 2 };
 #define SERENTAK_SEM_VALUE_MAX 0x7fffffffu
 /* Linux pids stay below 2**22 (PID_MAX_LIMIT); other POSIX systems lower still. */
 #define STATE_MAGIC 0x53724c6bu
-/* Spin iterations (about 25 ns each here, so ~5 us) before sleeping. Two
- * processes doing `with lock: counter.value += 1` on two CPUs: 1.9 M
- * increments/s without spinning (every hand-over is a futex sleep and wake),
- * 3.7 M/s with 200 spins; 1000 and more gain nothing within the noise. */
+/* Pause instructions (about 25 ns each here, so ~5 us) a lock waiter spins
+ * before sleeping. Two processes doing `with lock: counter.value += 1` on two
+ * CPUs: 1.9 M increments/s without spinning (every hand-over is a futex sleep
+ * and wake), 3.7 M/s with 200 spins; 1000 and more gain nothing within the
+ * noise.
+ *
+ * The waiter polls the word first after SPIN_FIRST_GAP pauses, then at gaps
+ * doubling up to SPIN_MAX_GAP (~0.8 us). Polling at every pause, the waiter
+ * caught nearly every short gap between the holder's release and its next
+ * acquire: the lock changed process every 2-5 increments, each time moving
+ * the lock's two cache lines across CPUs, and each poll also took the word's
+ * line from the holder, which then paid a miss to write it again. Polling at
+ * growing gaps, it changed process 2.5-10 times less often (3,300-8,600 vs
+ * 21,000-40,000 hand-overs in 2 x 100,000 increments pinned to two CPUs),
+ * and a process taking the lock once while another loops on it still waited
+ * a median of 3-12 us, as before (the tail, a few ms, is the scheduler's on
+ * a loaded machine, the same for both policies). */
 #define SPIN_LIMIT 200
+#define SPIN_FIRST_GAP 8
+#define SPIN_MAX_GAP 32
 /* Timeouts beyond this (about 3 years) are treated as "forever". */
 #define TIMEOUT_FOREVER_ABOVE 1e8
 
 /* Waiters poll `word` while the owner works; the owner writes owner_tid and
- * depth on every RLock re-entry (a Synchronized value's accessors re-enter
+ * depth on every RLock re-entry (a Synchronized value's accessors re-entered
  * twice per `with v.get_lock(): v.value += 1`). With all of it on one cache
  * line, every such write stole the line back from the polling waiter, and
  * the protected data, allocated next to the lock, did the same: two
@@ -75,8 +93,18 @@ enum { KIND_LOCK = 0, KIND_RLOCK = 1, KIND_SEMAPHORE = 2 };
  * So the state spans two cache lines, the word's read by everyone and the
  * owner's written only by the owner, and the block is placed on a line
  * boundary inside a buffer one line longer than the state (the offset is
- * the same in every process, since segments are mapped page-aligned). */
+ * the same in every process, since segments are mapped page-aligned).
+ *
+ * The owner's line keeps its last SPARE_SIZE bytes for the data the lock
+ * guards (a Value's bytes, a small Array's; see SemLock._spare): a process
+ * taking the lock over from another needs the owner's line anyway, and then
+ * gets the data with it, so a hand-over between processes on two CPUs moves
+ * two cache lines rather than three. The owner's start stamp is on that line
+ * too: it is written at every acquire and release, by the owner only, and
+ * read by the others only when they look for a dead owner. */
 #define CACHE_LINE 64
+#define OWNER_FIELDS 16 /* owner_tid, depth, owner_stamp, and padding to 16 */
+#define SPARE_SIZE (CACHE_LINE - OWNER_FIELDS)
 
 typedef struct {
     /* line 0: read by waiters */
@@ -85,17 +113,19 @@ typedef struct {
     _Atomic uint32_t magic; /* written last by the creator */
     uint32_t kind;
     uint32_t maxvalue;
+    char pad0[CACHE_LINE - 5 * sizeof(uint32_t)];
+    /* line 1: written by the owner only, then the spare bytes */
+    _Atomic int32_t owner_tid;
+    _Atomic uint32_t depth;
     /* the owner's start stamp (see native.h), 0: unknown; written with the word, once
      * per acquisition, and read by waiters looking for a dead owner */
     _Atomic uint32_t owner_stamp;
-    char pad0[CACHE_LINE - 6 * sizeof(uint32_t)];
-    /* line 1: written by the owner only */
-    _Atomic int32_t owner_tid;
-    _Atomic uint32_t depth;
-    char pad1[CACHE_LINE - 2 * sizeof(uint32_t)];
+    uint32_t pad1;
+    char spare[SPARE_SIZE];
 } shared_state;
 
 _Static_assert(sizeof(shared_state) == 2 * CACHE_LINE, "two cache lines");
+_Static_assert(offsetof(shared_state, spare) == CACHE_LINE + OWNER_FIELDS, "spare at the end");
 /* The bytes a SemLock needs in its buffer: the state plus room to align it. */
 #define SEMLOCK_SIZE (sizeof(shared_state) + CACHE_LINE)
 
@@ -319,6 +349,28 @@ lock_take(shared_state *st, uint32_t me, uint32_t flags, pid_t *dead)
 
 typedef enum { WAIT_ACQUIRED, WAIT_SLICE_OVER, WAIT_INTERRUPTED } wait_status;
 
+/* Poll the word at growing gaps (see SPIN_FIRST_GAP), SPIN_LIMIT pauses in
+ * all, and take the lock (as me | flags) if it is seen free. 1 if taken. */
+static int
+lock_spin(shared_state *st, uint32_t me, uint32_t flags)
+{
+    for (int spun = 0, gap = SPIN_FIRST_GAP; spun < SPIN_LIMIT; spun += gap) {
+        for (int i = 0; i < gap; i++) {
+            cpu_relax();
+        }
+        uint32_t expected = 0;
+        if (atomic_load_explicit(&st->word, memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_strong_explicit(&st->word, &expected, me | flags,
+                                                    memory_order_acquire, memory_order_relaxed)) {
+            return 1;
+        }
+        if (gap < SPIN_MAX_GAP) {
+            gap *= 2;
+        }
+    }
+    return 0;
+}
+
 /* Called without the GIL: sleep on a held lock until it is ours or `until`. */
 static wait_status
 lock_sleep(shared_state *st, uint32_t me, const struct timespec *until)
@@ -345,6 +397,15 @@ lock_sleep(shared_state *st, uint32_t me, const struct timespec *until)
         }
         if (err == EINTR) {
             return WAIT_INTERRUPTED;
+        }
+        /* Woken by a release, we are on a CPU now: a holder that took the lock
+         * back meanwhile holds it a short while, so spin for it before sleeping
+         * again. Going straight back to sleep, a waiter on a lock its holder
+         * re-takes at once won only if its one look fell in the holder's gap,
+         * and each of its rounds cost the holder a wake system call. Keep
+         * SERENTAK_WAITERS: others may sleep. */
+        if (lock_spin(st, me, SERENTAK_WAITERS)) {
+            return WAIT_ACQUIRED;
         }
     }
 }
@@ -429,11 +490,8 @@ lock_acquire(SemLockObject *self, int blocking, double timeout)
     }
     struct timespec deadline_storage;
     const struct timespec *deadline = deadline_after(timeout, &deadline_storage);
-    for (int spin = 0; spin < SPIN_LIMIT; spin++) {
-        cpu_relax();
-        if (atomic_load_explicit(&st->word, memory_order_relaxed) == 0 && lock_try(st, me)) {
-            goto acquired;
-        }
+    if (lock_spin(st, me, 0)) {
+        goto acquired;
     }
     for (;;) {
         struct timespec until;
@@ -605,6 +663,16 @@ int
 serentak_semlock_acquire(PyObject *lock)
 {
     return semlock_acquire_impl((SemLockObject *)lock, 1, FOREVER) < 0 ? -1 : 0;
+}
+
+/* 1 if `lock` (serentak_is_semlock) is an RLock the calling thread holds: a
+ * guarded access inside `with v.get_lock():` then needs no re-entry. */
+int
+serentak_semlock_held_rlock(PyObject *lock)
+{
+    SemLockObject *self = (SemLockObject *)lock;
+    return self->kind == KIND_RLOCK &&
+           lock_is_mine(self->st, (uint32_t)serentak_getpid(), serentak_gettid());
 }
 
 /* release() of a SemLock (serentak_is_semlock): 0, or -1 with an exception. */
@@ -874,6 +942,18 @@ refuse_pickle(PyObject *self, PyObject *unused)
     return NULL;
 }
 
+/* (offset, size) of the spare bytes on the owner's line, from the start of
+ * the buffer given to __init__: the same in every process (see CACHE_LINE). */
+static PyObject *
+semlock_spare(SemLockObject *self, PyObject *unused)
+{
+    if (check_ready(self) < 0) {
+        return NULL;
+    }
+    Py_ssize_t offset = (Py_ssize_t)(self->st->spare - (char *)self->view.buf);
+    return Py_BuildValue("nn", offset, (Py_ssize_t)SPARE_SIZE);
+}
+
 static PyObject *
 semlock_get_kind(SemLockObject *self, void *closure)
 {
@@ -911,6 +991,9 @@ static PyMethodDef semlock_methods[] = {
      "Release a lock the calling thread holds, however deep; return the depth."},
     {"_acquire_restore", (PyCFunction)semlock_acquire_restore, METH_O,
      "Acquire, blocking, and set the depth _release_save() returned."},
+    {"_spare", (PyCFunction)semlock_spare, METH_NOARGS,
+     "(offset, size): bytes of the buffer, on the owner's cache line, that the lock\n"
+     "never touches, for the data it guards."},
     {"__reduce__", (PyCFunction)refuse_pickle, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

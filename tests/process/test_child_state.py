@@ -190,6 +190,45 @@ if __name__ == "__main__":
 """
 
 
+LATE_LOGGING_SCRIPT = """
+import sys
+
+import serentak
+
+
+def work():
+    started_with_logging = "logging" in sys.modules
+    import logging
+
+    record = logging.getLogger("app").makeRecord("app", logging.INFO, "f", 1, "m", None, None)
+    print(started_with_logging, record.processName, type(logging.__loader__).__name__)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    ctx = serentak.get_context(sys.argv[1])
+    process = ctx.Process(target=work, name="Worker-8")
+    process.start()
+    process.join()
+"""
+
+
+def test_a_child_that_imports_logging_late_still_names_its_records(
+    start_method: str, tmp_path: Path
+) -> None:
+    # Starting a child does not import logging (a few ms per start); the
+    # record factory is put in place when the child's own code imports it.
+    script = tmp_path / "late_logging_script.py"
+    script.write_text(LATE_LOGGING_SCRIPT)
+    result = run_script(script, start_method)
+    assert result.returncode == 0, result.stderr
+    started_with_logging, name, loader = result.stdout.split()
+    assert name == "Worker-8"
+    assert loader == "SourceFileLoader"
+    if start_method == "fork":
+        assert started_with_logging == "False"
+
+
 def test_log_to_stderr_record_names_and_life_cycle_lines_reach_the_child(
     start_method: str, tmp_path: Path
 ) -> None:

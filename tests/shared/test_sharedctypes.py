@@ -7,6 +7,7 @@ start method (the ``ctx`` fixture).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import multiprocessing.sharedctypes as stdlib_sharedctypes
@@ -95,6 +96,63 @@ def test_every_typecode_round_trips(code: str) -> None:
     assert [array[i] for i in range(3)] == items
     assert len(array) == 3
     assert sharedctypes.RawValue(code).value == stdlib_sharedctypes.RawValue(code).value
+
+
+class _Index:
+    """An integer by ``__index__`` only."""
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+
+    def __index__(self) -> int:
+        return self._value
+
+
+# Values a Value's ``value`` may be given: in range, beyond every type's width
+# (ctypes truncates), of other numeric types, and of no numeric type.
+ASSIGNED: list[Any] = [
+    0, -1, 1, 127, 128, 255, 256, -129, 2**15, 2**16 + 3, 2**31, -(2**31) - 1, 2**32 + 7,
+    2**63, 2**64 + 5, -(2**64) - 5, 2**100 + 9, True, False, _Index(300), 1.5, -0.0,
+    float("inf"), 1e300, "7", None,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("code", [code for code in TYPECODE_VALUES if code not in "cu"])
+def test_a_value_converts_what_it_is_given_as_ctypes(code: str) -> None:
+    """``value`` is read and written in place for a shared simple value: it converts,
+    truncates and refuses exactly as ctypes does, inside the lock or not."""
+    value = sharedctypes.Value(code)
+    plain = stdlib_sharedctypes.typecode_to_type[code]()  # type: ignore[attr-defined]
+    for given in ASSIGNED:
+        for held in (False, True):
+            try:
+                plain.value = given
+            except Exception as exc:
+                with (
+                    pytest.raises(type(exc)),
+                    value.get_lock() if held else contextlib.nullcontext(),
+                ):
+                    value.value = given
+            else:
+                with value.get_lock() if held else contextlib.nullcontext():
+                    value.value = given
+                    got = value.value
+                assert got == plain.value or (got != got and plain.value != plain.value), given
+                assert type(got) is type(plain.value)
+            assert value.get_lock()._count() == 0
+
+
+def test_a_rebound_object_is_read_through_ctypes() -> None:
+    value = sharedctypes.Value("i", 5)
+    other = sharedctypes.RawValue("i", 9)
+    value._obj = other
+    assert value.value == 9
+    value.value = 10
+    assert other.value == 10
+    assert value.get_obj() is other
+    owned: Any = sharedctypes.synchronized(ctypes.c_int(3))
+    owned.value += 1
+    assert owned.value == 4
 
 
 def test_zero_filled_even_when_the_arena_recycles_bytes() -> None:
@@ -445,6 +503,76 @@ def test_every_typecode_across_processes(ctx: Any) -> None:
     assert process.exitcode == 0
     assert seen == [TYPECODE_VALUES[code][0] for code in codes] * 2
     assert [v.value for v in values + raws] == [TYPECODE_VALUES[code][1] for code in codes] * 2
+
+
+def _address(buffer: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+def test_a_small_value_or_array_lives_beside_its_lock_and_counts_exactly(ctx: Any) -> None:
+    """A Value or an Array of at most 48 bytes with its own RLock is placed in the lock's
+    spare bytes (on its owner's cache line); two processes hammering both, with the
+    locks handed over between them, count exactly."""
+    value = ctx.Value("q", 0)
+    array = ctx.Array("i", [0, 10, 20, 30])
+    for wrapper in (value, array):
+        block, offset, size = wrapper.get_lock().spare_bytes()
+        assert size == 48
+        assert ctypes.addressof(wrapper.get_obj()) == _address(block.buffer) + offset
+        assert (_address(block.buffer) + offset) % 64 == 16
+    big = ctx.Array("d", 7)  # 56 bytes: apart
+    block, offset, _ = big.get_lock().spare_bytes()
+    assert ctypes.addressof(big.get_obj()) != _address(block.buffer) + offset
+    assert big[:] == [0.0] * 7
+    times = 3_000
+    children = [
+        ctx.Process(target=_shared_targets.sct_add_many_beside, args=(value, array, times))
+        for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(PATIENCE)
+        assert child.exitcode == 0
+    assert value.value == 2 * times
+    assert array[:] == [2 * times, 10 + 2 * times, 20 + 2 * times, 30 + 2 * times]
+    for wrapper in (value, array):
+        lock = wrapper.get_lock()
+        assert lock._count() == 0
+        assert lock.acquire(False)
+        lock.release()
+
+
+def test_a_given_lock_or_no_lock_keeps_the_value_apart() -> None:
+    lock = serentak.RLock()
+    value = sharedctypes.Value("i", 3, lock=lock)
+    block, offset, _ = lock.spare_bytes()
+    assert ctypes.addressof(value.get_obj()) != _address(block.buffer) + offset
+    assert sharedctypes.Value("i", 4, lock=False).value == 4
+    assert sharedctypes.Array("i", [1, 2], lock=False)[:] == [1, 2]
+    assert sharedctypes.Value("i", 5, lock=None).value == 5
+    with pytest.raises(TypeError):
+        sharedctypes.Value("i", 1, 2)
+    with pytest.raises(ValueError, match="length must be >= 0"):
+        sharedctypes.Array("i", -1)
+    assert sharedctypes.Array("i", iter([7, 8]))[:] == [7, 8]
+
+
+def test_a_process_looping_on_the_lock_does_not_starve_another(ctx: Any) -> None:
+    """A waiter is not locked out by a holder that releases and re-takes the lock at
+    once, over and over (a release does not hand the lock over; the waiter must win
+    it in the holder's short gap, and does)."""
+    value = ctx.Value("i", 0)
+    stop = ctx.Event()
+    hog = ctx.Process(target=_shared_targets.sct_hog_value_lock, args=(value, stop))
+    hog.start()
+    taker = ctx.Process(target=_shared_targets.sct_take_lock_beside_a_hog, args=(value, 200, stop))
+    taker.start()
+    taker.join(PATIENCE)
+    stop.set()
+    hog.join(PATIENCE)
+    assert (taker.exitcode, hog.exitcode) == (0, 0)
+    assert value.value >= 200
 
 
 def test_child_uses_the_given_lock(ctx: Any) -> None:

@@ -6,11 +6,17 @@ Every object is a ctypes view on a block of the shared arena
     parent                              shared block                 child
     RawValue('i') ── c_int view ──────▶ [ 4 bytes ]  ◀────────────── c_int view
     Value('i')    ── Synchronized                                    Synchronized
-                      ├ the c_int view ─▶ [ 4 bytes ]  ◀────────────── ├ c_int view
-                      └ RLock ─────────▶ [ lock word ] ◀────────────── └ RLock
+                      └ RLock ─────────▶ [ line 0: lock word     ] ◀── └ RLock
+                      └ the c_int view ▶ [ line 1: owner | 4 bytes ] ◀── └ c_int view
     fork: the child inherits the views.  spawn, forkserver: while the child is
-    being started, a view pickles (ctypes type, Block) and the Block its
-    segment's fd; the child maps the segment and lays the same type over it.
+    being started, a view pickles (ctypes type, Block, offset) and the Block
+    its segment's fd; the child maps the segment and lays the same type over it.
+
+A Value or Array of at most 48 bytes made with its own RLock (``lock=True``)
+lives in the RLock's block, in the spare bytes of the cache line the lock's
+owner writes (:meth:`~serentak._shared.sync.RLock.spare_bytes`): a process
+taking the lock from another receives the value with the same cache-line
+transfer. A bigger object, or one given a lock, has a block of its own.
 
 Whoever holds the lock may read and write the bytes; a raw object has no
 lock, and its users coordinate as they see fit.
@@ -71,9 +77,18 @@ TYPECODES: Final[dict[str, type[Any]]] = {
     "d": ctypes.c_double,
 }
 
-# The attribute of a shared ctypes object that keeps its Block alive. Odd on
-# purpose: a Structure's field of the same name would shadow it.
+# The simple types whose value a wrapper reads and writes in place (see
+# SynchronizedBase): every typecode but the characters, whose values are bytes
+# and str. c_long and c_longlong may be one type; their codes then agree.
+_IN_PLACE_CODES: Final[dict[type[Any], str]] = {
+    ctype: code for code, ctype in TYPECODES.items() if code not in "cu"
+}
+
+# The attribute of a shared ctypes object that keeps its Block alive, and the
+# one with its offset in the block when not 0 (see _beside_new_lock). Odd on
+# purpose: a Structure's field of the same name would shadow them.
 _BLOCK_ATTRIBUTE: Final = "_serentak_block_"
+_OFFSET_ATTRIBUTE: Final = "_serentak_offset_"
 
 
 @runtime_checkable
@@ -164,25 +179,32 @@ def _simple_repr(self: Any) -> str:
 
 def _reduce_shared(self: Any) -> tuple[Any, ...]:
     _refuse_unless_spawning(self)
-    return _rebuild, (_describe(_types.base(type(self))), getattr(self, _BLOCK_ATTRIBUTE))
+    block = getattr(self, _BLOCK_ATTRIBUTE)
+    offset = getattr(self, _OFFSET_ATTRIBUTE, 0)
+    return _rebuild, (_describe(_types.base(type(self))), block, offset)
 
 
-def _view(ctype: type[Any], block: _shm.Block) -> Any:
-    obj = _types.shared(ctype).from_buffer(block.buffer)
+def _view(ctype: type[Any], block: _shm.Block, offset: int = 0) -> Any:
+    obj = _types.shared(ctype).from_buffer(block.buffer, offset)
     setattr(obj, _BLOCK_ATTRIBUTE, block)
+    if offset:
+        setattr(obj, _OFFSET_ATTRIBUTE, offset)
     return obj
 
 
-def _rebuild(description: type[Any] | _ArrayOf, block: _shm.Block) -> Any:
-    return _view(_resolve(description), block)
+def _rebuild(description: type[Any] | _ArrayOf, block: _shm.Block, offset: int = 0) -> Any:
+    return _view(_resolve(description), block, offset)
+
+
+def _cleared(obj: Any) -> Any:
+    """``obj`` zero-filled (the arena does not clear recycled bytes)."""
+    ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))
+    return obj
 
 
 def _new(ctype: type[Any]) -> Any:
-    """A zero-filled shared instance of ``ctype`` (the arena does not clear recycled bytes)."""
-    block = _shm.allocate(ctypes.sizeof(ctype))
-    obj = _view(ctype, block)
-    ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))
-    return obj
+    """A zero-filled shared instance of ``ctype``."""
+    return _cleared(_view(ctype, _shm.allocate(ctypes.sizeof(ctype))))
 
 
 def _ctype_of(typecode_or_type: Any) -> type[Any]:
@@ -271,6 +293,38 @@ def _with_lock(lock: Any, ctx: BaseContext | None) -> Any:
     return lock
 
 
+def _beside_new_lock(ctype: type[Any], ctx: BaseContext | None) -> tuple[Any, Any] | None:
+    """A new RLock and a zero-filled shared ``ctype`` in its spare bytes, if it fits.
+
+    The RLock keeps the bytes of its owner's cache line that it does not use
+    for the data it guards (:meth:`~serentak._shared.sync.RLock.spare_bytes`):
+    a process taking the lock from another on a different CPU then receives
+    the value in the same cache-line transfer as the lock's owner fields, one
+    transfer fewer per hand-over of ``with v.get_lock(): v.value += 1``.
+
+    Returns:
+        ``(obj, lock)``, or None if ``ctype`` does not fit (or the context
+        makes some other kind of RLock); the caller then allocates apart.
+    """
+    size = ctypes.sizeof(ctype)
+    if size > _SPARE_AT_MOST or ctypes.alignment(ctype) > _SPARE_ALIGNMENT:
+        return None
+    lock = _with_lock(None, ctx)
+    if not isinstance(lock, RLock):
+        return None
+    block, offset, spare = lock.spare_bytes()
+    if size > spare:
+        return None
+    return _cleared(_view(ctype, block, offset)), lock
+
+
+# What the lock's spare bytes can hold (sync.c: 48 bytes, 16-byte aligned):
+# checked again against the lock's own answer, this only spares making a lock
+# for types that cannot fit.
+_SPARE_AT_MOST: Final = 48
+_SPARE_ALIGNMENT: Final = 16
+
+
 def Value(
     typecode_or_type: Any, *args: Any, lock: Any = True, ctx: BaseContext | None = None
 ) -> Any:
@@ -289,6 +343,14 @@ def Value(
     Raises:
         AttributeError: ``lock`` has no ``acquire`` method.
     """
+    if lock in (True, None):
+        ctype = _ctype_of(typecode_or_type)
+        placed = _beside_new_lock(ctype, ctx)
+        if placed is not None:
+            obj, own_lock = placed
+            # Always, as the stdlib: a Structure's own __init__ may set defaults.
+            obj.__init__(*args)
+            return synchronized(obj, own_lock)
     obj = RawValue(typecode_or_type, *args)
     if lock is False:
         return obj
@@ -317,6 +379,17 @@ def Array(
     Raises:
         AttributeError: ``lock`` has no ``acquire`` method.
     """
+    if lock in (True, None):
+        element = _ctype_of(typecode_or_type)
+        items = None if isinstance(size_or_initializer, int) else list(size_or_initializer)
+        length = size_or_initializer if items is None else len(items)
+        placed = _beside_new_lock(element * length, ctx) if length >= 0 else None
+        if placed is not None:
+            array, own_lock = placed
+            if items is not None:
+                array.__init__(*items)
+            return synchronized(array, own_lock)
+        size_or_initializer = size_or_initializer if items is None else items
     obj = RawArray(typecode_or_type, size_or_initializer)
     if lock is False:
         return obj
@@ -345,6 +418,13 @@ class SynchronizedBase(_native.Guarded):
         self._lock = lock if lock else _with_lock(None, ctx)
         self.acquire: Callable[..., bool] = self._lock.acquire
         self.release: Callable[[], None] = self._lock.release
+        # A shared simple value is a view that cannot move (ctypes does not
+        # resize memory it does not own): ``value`` then converts its bytes in
+        # place, without the ctypes attribute machinery, inside the critical
+        # section where processes sharing the value wait for each other.
+        code = _IN_PLACE_CODES.get(_types.base(type(obj)))
+        if code is not None and getattr(obj, _BLOCK_ATTRIBUTE, None) is not None:
+            self._bind_raw(code)
 
     def __reduce__(self) -> tuple[Any, ...]:
         _refuse_unless_spawning(self)
