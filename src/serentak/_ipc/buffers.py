@@ -42,6 +42,20 @@ closes every segment not in use.
 A buffer that already lives in a segment of serentak's (an array born in
 shared memory, see ``serentak.shared_memory``) is not copied at all: its
 segment's fd travels, and the receiver maps the very same memory.
+
+Nor is a big numpy array a pool worker allocated (``enable_shared_arrays``):
+there numpy's allocator (``_native``'s ndalloc.c) puts arrays of 1 MiB or more
+in warm segments of the worker's own, laid out as the pooled ones (header and
+busy word, then the data), so ``a * 2`` writes into pages already faulted in
+and its result travels as a POOLED segment. After each reply the worker calls
+``detach_sent_arrays()``: an array it sent and still holds gets private pages,
+so that what the receiver holds never changes under it::
+
+    worker                                      parent
+    malloc: a free warm array segment
+    pack: ndalloc_locate -> fd, busy := SENT --> map it, busy := pid
+    the array dies: segment idle                its arrays die: busy := 0
+    next malloc: reused once busy is 0
 """
 
 from __future__ import annotations
@@ -53,6 +67,7 @@ import mmap
 import os
 import pickle
 import struct
+import sys
 import threading
 import weakref
 from collections.abc import Sequence
@@ -211,6 +226,17 @@ def _place(buffers: Sequence[pickle.PickleBuffer]) -> tuple[_Segments, _Entries]
             index = next((i for i, (f, _) in enumerate(segments) if f == fd), len(segments))
             if index == len(segments):
                 segments.append((fd, SegmentKind.SHARED))
+            entries.append((index, position, raw.nbytes))
+            continue
+        born = _native.ndalloc_locate(raw)
+        if born is not None:
+            # An array a pool worker's numpy allocated in a segment of its own
+            # (see enable_shared_arrays): it travels as a pooled segment, its
+            # busy word now SENT, with no copy.
+            fd, position = born
+            index = next((i for i, (f, _) in enumerate(segments) if f == fd), len(segments))
+            if index == len(segments):
+                segments.append((fd, SegmentKind.POOLED))
             entries.append((index, position, raw.nbytes))
             continue
         offset += -offset % ALIGNMENT
@@ -481,3 +507,25 @@ def _mappings() -> _Mappings:
         if _inbound is None or _inbound.pid != os.getpid():
             _inbound = _Mappings()
         return _inbound
+
+
+# ---- arrays born in shared memory (a pool worker's) ------------------------------
+
+
+def enable_shared_arrays() -> bool:
+    """Have numpy allocate big arrays in shared segments of this process from now
+    on (in the calling thread's context), if numpy is loaded already: the runtime
+    never imports it for the user. Returns whether they are on."""
+    if "numpy" not in sys.modules:
+        return False
+    try:
+        _native.ndalloc_enable()
+    except (ImportError, AttributeError, OSError):
+        return False  # a numpy without the handler API (< 1.22): arrays stay plain
+    return True
+
+
+def detach_sent_arrays() -> None:
+    """After a message went: give each array it carried that this process still
+    holds private pages (the receiver's copy must not change when we write)."""
+    _native.ndalloc_detach_sent()

@@ -47,7 +47,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from serentak._exceptions import MaybeEncodingError, ProcessError, RemoteTraceback
-from serentak._ipc.buffers import Packed, pack, unpack
+from serentak._ipc.buffers import (
+    Packed,
+    detach_sent_arrays,
+    enable_shared_arrays,
+    pack,
+    unpack,
+)
 from serentak._ipc.connection import Connection
 from serentak._ipc.segments import Segment
 from serentak._ipc.serialize import dumps, loads
@@ -464,6 +470,9 @@ class _WorkerLoop:
         self.progress = progress
         self.functions: dict[int, Callable[..., Any]] = {}
         self.busy_us = 0  # the last task's
+        # Whether numpy allocates big arrays in shared segments here (from the
+        # first task that finds numpy loaded): results then travel uncopied.
+        self.shared_arrays = False
 
     def serve(self) -> None:
         conn = self.conn
@@ -495,6 +504,8 @@ class _WorkerLoop:
         _PROGRESS.pack_into(self.progress, 0, task_id, 0, 0, PROGRESS_HEAD, 0)
         try:
             arguments = unpack(frame.payload, frame.fds)
+            if not self.shared_arrays:
+                self.shared_arrays = enable_shared_arrays()
             if frame.kind in EACH_KINDS:
                 result = self.run_each(frame.kind, self.functions[frame.func_id], arguments, frame)
             else:
@@ -566,6 +577,9 @@ class _WorkerLoop:
             first = position + 1
             end = PROGRESS_HEAD
             results = []
+            result = None
+            if self.shared_arrays:
+                detach_sent_arrays()
             _PROGRESS.pack_into(view, 0, frame.task_id, first, 0, end, first)
         return results
 
@@ -579,6 +593,8 @@ class _WorkerLoop:
             self.conn.send_frame(data, packed.fds)
         finally:
             packed.close()
+        if self.shared_arrays:
+            detach_sent_arrays()
 
 
 # Only after a task this short: after a longer one, the next task is either sent
