@@ -83,6 +83,7 @@ typedef struct {
     SlotState state;
     char *base;     /* the mapping: header, then data */
     size_t size;    /* of the mapping */
+    size_t used;    /* LIVE or PRIVATE: the header and the array's bytes */
     int fd;         /* the memfd; -1 once private */
     int sent;       /* LIVE: packed into a message since it was handed out */
     int fresh;      /* never handed out: its pages are still zero */
@@ -140,7 +141,8 @@ slot_privatize(Slot *slot)
     if (copy == MAP_FAILED) {
         return -1;
     }
-    memcpy(copy, slot->base, slot->size);
+    /* Only the bytes in use: the rest of the new pages stay untouched, unallocated. */
+    memcpy(copy, slot->base, slot->used);
     if (mremap(copy, slot->size, slot->size, MREMAP_MAYMOVE | MREMAP_FIXED, slot->base) ==
         MAP_FAILED) {
         munmap(copy, slot->size);
@@ -159,17 +161,20 @@ enabled_here(void)
     return owner != 0 && owner == serentak_getpid();
 }
 
+/* A segment's size for an array of `size` bytes: the array's size rounded up in
+ * steps of an eighth of a power of two (as buffers._capacity), so that arrays of
+ * similar sizes share segments, then a page for the header. An array of a power
+ * of two wastes nothing: the receiver maps (MAP_POPULATE) the whole segment,
+ * and shmem allocates a page for every hole it reads. */
 static size_t
-capacity(size_t need)
+capacity(size_t size)
 {
-    /* As buffers._capacity: steps of an eighth of a power of two, so that
-     * arrays of similar sizes share segments and little is wasted. */
     int bits = 0;
-    for (size_t n = need; n; n >>= 1) {
+    for (size_t n = size; n; n >>= 1) {
         bits++;
     }
     size_t step = (size_t)1 << (bits - 4 > 12 ? bits - 4 : 12);
-    return (need + step - 1) / step * step;
+    return (size + step - 1) / step * step + 4096;
 }
 
 /* Make room for a new segment of `size` bytes: close pooled ones, those the
@@ -231,8 +236,8 @@ take(size_t size, int zeroed)
             chosen = slot;
         }
     }
-    if (chosen == NULL && make_room(capacity(need)) == 0) {
-        size_t cap = capacity(need);
+    if (chosen == NULL && make_room(capacity(size)) == 0) {
+        size_t cap = capacity(size);
         int fd = memfd_create("serentak-array", MFD_CLOEXEC);
         if (fd >= 0 && ftruncate(fd, (off_t)cap) == 0) {
             void *base = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -260,6 +265,7 @@ take(size_t size, int zeroed)
     }
     int fresh = chosen->fresh;
     chosen->state = SLOT_LIVE;
+    chosen->used = need;
     chosen->sent = 0;
     chosen->fresh = 0;
     chosen->stamp = ++clock_now;
@@ -344,7 +350,14 @@ nd_realloc(void *ctx, void *ptr, size_t new_size)
         pthread_mutex_lock(&table_lock);
         Slot *slot = find(ptr);
         if (slot != NULL) {
-            old_size = slot->size - HEADER;
+            old_size = slot->used - HEADER;
+            if (slot->state == SLOT_LIVE && !slot->sent && new_size >= THRESHOLD &&
+                new_size <= slot->size - HEADER) {
+                /* It fits where it is (a shrink, or growth into the segment's slack). */
+                slot->used = HEADER + new_size;
+                pthread_mutex_unlock(&table_lock);
+                return ptr;
+            }
         }
         pthread_mutex_unlock(&table_lock);
     }
