@@ -136,3 +136,18 @@ def exit_with_allocations(size: int) -> None:
 
     array = np.ones(size)
     sys.exit(0 if _native.ndalloc_counts() == (0, 0, 0) and array.all() else 1)
+
+
+def send_then_overwrite(conn: Any, size: int) -> None:
+    """With numpy allocating in shared segments here (as in a pool worker), send an
+    array of ones, overwrite it, then say "done"."""
+    from serentak._ipc.buffers import enable_shared_arrays
+
+    if not enable_shared_arrays():
+        conn.send("numpy's allocator could not be set")
+        return
+    ones = np.ones(size)
+    conn.send(ones)
+    ones[...] = 5.0
+    conn.send("done")
+    conn.close()

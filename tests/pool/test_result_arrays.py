@@ -14,6 +14,7 @@ from serentak._os import _native
 
 MIB = 1 << 20
 BIG = 2 * MIB // 8  # float64 items of a 2 MiB array: above the allocator's threshold
+PATIENCE = 20.0
 
 
 def test_a_result_array_is_born_in_a_segment_and_its_segment_is_reused(ctx: Any) -> None:
@@ -71,3 +72,21 @@ def test_arrays_outside_pool_tasks_are_plain(ctx: Any) -> None:
         process.join()
         assert process.exitcode == 0, "a user's process allocated in shared segments"
     assert (ours == 1.0).all()
+
+
+def test_an_array_sent_through_a_pipe_is_a_snapshot(ctx: Any) -> None:
+    """Only the pool's results are lent uncopied: a user's send copies, so writing to
+    the array after sending it does not change what the receiver gets."""
+    ours, theirs = ctx.Pipe()
+    process = ctx.Process(target=targets.send_then_overwrite, args=(theirs, BIG))
+    process.start()
+    theirs.close()
+    try:
+        assert ours.poll(PATIENCE)
+        received = ours.recv()
+        assert ours.poll(PATIENCE)
+        assert ours.recv() == "done"
+        assert (received == 1.0).all()
+    finally:
+        ours.close()
+        process.join()

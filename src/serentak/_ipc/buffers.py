@@ -47,7 +47,8 @@ Nor is a big numpy array a pool worker allocated (``enable_shared_arrays``):
 there numpy's allocator (``_native``'s ndalloc.c) puts arrays of 1 MiB or more
 in warm segments of the worker's own, laid out as the pooled ones (header and
 busy word, then the data), so ``a * 2`` writes into pages already faulted in
-and its result travels as a POOLED segment. After each reply the worker calls
+and its result travels as a POOLED segment (``pack(..., lend_arrays=True)``:
+the worker's results only). After each reply the worker calls
 ``detach_sent_arrays()``: an array it sent and still holds gets private pages,
 so that what the receiver holds never changes under it::
 
@@ -177,8 +178,18 @@ def _lift(obj: Any, depth: int) -> Any:
     return tuple(items) if kind is tuple else items
 
 
-def pack(obj: Any, *, spawning: bool = False) -> Packed:
+def pack(obj: Any, *, spawning: bool = False, lend_arrays: bool = False) -> Packed:
     """Pickle ``obj`` with its big buffers out of band.
+
+    Args:
+        obj: what to pickle.
+        spawning: for a child being spawned (see dumps_with_fds).
+        lend_arrays: arrays this process's numpy allocated in shared segments
+            (see enable_shared_arrays) travel by fd, uncopied. Only for a sender
+            that lets go of them once sent, and calls detach_sent_arrays() after
+            the send for any the user still holds: the pool worker's results. A
+            user's ``conn.send(a)`` copies, so writing to ``a`` afterwards cannot
+            change what the receiver gets.
 
     Raises:
         Whatever pickling raises.
@@ -198,7 +209,7 @@ def pack(obj: Any, *, spawning: bool = False) -> Packed:
     data, fds = dumps_with_fds(obj, spawning=spawning, buffer_callback=keep_out_of_band)
     if not buffers:
         return Packed(data, tuple(os.dup(fd) for fd in fds)) if fds else Packed(data)
-    segments, entries = _place(buffers)
+    segments, entries = _place(buffers, lend_arrays)
     table = (
         _HEAD.pack(len(segments), len(entries))
         + bytes(kind for _, kind in segments)
@@ -212,7 +223,9 @@ _Segments = list[tuple[int, SegmentKind]]  # (fd, kind)
 _Entries = list[tuple[int, int, int]]  # per buffer: segment index, offset, length
 
 
-def _place(buffers: Sequence[pickle.PickleBuffer]) -> tuple[_Segments, _Entries]:
+def _place(
+    buffers: Sequence[pickle.PickleBuffer], lend_arrays: bool = False
+) -> tuple[_Segments, _Entries]:
     """Decide where each buffer travels: in a shared segment it lives in, or copied."""
     segments: _Segments = []
     entries: _Entries = []
@@ -228,7 +241,7 @@ def _place(buffers: Sequence[pickle.PickleBuffer]) -> tuple[_Segments, _Entries]
                 segments.append((fd, SegmentKind.SHARED))
             entries.append((index, position, raw.nbytes))
             continue
-        born = _native.ndalloc_locate(raw)
+        born = _native.ndalloc_locate(raw) if lend_arrays else None
         if born is not None:
             # An array a pool worker's numpy allocated in a segment of its own
             # (see enable_shared_arrays): it travels as a pooled segment, its

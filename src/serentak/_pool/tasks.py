@@ -515,7 +515,7 @@ class _WorkerLoop:
             self.reply(Kind.FAILED, task_id, Packed(encode_failure(Failure.of(exc))), started)
             return
         try:
-            packed = pack(result)
+            packed = pack(result, lend_arrays=self.shared_arrays)
         except BaseException as exc:
             failure = encode_failure(Failure.of_result(exc, result))
             self.reply(Kind.FAILED, task_id, Packed(failure), started)
@@ -548,11 +548,11 @@ class _WorkerLoop:
             except BaseException as exc:  # an item's SystemExit fails that item, as a task's does
                 result = ItemFailed(Failure.of(exc))
             try:
-                packed = pack(result)
+                packed = pack(result, lend_arrays=self.shared_arrays)
             except BaseException as exc:  # this item fails alone
                 note = f"the result ({type(result).__qualname__}) could not be pickled"
                 result = ItemFailed(Failure.of(exc, note=note))
-                packed = pack(result)
+                packed = pack(result, lend_arrays=self.shared_arrays)
             results.append(result)
             if not packed.fds:
                 size = _RECORD.size + len(packed.payload)
@@ -568,7 +568,7 @@ class _WorkerLoop:
             if position + 1 == len(items):
                 break  # the last one: it goes with the DONE frame
             # The item count rides in the func_id field, unused in result frames.
-            partial = pack(results)
+            partial = pack(results, lend_arrays=self.shared_arrays)
             message = Frame(Kind.PARTIAL, frame.task_id, len(results), partial.payload)
             try:
                 dataclasses.replace(message, fds=partial.fds).send(self.conn)
