@@ -424,8 +424,15 @@ numpy_api(void)
             PyErr_Clear();
             continue;
         }
-        PyObject *capsule = PyObject_GetAttrString(module, "_ARRAY_API");
+        /* The handler API (slots 304 and 305) came with numpy 1.22, as did
+         * get_handler_name: an older table is shorter. */
+        int recent = PyObject_HasAttrString(module, "get_handler_name");
+        PyObject *capsule = recent ? PyObject_GetAttrString(module, "_ARRAY_API") : NULL;
         Py_DECREF(module);
+        if (!recent) {
+            PyErr_SetString(PyExc_ImportError, "numpy older than 1.22 has no memory handler API");
+            return NULL;
+        }
         if (capsule == NULL) {
             return NULL;
         }
@@ -477,6 +484,18 @@ ndalloc_enable(PyObject *self, PyObject *unused)
     }
     PyObject *old = set_handler(our_capsule);
     if (old == NULL) {
+        return NULL;
+    }
+    PyObject *now = get_handler();
+    int taken = now == our_capsule;
+    Py_XDECREF(now);
+    if (!taken) {
+        PyObject *ours = set_handler(old);
+        Py_XDECREF(ours);
+        Py_DECREF(old);
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ImportError, "numpy did not take the memory handler");
+        }
         return NULL;
     }
     Py_DECREF(old);

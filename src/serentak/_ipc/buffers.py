@@ -529,13 +529,18 @@ def enable_shared_arrays() -> bool:
     """Have numpy allocate big arrays in shared segments of this process from now
     on (in the calling thread's context), if numpy is loaded already: the runtime
     never imports it for the user. Returns whether they are on."""
-    if "numpy" not in sys.modules:
+    global _arrays_unavailable
+    if _arrays_unavailable or "numpy" not in sys.modules:
         return False
     try:
         _native.ndalloc_enable()
-    except (ImportError, AttributeError, OSError):
-        return False  # a numpy without the handler API (< 1.22): arrays stay plain
+    except (ImportError, ValueError, OSError):
+        _arrays_unavailable = True  # a numpy without the handler API (< 1.22): arrays stay plain
+        return False
     return True
+
+
+_arrays_unavailable = False  # enable_shared_arrays failed here once: not tried again
 
 
 def detach_sent_arrays() -> None:
