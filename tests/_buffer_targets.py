@@ -151,3 +151,31 @@ def send_then_overwrite(conn: Any, size: int) -> None:
     ones[...] = 5.0
     conn.send("done")
     conn.close()
+
+
+def resident_mb() -> float:
+    """This worker's resident size now, in MiB, as its max_memory_per_child counts it."""
+    from serentak._pool.tasks import resident_memory_mb
+
+    return resident_memory_mb()
+
+
+def temporaries(x: Any, result_mib: int) -> Any:
+    """Big temporaries the size of ``x``, dropped, then a new ``result_mib`` MiB array:
+    what numpy used to give back to the OS stays here in warm segments."""
+    doubled = x * 2.0
+    shifted = doubled + 1.0
+    total = float(shifted.sum())
+    del doubled, shifted
+    return np.full((result_mib << 20) // 8, total)
+
+
+def hold_arrays(total_mib: int, piece_mib: int, keep: bool) -> int:
+    """Allocate ``total_mib`` MiB of arrays (every page written), all held at once;
+    ``keep``: in worker_state, past the task. Returns how many."""
+    import serentak
+
+    pieces = [np.ones((piece_mib << 20) // 8) for _ in range(total_mib // piece_mib)]
+    if keep:
+        serentak.worker_state().setdefault("held", []).append(pieces)
+    return len(pieces)

@@ -32,6 +32,11 @@
  * here as numpy's ndarraytypes.h defines it (version 1), and SetHandler /
  * GetHandler come from numpy's C-API table (_ARRAY_API, slots 304 and 305).
  *
+ * Idle segments stay mapped, so the worker's resident size counts them,
+ * though no task holds them: ndalloc_publish() names a word (in the worker's
+ * progress segment) where the bytes the idle segments keep resident here are
+ * kept up to date at every change, for the pool's memory limits to leave out.
+ *
  * The callbacks may run without the GIL: the table is guarded by a mutex,
  * and nothing here calls into Python.
  */
@@ -84,6 +89,7 @@ typedef struct {
     char *base;     /* the mapping: header, then data */
     size_t size;    /* of the mapping */
     size_t used;    /* LIVE or PRIVATE: the header and the array's bytes */
+    size_t touched; /* the most of it ever used here: what this process may have faulted in */
     int fd;         /* the memfd; -1 once private */
     int sent;       /* LIVE: packed into a message since it was handed out */
     int fresh;      /* never handed out: its pages are still zero */
@@ -100,6 +106,25 @@ static PyObject *our_capsule = NULL;
 static int atfork_registered = 0;
 
 static DataMemHandler handler; /* filled in serentak_ndalloc_init */
+static _Atomic uint64_t *published = NULL; /* where idle_bytes goes (ndalloc_publish); or NULL */
+
+/* Write the bytes the IDLE segments keep resident here where ndalloc_publish
+ * said: their pages this process touched (not a segment's untouched slack,
+ * which is in no page table of ours). Locked. */
+static void
+publish_idle(void)
+{
+    if (published == NULL) {
+        return;
+    }
+    uint64_t idle = 0;
+    for (int i = 0; i < SLOTS; i++) {
+        if (slots[i].state == SLOT_IDLE) {
+            idle += slots[i].touched;
+        }
+    }
+    atomic_store(published, idle);
+}
 
 static _Atomic uint32_t *
 busy_word(Slot *slot)
@@ -260,16 +285,21 @@ take(size_t size, int zeroed)
         }
     }
     if (chosen == NULL) {
+        publish_idle(); /* make_room may have closed idle segments */
         pthread_mutex_unlock(&table_lock);
         return NULL;
     }
     int fresh = chosen->fresh;
     chosen->state = SLOT_LIVE;
     chosen->used = need;
+    if (chosen->touched < need) {
+        chosen->touched = need;
+    }
     chosen->sent = 0;
     chosen->fresh = 0;
     chosen->stamp = ++clock_now;
     char *data = chosen->base + HEADER;
+    publish_idle(); /* an idle segment taken, or idle ones closed to make room */
     pthread_mutex_unlock(&table_lock);
     if (zeroed && !fresh) {
         memset(data, 0, size); /* a reused segment holds an old array's bytes */
@@ -327,6 +357,7 @@ give_back(void *ptr)
             /* Reused once its busy word says no receiver holds it. */
             slot->state = SLOT_IDLE;
             slot->sent = 0;
+            publish_idle();
         }
     }
     pthread_mutex_unlock(&table_lock);
@@ -355,6 +386,9 @@ nd_realloc(void *ctx, void *ptr, size_t new_size)
                 new_size <= slot->size - HEADER) {
                 /* It fits where it is (a shrink, or growth into the segment's slack). */
                 slot->used = HEADER + new_size;
+                if (slot->touched < slot->used) {
+                    slot->touched = slot->used;
+                }
                 pthread_mutex_unlock(&table_lock);
                 return ptr;
             }
@@ -396,6 +430,7 @@ after_fork_child(void)
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     table_lock = fresh;
     owner = 0;
+    published = NULL; /* the worker's word: the child has nothing idle to tell there */
     for (int i = 0; i < SLOTS; i++) {
         Slot *slot = &slots[i];
         if (slot->state == SLOT_LIVE) {
@@ -572,6 +607,34 @@ ndalloc_detach_sent(PyObject *self, PyObject *unused)
     return PyLong_FromLong(detached);
 }
 
+/* ndalloc_publish(buffer): from now on keep the bytes idle segments hold
+ * resident here in buffer's first 8 bytes (a native-endian u64, 8-aligned),
+ * written atomically at every change; ndalloc_publish(None) stops it. The
+ * caller keeps the buffer's memory mapped until then. */
+static PyObject *
+ndalloc_publish(PyObject *self, PyObject *arg)
+{
+    _Atomic uint64_t *word = NULL;
+    if (arg != Py_None) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(arg, &view, PyBUF_WRITABLE) < 0) {
+            return NULL;
+        }
+        int fits = view.len >= 8 && ((uintptr_t)view.buf & 7) == 0;
+        word = view.buf;
+        PyBuffer_Release(&view);
+        if (!fits) {
+            PyErr_SetString(PyExc_ValueError, "ndalloc_publish needs 8 writable, 8-aligned bytes");
+            return NULL;
+        }
+    }
+    pthread_mutex_lock(&table_lock);
+    published = word;
+    publish_idle();
+    pthread_mutex_unlock(&table_lock);
+    Py_RETURN_NONE;
+}
+
 /* (live, pooled, private) allocations here, for tests. */
 static PyObject *
 ndalloc_counts(PyObject *self, PyObject *unused)
@@ -595,6 +658,9 @@ PyMethodDef serentak_ndalloc_methods[] = {
      "Give sent arrays still alive here private pages; returns how many."},
     {"ndalloc_counts", ndalloc_counts, METH_NOARGS,
      "(live, pooled, private) array allocations of this process."},
+    {"ndalloc_publish", ndalloc_publish, METH_O,
+     "Keep the bytes idle array segments hold resident here in a buffer's first 8 bytes "
+     "(None: stop)."},
     {NULL, NULL, 0, NULL},
 };
 

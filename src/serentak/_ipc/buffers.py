@@ -91,6 +91,7 @@ RECEIVER_MAPPINGS: Final = 32  # segments a receiving process keeps mapped
 _MARK: Final = b"\x00"  # a pickle's first byte is PROTO (0x80): never this
 _HEAD: Final = struct.Struct("<II")  # segments, buffers
 _ENTRY: Final = struct.Struct("<IQQ")  # segment index, offset, length
+_BUSY: Final = struct.Struct("=I")  # a segment's busy word, as ctypes.c_uint32 reads it
 _POPULATE: Final = getattr(mmap, "MAP_POPULATE", 0)
 
 
@@ -378,10 +379,13 @@ class SegmentRead:
 class _Outbound:
     """A pooled segment, mapped in the sender."""
 
-    __slots__ = ("busy", "fd", "mapping", "size", "view")
+    __slots__ = ("busy", "fd", "mapping", "size", "touched", "view")
 
     def __init__(self, size: int) -> None:
         self.size = size
+        # The most of it a message ever filled here (e.g. 40 MiB of a 48 MiB
+        # segment): the pages this process faulted in, so counts in its resident size.
+        self.touched = 0
         self.fd = _posix.memfd("serentak-message", size)
         self.mapping = mmap.mmap(self.fd, size)
         self.view = memoryview(self.mapping)
@@ -423,9 +427,11 @@ class _Pool:
             if fits:
                 segment = min(fits, key=lambda s: s.size)
                 segment.busy.value = SENT
+                segment.touched = max(segment.touched, size)
                 return segment
             segment = _Outbound(_capacity(size))
             segment.busy.value = SENT
+            segment.touched = size
             self._segments.append(segment)
             while len(self._segments) > 1 and (
                 len(self._segments) > POOL_SEGMENTS
@@ -433,6 +439,12 @@ class _Pool:
             ):
                 self._evict(keep=segment)
             return segment
+
+    def idle_bytes(self) -> int:
+        """The bytes its segments keep resident here: each holds a message sent
+        already (its receiver's now) or none, so none is a task's own memory."""
+        with self._lock:
+            return sum(-(-s.touched // mmap.PAGESIZE) * mmap.PAGESIZE for s in self._segments)
 
     def trim(self) -> None:
         """Close every segment not in use."""
@@ -486,6 +498,19 @@ class _Mappings:
                 self._maps.popitem(last=False)
             return mapping
 
+    def idle_bytes(self) -> int:
+        """The bytes of the cached mappings no message of ours is read from (the
+        busy word is not our pid): mapped with MAP_POPULATE, so resident here,
+        all of them. One dropped from the cache but still under an array is
+        not counted: that array's memory is its holder's."""
+        pid = os.getpid()
+        with self._lock:
+            return sum(
+                len(mapping)
+                for mapping in self._maps.values()
+                if _BUSY.unpack_from(mapping)[0] != pid
+            )
+
 
 _state_lock: Final = threading.Lock()
 _outbound: _Pool | None = None
@@ -512,6 +537,21 @@ def trim() -> None:
         _inbound = None
     if pool is not None:
         pool.trim()
+
+
+def idle_bytes() -> int:
+    """The bytes this process keeps resident for reuse and no live object of its
+    own uses: its pooled segments, the cached mappings of other processes'
+    segments no message it holds lives in, and the array segments numpy freed
+    (see enable_shared_arrays; those its allocator publishes itself, see
+    publish_idle_arrays, and are not counted here). A memory limit leaves them out:
+    they are a cache, and no task's memory."""
+    with _state_lock:
+        pool = _outbound if _outbound is not None and _outbound.pid == os.getpid() else None
+        mappings = _inbound if _inbound is not None and _inbound.pid == os.getpid() else None
+    return (pool.idle_bytes() if pool is not None else 0) + (
+        mappings.idle_bytes() if mappings is not None else 0
+    )
 
 
 def _mappings() -> _Mappings:
@@ -541,6 +581,14 @@ def enable_shared_arrays() -> bool:
 
 
 _arrays_unavailable = False  # enable_shared_arrays failed here once: not tried again
+
+
+def publish_idle_arrays(word: memoryview | None) -> None:
+    """Have numpy's allocator keep, in ``word`` (8 bytes, 8-aligned, a native
+    u64), the bytes its idle array segments hold resident in this process,
+    up to date at every allocation and free; None stops it. The caller keeps
+    ``word``'s memory mapped until it stops it."""
+    _native.ndalloc_publish(word)
 
 
 def detach_sent_arrays() -> None:

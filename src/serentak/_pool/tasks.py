@@ -51,7 +51,9 @@ from serentak._ipc.buffers import (
     Packed,
     detach_sent_arrays,
     enable_shared_arrays,
+    idle_bytes,
     pack,
+    publish_idle_arrays,
     unpack,
 )
 from serentak._ipc.connection import Connection
@@ -362,16 +364,24 @@ def run_task(kind: Kind, func: Callable[..., Any], args: Any) -> Any:
 #   end      u32   where the records end
 #   begun    u32   items of the chunk begun: one more than recorded while an
 #                  item runs, as many when the worker died between two
+#   idle     u64   bytes its message segments and cached mappings keep resident
+#                  (buffers.idle_bytes), written at each task's start and end
+#   arrays   u64   bytes numpy's freed array segments keep resident, written by
+#                  the allocator itself at every change (publish_idle_arrays)
 #   records, from PROGRESS_HEAD: u32 length, then an item's result as pack()
 #                  made it (records are only made of results without fds)
 #
 # Each record is written before ``count`` covers it, so a worker killed in the
-# middle of one leaves the ones before it intact.
+# middle of one leaves the ones before it intact. ``idle + arrays`` is what the
+# memory limits leave out of the worker's resident size (see held_bytes).
 _PROGRESS: Final = struct.Struct("<QIIII")
 _BEGUN: Final = struct.Struct("<I")
 _BEGUN_AT: Final = 20
+_IDLE: Final = struct.Struct("=Q")  # native: the allocator writes the arrays word from C
+_IDLE_AT: Final = 24
+_ARRAYS_AT: Final = 32
 _RECORD: Final = struct.Struct("<I")
-PROGRESS_HEAD: Final = 32
+PROGRESS_HEAD: Final = 40
 PROGRESS_BYTES: Final = 256 * 1024
 
 
@@ -447,18 +457,43 @@ def worker_state() -> dict[str, Any]:
     return _worker_state
 
 
-def resident_memory_mb() -> float:
-    """This process's resident set size, in MiB."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            pages = int(statm.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource
+def idle_cached_bytes(progress: memoryview) -> int:
+    """The bytes a worker keeps resident only for reuse, as its progress segment says."""
+    (idle,) = _IDLE.unpack_from(progress, _IDLE_AT)
+    (arrays,) = _IDLE.unpack_from(progress, _ARRAYS_AT)
+    return int(idle) + int(arrays)
 
-        # The peak, not the current size, where /proc is missing: errs on the side of recycling.
-        peak: float = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 1024
+
+def held_bytes(pid: int | str, idle: int) -> int | None:
+    """The resident size of process ``pid`` ("self": this one) less ``idle``, the
+    bytes it keeps only for reuse (warm segments: see idle_cached_bytes), in bytes;
+    None if /proc cannot tell.
+
+    The caches are shared memory, so at most all its resident shared pages are
+    left out: what a task allocates privately always counts, and so do its live
+    arrays in shared segments (they are no cache)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            fields = statm.read().split()
+        resident, shared = int(fields[1]) * _PAGE_SIZE, int(fields[2]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident - min(idle, shared)
+
+
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_memory_mb(idle: int = 0) -> float:
+    """This process's resident set size less ``idle`` (see held_bytes), in MiB."""
+    held = held_bytes("self", idle)
+    if held is not None:
+        return held / 2**20
+    import resource
+
+    # The peak, not the current size, where /proc is missing: errs on the side of recycling.
+    peak: float = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024
 
 
 class _WorkerLoop:
@@ -475,6 +510,19 @@ class _WorkerLoop:
         self.shared_arrays = False
 
     def serve(self) -> None:
+        # numpy's allocator keeps its idle bytes in the progress segment from now on.
+        publish_idle_arrays(self.progress[_ARRAYS_AT : _ARRAYS_AT + _IDLE.size])
+        try:
+            self.serve_tasks()
+        finally:
+            publish_idle_arrays(None)  # the segment may be unmapped after us
+
+    def publish_idle(self) -> None:
+        """Write what the message segments and mappings keep only for reuse, for
+        the supervisor's memory limit to leave out (see held_bytes)."""
+        _IDLE.pack_into(self.progress, _IDLE_AT, idle_bytes())
+
+    def serve_tasks(self) -> None:
         conn = self.conn
         spin = self.options.spin
         while True:
@@ -494,7 +542,9 @@ class _WorkerLoop:
             else:
                 self.run(frame)
                 limit = self.options.max_memory_mb
-                if limit is not None and resident_memory_mb() > limit:
+                # Warm segments kept for the next tasks do not make this one too big.
+                idle = idle_cached_bytes(self.progress)
+                if limit is not None and resident_memory_mb(idle) > limit:
                     Frame(Kind.RETIRE).send(self.conn)
                     return
 
@@ -504,6 +554,7 @@ class _WorkerLoop:
         _PROGRESS.pack_into(self.progress, 0, task_id, 0, 0, PROGRESS_HEAD, 0)
         try:
             arguments = unpack(frame.payload, frame.fds)
+            self.publish_idle()  # the mappings the arguments live in are the task's now
             if not self.shared_arrays:
                 self.shared_arrays = enable_shared_arrays()
             if frame.kind in EACH_KINDS:
@@ -595,6 +646,7 @@ class _WorkerLoop:
             packed.close()
         if self.shared_arrays:
             detach_sent_arrays()
+        self.publish_idle()
 
 
 # Only after a task this short: after a longer one, the next task is either sent
