@@ -315,6 +315,7 @@ def _region(fd: int, kind: SegmentKind, spans: list[tuple[int, int]]) -> tuple[i
     mapping = _mappings().get(fd)
     busy = ctypes.c_uint32.from_buffer(mapping, 0)
     busy.value = os.getpid()  # ours until released: if we die, the sender takes it back
+    _changed()
     # The message's bytes as one ctypes array: when the last buffer built on
     # it dies, so does the array, and its finalizer frees the segment.
     region = (ctypes.c_char * (end - start)).from_buffer(mapping, start)
@@ -324,6 +325,7 @@ def _region(fd: int, kind: SegmentKind, spans: list[tuple[int, int]]) -> tuple[i
 
 def _release(busy: ctypes.c_uint32) -> None:
     busy.value = 0
+    _changed()
 
 
 def to_segment(payload: bytes | bytearray | memoryview) -> int:
@@ -364,11 +366,13 @@ class SegmentRead:
     def __enter__(self) -> memoryview:
         self._busy = ctypes.c_uint32.from_buffer(self._mapping, 0)
         self._busy.value = os.getpid()  # ours while we read: if we die, the sender takes it back
+        _changed()
         return memoryview(self._mapping)[HEADER : HEADER + self._size]
 
     def __exit__(self, *exc_info: object) -> None:
         if self._busy is not None:
             self._busy.value = 0
+            _changed()
         # A ctypes view pins the mapping: the cache must stay free to drop it.
         self._busy = None
 
@@ -419,6 +423,7 @@ class _Pool:
 
     def take(self, size: int) -> _Outbound:
         """A segment of at least ``size`` bytes, marked busy."""
+        _changed()
         with self._lock:
             # The smallest free segment that fits: a small message must not take
             # the big segment the next big one needs, or that one pays for fresh
@@ -448,6 +453,7 @@ class _Pool:
 
     def trim(self) -> None:
         """Close every segment not in use."""
+        _changed()
         with self._lock:
             for segment in [s for s in self._segments if s.free()]:
                 self._segments.remove(segment)
@@ -493,6 +499,7 @@ class _Mappings:
             # is cheaper than a fault per page on first touch.
             mapping = mmap.mmap(fd, status.st_size, flags=mmap.MAP_SHARED | _POPULATE)
             self._maps[key] = mapping
+            _changed()
             if len(self._maps) > RECEIVER_MAPPINGS:
                 # Dropped, not closed: arrays built on it keep it mapped.
                 self._maps.popitem(last=False)
@@ -535,8 +542,23 @@ def trim() -> None:
     with _state_lock:
         pool = _outbound if _outbound is not None and _outbound.pid == os.getpid() else None
         _inbound = None
+    _changed()
     if pool is not None:
         pool.trim()
+
+
+_generation = 0  # bumped at every change idle_bytes() would see
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+
+
+def idle_generation() -> int:
+    """A number that changes whenever what :func:`idle_bytes` counts may have:
+    its caller recounts only then (a recount walks every segment and mapping)."""
+    return _generation
 
 
 def idle_bytes() -> int:

@@ -52,6 +52,7 @@ from serentak._ipc.buffers import (
     detach_sent_arrays,
     enable_shared_arrays,
     idle_bytes,
+    idle_generation,
     pack,
     publish_idle_arrays,
     unpack,
@@ -508,6 +509,7 @@ class _WorkerLoop:
         # Whether numpy allocates big arrays in shared segments here (from the
         # first task that finds numpy loaded): results then travel uncopied.
         self.shared_arrays = False
+        self.idle_generation = -1  # that of the idle bytes last written in the progress segment
 
     def serve(self) -> None:
         # numpy's allocator keeps its idle bytes in the progress segment from now on.
@@ -520,7 +522,10 @@ class _WorkerLoop:
     def publish_idle(self) -> None:
         """Write what the message segments and mappings keep only for reuse, for
         the supervisor's memory limit to leave out (see held_bytes)."""
-        _IDLE.pack_into(self.progress, _IDLE_AT, idle_bytes())
+        generation = idle_generation()
+        if generation != self.idle_generation:  # a tiny task's worker does not recount
+            self.idle_generation = generation
+            _IDLE.pack_into(self.progress, _IDLE_AT, idle_bytes())
 
     def serve_tasks(self) -> None:
         conn = self.conn
