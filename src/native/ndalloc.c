@@ -635,6 +635,24 @@ ndalloc_publish(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* Close every idle segment (one its receiver still holds stays mapped there).
+ * Returns the bytes they kept resident here. */
+static PyObject *
+ndalloc_trim(PyObject *self, PyObject *unused)
+{
+    uint64_t freed = 0;
+    pthread_mutex_lock(&table_lock);
+    for (int i = 0; i < SLOTS; i++) {
+        if (slots[i].state == SLOT_IDLE) {
+            freed += slots[i].touched;
+            slot_close(&slots[i]);
+        }
+    }
+    publish_idle();
+    pthread_mutex_unlock(&table_lock);
+    return PyLong_FromUnsignedLongLong(freed);
+}
+
 /* (live, pooled, private) allocations here, for tests. */
 static PyObject *
 ndalloc_counts(PyObject *self, PyObject *unused)
@@ -658,6 +676,8 @@ PyMethodDef serentak_ndalloc_methods[] = {
      "Give sent arrays still alive here private pages; returns how many."},
     {"ndalloc_counts", ndalloc_counts, METH_NOARGS,
      "(live, pooled, private) array allocations of this process."},
+    {"ndalloc_trim", ndalloc_trim, METH_NOARGS,
+     "Close every idle array segment; returns the bytes they kept resident here."},
     {"ndalloc_publish", ndalloc_publish, METH_O,
      "Keep the bytes idle array segments hold resident here in a buffer's first 8 bytes "
      "(None: stop)."},

@@ -536,8 +536,10 @@ def _pool() -> _Pool:
 
 def trim() -> None:
     """Give up what this process keeps for reuse: pooled segments that hold no message,
-    and the receiver's cached mappings (each holds an fd: mmap keeps one). What is
-    still in use stays mapped until its last array goes."""
+    the receiver's cached mappings (each holds an fd: mmap keeps one), and the array
+    segments numpy freed (see enable_shared_arrays). What is still in use stays
+    mapped until its last array goes."""
+    _native.ndalloc_trim()
     global _inbound
     with _state_lock:
         pool = _outbound if _outbound is not None and _outbound.pid == os.getpid() else None

@@ -55,6 +55,7 @@ from serentak._ipc.buffers import (
     idle_generation,
     pack,
     publish_idle_arrays,
+    trim,
     unpack,
 )
 from serentak._ipc.connection import Connection
@@ -547,11 +548,19 @@ class _WorkerLoop:
             else:
                 self.run(frame)
                 limit = self.options.max_memory_mb
-                # Warm segments kept for the next tasks do not make this one too big.
-                idle = idle_cached_bytes(self.progress)
-                if limit is not None and resident_memory_mb(idle) > limit:
+                if limit is not None and self.past(limit):
                     Frame(Kind.RETIRE).send(self.conn)
                     return
+
+    def past(self, limit_mb: float) -> bool:
+        """Whether what the tasks hold here is past ``limit_mb``. Past it with the
+        warm segments kept for the next tasks only, the worker gives those back
+        rather than retire: it stays under the limit, and so does the machine."""
+        if resident_memory_mb() <= limit_mb:
+            return False
+        trim()
+        self.publish_idle()
+        return resident_memory_mb(idle_cached_bytes(self.progress)) > limit_mb
 
     def run(self, frame: Frame) -> None:
         task_id = frame.task_id
