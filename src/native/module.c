@@ -1,6 +1,7 @@
 #include "native.h"
 
-static PyMethodDef *method_tables[] = {serentak_proc_methods, serentak_sync_methods, NULL};
+static PyMethodDef *method_tables[] = {serentak_proc_methods, serentak_sync_methods,
+                                      serentak_ndalloc_methods, NULL};
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
@@ -27,7 +28,8 @@ PyInit__native(void)
         goto error;
     }
     if (serentak_proc_init(module) < 0 || serentak_sync_init(module) < 0 ||
-        serentak_ring_init(module) < 0 || serentak_guarded_init(module) < 0) {
+        serentak_ring_init(module) < 0 || serentak_guarded_init(module) < 0 ||
+        serentak_ndalloc_init(module) < 0) {
         goto error;
     }
     return module;

@@ -7,6 +7,7 @@
  * ring.c    crash-consistent ring of records in shared memory (the Queue's fast path)
  * guarded.c the synchronized wrappers' base: a ctypes object read and written
  *           under its lock in one call
+ * ndalloc.c numpy's big arrays allocated in shared segments, in a pool worker
  */
 #ifndef SERENTAK_NATIVE_H
 #define SERENTAK_NATIVE_H
@@ -31,6 +32,10 @@ int serentak_semlock_held_rlock(PyObject *lock);
 
 /* guarded.c */
 int serentak_guarded_init(PyObject *module);
+
+/* ndalloc.c */
+extern PyMethodDef serentak_ndalloc_methods[];
+int serentak_ndalloc_init(PyObject *module);
 
 /* ring.c */
 int serentak_ring_init(PyObject *module);

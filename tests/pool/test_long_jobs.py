@@ -14,13 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+import _buffer_targets
 import _pool_targets
 import serentak
 from _scripts import run_script, running_script
 from _watch import descendants_of, lines, still_running_after, until
 from serentak._pool.journal import MAGIC, Journal
+from serentak._pool.tasks import resident_memory_mb
 
 PATIENCE = 20.0
 
@@ -230,6 +233,63 @@ def test_a_pool_wide_memory_limit_and_one_task_under_it(ctx: Any) -> None:
         assert pool.map(_pool_targets.pool_allocate, [1 << 20] * 3) == [1 << 20] * 3
         with pytest.raises(serentak.MemoryLimitError, match=r"512\.0 MiB"):
             pool.map(_pool_targets.pool_allocate, [2 << 30])
+
+
+# Inputs of growing sizes: each task's input and its two temporaries (as big) need
+# segments bigger than any an earlier task left warm, so the worker's caches (its
+# mappings of the inputs, the freed temporaries, the results the parent holds)
+# grow past one task's need by the third task. A task needs 3 * 40 + 8 MiB at most.
+CHURN_MIB = (8, 16, 24, 32, 40)
+RESULT_MIB = 8
+TASK_NEED_MIB = 3 * max(CHURN_MIB) + RESULT_MIB
+
+
+def _churn(pool: Any, **options: Any) -> list[Any]:
+    """Run the growing tasks one by one; the parent keeps every result."""
+    results = []
+    for mib in CHURN_MIB:
+        x = np.ones((mib << 20) // 8)
+        results.append(pool.apply(_buffer_targets.temporaries, (x, RESULT_MIB), **options))
+    for mib, result in zip(CHURN_MIB, results, strict=True):
+        assert result.nbytes == RESULT_MIB << 20
+        assert result[0] == 3.0 * (mib << 20) // 8
+    return results
+
+
+def test_warm_segments_do_not_count_against_a_memory_limit_a_big_task_still_does(
+    ctx: Any,
+) -> None:
+    with ctx.Pool(1) as pool:
+        base_mib = pool.apply(_buffer_targets.resident_mb)
+        limit = int(base_mib + TASK_NEED_MIB + 48) << 20  # just above one task's need
+        results = _churn(pool, memory_limit=limit)
+        stats = pool.stats()
+        assert (stats.tasks_over_memory, stats.restarts) == (0, 0), str(stats)
+        # Arrays that live in shared segments count as soon as a task holds them,
+        # the warm ones it reuses included.
+        hog = (4 * (limit >> 20), 16, False)
+        with pytest.raises(serentak.MemoryLimitError):
+            pool.apply(_buffer_targets.hold_arrays, hog, memory_limit=limit)
+        assert pool.stats().tasks_over_memory == 1
+        del results
+
+
+def test_warm_segments_do_not_retire_a_worker_a_big_task_still_does(ctx: Any) -> None:
+    # Above a fresh worker's own size, whatever the method, by one task's need.
+    limit_mib = resident_memory_mb() + 64 + TASK_NEED_MIB
+    with ctx.Pool(1, max_memory_per_child=limit_mib) as pool:
+        results = _churn(pool)
+        stats = pool.stats()
+        assert stats.restarts == 0, f"a worker retired at {limit_mib:.0f} MiB: {stats}"
+        # Past the limit with its warm segments, it gave them back instead.
+        assert pool.apply(_buffer_targets.resident_mb) <= limit_mib
+        # A task that keeps far more than the limit in arrays retires its worker.
+        assert pool.apply(_buffer_targets.hold_arrays, (2 * int(limit_mib), 16, True)) > 0
+        assert pool.apply(_pool_targets.pool_square, (3,)) == 9
+        stats = pool.stats()
+        # Retired (after its task, nothing lost), not killed.
+        assert (stats.restarts, stats.tasks_lost, stats.tasks_over_memory) == (1, 0, 0), str(stats)
+        del results
 
 
 # ---- journal -----------------------------------------------------------------------------

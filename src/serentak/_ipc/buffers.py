@@ -42,6 +42,21 @@ closes every segment not in use.
 A buffer that already lives in a segment of serentak's (an array born in
 shared memory, see ``serentak.shared_memory``) is not copied at all: its
 segment's fd travels, and the receiver maps the very same memory.
+
+Nor is a big numpy array a pool worker allocated (``enable_shared_arrays``):
+there numpy's allocator (``_native``'s ndalloc.c) puts arrays of 1 MiB or more
+in warm segments of the worker's own, laid out as the pooled ones (header and
+busy word, then the data), so ``a * 2`` writes into pages already faulted in
+and its result travels as a POOLED segment (``pack(..., lend_arrays=True)``:
+the worker's results only). After each reply the worker calls
+``detach_sent_arrays()``: an array it sent and still holds gets private pages,
+so that what the receiver holds never changes under it::
+
+    worker                                      parent
+    malloc: a free warm array segment
+    pack: ndalloc_locate -> fd, busy := SENT --> map it, busy := pid
+    the array dies: segment idle                its arrays die: busy := 0
+    next malloc: reused once busy is 0
 """
 
 from __future__ import annotations
@@ -53,6 +68,7 @@ import mmap
 import os
 import pickle
 import struct
+import sys
 import threading
 import weakref
 from collections.abc import Sequence
@@ -75,6 +91,7 @@ RECEIVER_MAPPINGS: Final = 32  # segments a receiving process keeps mapped
 _MARK: Final = b"\x00"  # a pickle's first byte is PROTO (0x80): never this
 _HEAD: Final = struct.Struct("<II")  # segments, buffers
 _ENTRY: Final = struct.Struct("<IQQ")  # segment index, offset, length
+_BUSY: Final = struct.Struct("=I")  # a segment's busy word, as ctypes.c_uint32 reads it
 _POPULATE: Final = getattr(mmap, "MAP_POPULATE", 0)
 
 
@@ -162,8 +179,18 @@ def _lift(obj: Any, depth: int) -> Any:
     return tuple(items) if kind is tuple else items
 
 
-def pack(obj: Any, *, spawning: bool = False) -> Packed:
+def pack(obj: Any, *, spawning: bool = False, lend_arrays: bool = False) -> Packed:
     """Pickle ``obj`` with its big buffers out of band.
+
+    Args:
+        obj: what to pickle.
+        spawning: for a child being spawned (see dumps_with_fds).
+        lend_arrays: arrays this process's numpy allocated in shared segments
+            (see enable_shared_arrays) travel by fd, uncopied. Only for a sender
+            that lets go of them once sent, and calls detach_sent_arrays() after
+            the send for any the user still holds: the pool worker's results. A
+            user's ``conn.send(a)`` copies, so writing to ``a`` afterwards cannot
+            change what the receiver gets.
 
     Raises:
         Whatever pickling raises.
@@ -183,7 +210,7 @@ def pack(obj: Any, *, spawning: bool = False) -> Packed:
     data, fds = dumps_with_fds(obj, spawning=spawning, buffer_callback=keep_out_of_band)
     if not buffers:
         return Packed(data, tuple(os.dup(fd) for fd in fds)) if fds else Packed(data)
-    segments, entries = _place(buffers)
+    segments, entries = _place(buffers, lend_arrays)
     table = (
         _HEAD.pack(len(segments), len(entries))
         + bytes(kind for _, kind in segments)
@@ -197,7 +224,9 @@ _Segments = list[tuple[int, SegmentKind]]  # (fd, kind)
 _Entries = list[tuple[int, int, int]]  # per buffer: segment index, offset, length
 
 
-def _place(buffers: Sequence[pickle.PickleBuffer]) -> tuple[_Segments, _Entries]:
+def _place(
+    buffers: Sequence[pickle.PickleBuffer], lend_arrays: bool = False
+) -> tuple[_Segments, _Entries]:
     """Decide where each buffer travels: in a shared segment it lives in, or copied."""
     segments: _Segments = []
     entries: _Entries = []
@@ -211,6 +240,17 @@ def _place(buffers: Sequence[pickle.PickleBuffer]) -> tuple[_Segments, _Entries]
             index = next((i for i, (f, _) in enumerate(segments) if f == fd), len(segments))
             if index == len(segments):
                 segments.append((fd, SegmentKind.SHARED))
+            entries.append((index, position, raw.nbytes))
+            continue
+        born = _native.ndalloc_locate(raw) if lend_arrays else None
+        if born is not None:
+            # An array a pool worker's numpy allocated in a segment of its own
+            # (see enable_shared_arrays): it travels as a pooled segment, its
+            # busy word now SENT, with no copy.
+            fd, position = born
+            index = next((i for i, (f, _) in enumerate(segments) if f == fd), len(segments))
+            if index == len(segments):
+                segments.append((fd, SegmentKind.POOLED))
             entries.append((index, position, raw.nbytes))
             continue
         offset += -offset % ALIGNMENT
@@ -275,6 +315,7 @@ def _region(fd: int, kind: SegmentKind, spans: list[tuple[int, int]]) -> tuple[i
     mapping = _mappings().get(fd)
     busy = ctypes.c_uint32.from_buffer(mapping, 0)
     busy.value = os.getpid()  # ours until released: if we die, the sender takes it back
+    _changed()
     # The message's bytes as one ctypes array: when the last buffer built on
     # it dies, so does the array, and its finalizer frees the segment.
     region = (ctypes.c_char * (end - start)).from_buffer(mapping, start)
@@ -284,6 +325,7 @@ def _region(fd: int, kind: SegmentKind, spans: list[tuple[int, int]]) -> tuple[i
 
 def _release(busy: ctypes.c_uint32) -> None:
     busy.value = 0
+    _changed()
 
 
 def to_segment(payload: bytes | bytearray | memoryview) -> int:
@@ -324,11 +366,13 @@ class SegmentRead:
     def __enter__(self) -> memoryview:
         self._busy = ctypes.c_uint32.from_buffer(self._mapping, 0)
         self._busy.value = os.getpid()  # ours while we read: if we die, the sender takes it back
+        _changed()
         return memoryview(self._mapping)[HEADER : HEADER + self._size]
 
     def __exit__(self, *exc_info: object) -> None:
         if self._busy is not None:
             self._busy.value = 0
+            _changed()
         # A ctypes view pins the mapping: the cache must stay free to drop it.
         self._busy = None
 
@@ -339,10 +383,13 @@ class SegmentRead:
 class _Outbound:
     """A pooled segment, mapped in the sender."""
 
-    __slots__ = ("busy", "fd", "mapping", "size", "view")
+    __slots__ = ("busy", "fd", "mapping", "size", "touched", "view")
 
     def __init__(self, size: int) -> None:
         self.size = size
+        # The most of it a message ever filled here (e.g. 40 MiB of a 48 MiB
+        # segment): the pages this process faulted in, so counts in its resident size.
+        self.touched = 0
         self.fd = _posix.memfd("serentak-message", size)
         self.mapping = mmap.mmap(self.fd, size)
         self.view = memoryview(self.mapping)
@@ -376,6 +423,7 @@ class _Pool:
 
     def take(self, size: int) -> _Outbound:
         """A segment of at least ``size`` bytes, marked busy."""
+        _changed()
         with self._lock:
             # The smallest free segment that fits: a small message must not take
             # the big segment the next big one needs, or that one pays for fresh
@@ -384,9 +432,11 @@ class _Pool:
             if fits:
                 segment = min(fits, key=lambda s: s.size)
                 segment.busy.value = SENT
+                segment.touched = max(segment.touched, size)
                 return segment
             segment = _Outbound(_capacity(size))
             segment.busy.value = SENT
+            segment.touched = size
             self._segments.append(segment)
             while len(self._segments) > 1 and (
                 len(self._segments) > POOL_SEGMENTS
@@ -395,8 +445,15 @@ class _Pool:
                 self._evict(keep=segment)
             return segment
 
+    def idle_bytes(self) -> int:
+        """The bytes its segments keep resident here: each holds a message sent
+        already (its receiver's now) or none, so none is a task's own memory."""
+        with self._lock:
+            return sum(-(-s.touched // mmap.PAGESIZE) * mmap.PAGESIZE for s in self._segments)
+
     def trim(self) -> None:
         """Close every segment not in use."""
+        _changed()
         with self._lock:
             for segment in [s for s in self._segments if s.free()]:
                 self._segments.remove(segment)
@@ -442,10 +499,24 @@ class _Mappings:
             # is cheaper than a fault per page on first touch.
             mapping = mmap.mmap(fd, status.st_size, flags=mmap.MAP_SHARED | _POPULATE)
             self._maps[key] = mapping
+            _changed()
             if len(self._maps) > RECEIVER_MAPPINGS:
                 # Dropped, not closed: arrays built on it keep it mapped.
                 self._maps.popitem(last=False)
             return mapping
+
+    def idle_bytes(self) -> int:
+        """The bytes of the cached mappings no message of ours is read from (the
+        busy word is not our pid): mapped with MAP_POPULATE, so resident here,
+        all of them. One dropped from the cache but still under an array is
+        not counted: that array's memory is its holder's."""
+        pid = os.getpid()
+        with self._lock:
+            return sum(
+                len(mapping)
+                for mapping in self._maps.values()
+                if _BUSY.unpack_from(mapping)[0] != pid
+            )
 
 
 _state_lock: Final = threading.Lock()
@@ -465,14 +536,46 @@ def _pool() -> _Pool:
 
 def trim() -> None:
     """Give up what this process keeps for reuse: pooled segments that hold no message,
-    and the receiver's cached mappings (each holds an fd: mmap keeps one). What is
-    still in use stays mapped until its last array goes."""
+    the receiver's cached mappings (each holds an fd: mmap keeps one), and the array
+    segments numpy freed (see enable_shared_arrays). What is still in use stays
+    mapped until its last array goes."""
+    _native.ndalloc_trim()
     global _inbound
     with _state_lock:
         pool = _outbound if _outbound is not None and _outbound.pid == os.getpid() else None
         _inbound = None
+    _changed()
     if pool is not None:
         pool.trim()
+
+
+_generation = 0  # bumped at every change idle_bytes() would see
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+
+
+def idle_generation() -> int:
+    """A number that changes whenever what :func:`idle_bytes` counts may have:
+    its caller recounts only then (a recount walks every segment and mapping)."""
+    return _generation
+
+
+def idle_bytes() -> int:
+    """The bytes this process keeps resident for reuse and no live object of its
+    own uses: its pooled segments, the cached mappings of other processes'
+    segments no message it holds lives in, and the array segments numpy freed
+    (see enable_shared_arrays; those its allocator publishes itself, see
+    publish_idle_arrays, and are not counted here). A memory limit leaves them out:
+    they are a cache, and no task's memory."""
+    with _state_lock:
+        pool = _outbound if _outbound is not None and _outbound.pid == os.getpid() else None
+        mappings = _inbound if _inbound is not None and _inbound.pid == os.getpid() else None
+    return (pool.idle_bytes() if pool is not None else 0) + (
+        mappings.idle_bytes() if mappings is not None else 0
+    )
 
 
 def _mappings() -> _Mappings:
@@ -481,3 +584,38 @@ def _mappings() -> _Mappings:
         if _inbound is None or _inbound.pid != os.getpid():
             _inbound = _Mappings()
         return _inbound
+
+
+# ---- arrays born in shared memory (a pool worker's) ------------------------------
+
+
+def enable_shared_arrays() -> bool:
+    """Have numpy allocate big arrays in shared segments of this process from now
+    on (in the calling thread's context), if numpy is loaded already: the runtime
+    never imports it for the user. Returns whether they are on."""
+    global _arrays_unavailable
+    if _arrays_unavailable or "numpy" not in sys.modules:
+        return False
+    try:
+        _native.ndalloc_enable()
+    except (ImportError, ValueError, OSError):
+        _arrays_unavailable = True  # a numpy without the handler API (< 1.22): arrays stay plain
+        return False
+    return True
+
+
+_arrays_unavailable = False  # enable_shared_arrays failed here once: not tried again
+
+
+def publish_idle_arrays(word: memoryview | None) -> None:
+    """Have numpy's allocator keep, in ``word`` (8 bytes, 8-aligned, a native
+    u64), the bytes its idle array segments hold resident in this process,
+    up to date at every allocation and free; None stops it. The caller keeps
+    ``word``'s memory mapped until it stops it."""
+    _native.ndalloc_publish(word)
+
+
+def detach_sent_arrays() -> None:
+    """After a message went: give each array it carried that this process still
+    holds private pages (the receiver's copy must not change when we write)."""
+    _native.ndalloc_detach_sent()

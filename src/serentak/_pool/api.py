@@ -361,7 +361,8 @@ class BasePool:
             retry_on: exception classes worth running the task again for.
             backoff: seconds before the first retry, doubling for each next one.
             memory_limit: resident memory its worker may reach while it runs
-                ("1GiB", or bytes); past it the task fails with MemoryLimitError.
+                ("1GiB", or bytes), not counting the warm segments it keeps for
+                reuse; past it the task fails with MemoryLimitError.
         """
         self._check_running(timeout)
         if not callable(func):
@@ -440,7 +441,8 @@ class BasePool:
             retry_on: exception classes worth running a task again for.
             backoff: seconds before the first retry, doubling for each next one.
             memory_limit: resident memory a worker may reach while it runs a
-                task ("1GiB", or bytes); past it the task fails with
+                task ("1GiB", or bytes), not counting the warm segments it
+                keeps for reuse; past it the task fails with
                 :class:`serentak.MemoryLimitError` and the worker is replaced.
             seed: each item's ``serentak.task_rng()`` stream is derived from
                 it and the item's index.
@@ -876,7 +878,9 @@ class Pool(BasePool):
         maxtasksperchild: tasks (chunks) a worker runs before it is replaced.
         context: the context (start method) to start workers with.
         max_memory_per_child: MiB of resident memory past which a worker,
-            having finished its task, is replaced (nothing lost or repeated).
+            having finished its task, is replaced (nothing lost or repeated);
+            past it with the warm segments it keeps for reuse only, it gives
+            those back instead.
         retries, retry_on, backoff, memory_limit, seed: defaults for every
             call's options of those names (see :meth:`map`).
 

@@ -47,7 +47,17 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from serentak._exceptions import MaybeEncodingError, ProcessError, RemoteTraceback
-from serentak._ipc.buffers import Packed, pack, unpack
+from serentak._ipc.buffers import (
+    Packed,
+    detach_sent_arrays,
+    enable_shared_arrays,
+    idle_bytes,
+    idle_generation,
+    pack,
+    publish_idle_arrays,
+    trim,
+    unpack,
+)
 from serentak._ipc.connection import Connection
 from serentak._ipc.segments import Segment
 from serentak._ipc.serialize import dumps, loads
@@ -356,16 +366,24 @@ def run_task(kind: Kind, func: Callable[..., Any], args: Any) -> Any:
 #   end      u32   where the records end
 #   begun    u32   items of the chunk begun: one more than recorded while an
 #                  item runs, as many when the worker died between two
+#   idle     u64   bytes its message segments and cached mappings keep resident
+#                  (buffers.idle_bytes), written at each task's start and end
+#   arrays   u64   bytes numpy's freed array segments keep resident, written by
+#                  the allocator itself at every change (publish_idle_arrays)
 #   records, from PROGRESS_HEAD: u32 length, then an item's result as pack()
 #                  made it (records are only made of results without fds)
 #
 # Each record is written before ``count`` covers it, so a worker killed in the
-# middle of one leaves the ones before it intact.
+# middle of one leaves the ones before it intact. ``idle + arrays`` is what the
+# memory limits leave out of the worker's resident size (see held_bytes).
 _PROGRESS: Final = struct.Struct("<QIIII")
 _BEGUN: Final = struct.Struct("<I")
 _BEGUN_AT: Final = 20
+_IDLE: Final = struct.Struct("=Q")  # native: the allocator writes the arrays word from C
+_IDLE_AT: Final = 24
+_ARRAYS_AT: Final = 32
 _RECORD: Final = struct.Struct("<I")
-PROGRESS_HEAD: Final = 32
+PROGRESS_HEAD: Final = 40
 PROGRESS_BYTES: Final = 256 * 1024
 
 
@@ -441,18 +459,43 @@ def worker_state() -> dict[str, Any]:
     return _worker_state
 
 
-def resident_memory_mb() -> float:
-    """This process's resident set size, in MiB."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            pages = int(statm.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource
+def idle_cached_bytes(progress: memoryview) -> int:
+    """The bytes a worker keeps resident only for reuse, as its progress segment says."""
+    (idle,) = _IDLE.unpack_from(progress, _IDLE_AT)
+    (arrays,) = _IDLE.unpack_from(progress, _ARRAYS_AT)
+    return int(idle) + int(arrays)
 
-        # The peak, not the current size, where /proc is missing: errs on the side of recycling.
-        peak: float = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 1024
+
+def held_bytes(pid: int | str, idle: int) -> int | None:
+    """The resident size of process ``pid`` ("self": this one) less ``idle``, the
+    bytes it keeps only for reuse (warm segments: see idle_cached_bytes), in bytes;
+    None if /proc cannot tell.
+
+    The caches are shared memory, so at most all its resident shared pages are
+    left out: what a task allocates privately always counts, and so do its live
+    arrays in shared segments (they are no cache)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            fields = statm.read().split()
+        resident, shared = int(fields[1]) * _PAGE_SIZE, int(fields[2]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident - min(idle, shared)
+
+
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_memory_mb(idle: int = 0) -> float:
+    """This process's resident set size less ``idle`` (see held_bytes), in MiB."""
+    held = held_bytes("self", idle)
+    if held is not None:
+        return held / 2**20
+    import resource
+
+    # The peak, not the current size, where /proc is missing: errs on the side of recycling.
+    peak: float = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024
 
 
 class _WorkerLoop:
@@ -464,8 +507,28 @@ class _WorkerLoop:
         self.progress = progress
         self.functions: dict[int, Callable[..., Any]] = {}
         self.busy_us = 0  # the last task's
+        # Whether numpy allocates big arrays in shared segments here (from the
+        # first task that finds numpy loaded): results then travel uncopied.
+        self.shared_arrays = False
+        self.idle_generation = -1  # that of the idle bytes last written in the progress segment
 
     def serve(self) -> None:
+        # numpy's allocator keeps its idle bytes in the progress segment from now on.
+        publish_idle_arrays(self.progress[_ARRAYS_AT : _ARRAYS_AT + _IDLE.size])
+        try:
+            self.serve_tasks()
+        finally:
+            publish_idle_arrays(None)  # the segment may be unmapped after us
+
+    def publish_idle(self) -> None:
+        """Write what the message segments and mappings keep only for reuse, for
+        the supervisor's memory limit to leave out (see held_bytes)."""
+        generation = idle_generation()
+        if generation != self.idle_generation:  # a tiny task's worker does not recount
+            self.idle_generation = generation
+            _IDLE.pack_into(self.progress, _IDLE_AT, idle_bytes())
+
+    def serve_tasks(self) -> None:
         conn = self.conn
         spin = self.options.spin
         while True:
@@ -485,9 +548,19 @@ class _WorkerLoop:
             else:
                 self.run(frame)
                 limit = self.options.max_memory_mb
-                if limit is not None and resident_memory_mb() > limit:
+                if limit is not None and self.past(limit):
                     Frame(Kind.RETIRE).send(self.conn)
                     return
+
+    def past(self, limit_mb: float) -> bool:
+        """Whether what the tasks hold here is past ``limit_mb``. Past it with the
+        warm segments kept for the next tasks only, the worker gives those back
+        rather than retire: it stays under the limit, and so does the machine."""
+        if resident_memory_mb() <= limit_mb:
+            return False
+        trim()
+        self.publish_idle()
+        return resident_memory_mb(idle_cached_bytes(self.progress)) > limit_mb
 
     def run(self, frame: Frame) -> None:
         task_id = frame.task_id
@@ -495,6 +568,9 @@ class _WorkerLoop:
         _PROGRESS.pack_into(self.progress, 0, task_id, 0, 0, PROGRESS_HEAD, 0)
         try:
             arguments = unpack(frame.payload, frame.fds)
+            self.publish_idle()  # the mappings the arguments live in are the task's now
+            if not self.shared_arrays:
+                self.shared_arrays = enable_shared_arrays()
             if frame.kind in EACH_KINDS:
                 result = self.run_each(frame.kind, self.functions[frame.func_id], arguments, frame)
             else:
@@ -504,7 +580,7 @@ class _WorkerLoop:
             self.reply(Kind.FAILED, task_id, Packed(encode_failure(Failure.of(exc))), started)
             return
         try:
-            packed = pack(result)
+            packed = pack(result, lend_arrays=self.shared_arrays)
         except BaseException as exc:
             failure = encode_failure(Failure.of_result(exc, result))
             self.reply(Kind.FAILED, task_id, Packed(failure), started)
@@ -537,11 +613,11 @@ class _WorkerLoop:
             except BaseException as exc:  # an item's SystemExit fails that item, as a task's does
                 result = ItemFailed(Failure.of(exc))
             try:
-                packed = pack(result)
+                packed = pack(result, lend_arrays=self.shared_arrays)
             except BaseException as exc:  # this item fails alone
                 note = f"the result ({type(result).__qualname__}) could not be pickled"
                 result = ItemFailed(Failure.of(exc, note=note))
-                packed = pack(result)
+                packed = pack(result, lend_arrays=self.shared_arrays)
             results.append(result)
             if not packed.fds:
                 size = _RECORD.size + len(packed.payload)
@@ -557,7 +633,7 @@ class _WorkerLoop:
             if position + 1 == len(items):
                 break  # the last one: it goes with the DONE frame
             # The item count rides in the func_id field, unused in result frames.
-            partial = pack(results)
+            partial = pack(results, lend_arrays=self.shared_arrays)
             message = Frame(Kind.PARTIAL, frame.task_id, len(results), partial.payload)
             try:
                 dataclasses.replace(message, fds=partial.fds).send(self.conn)
@@ -566,6 +642,9 @@ class _WorkerLoop:
             first = position + 1
             end = PROGRESS_HEAD
             results = []
+            result = None
+            if self.shared_arrays:
+                detach_sent_arrays()
             _PROGRESS.pack_into(view, 0, frame.task_id, first, 0, end, first)
         return results
 
@@ -579,6 +658,9 @@ class _WorkerLoop:
             self.conn.send_frame(data, packed.fds)
         finally:
             packed.close()
+        if self.shared_arrays:
+            detach_sent_arrays()
+        self.publish_idle()
 
 
 # Only after a task this short: after a longer one, the next task is either sent

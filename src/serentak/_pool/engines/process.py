@@ -36,8 +36,9 @@ A task that fails goes through ``_end``: if its retry policy says so, it is
 queued again (at once, or in ``_delayed`` until its backoff has passed) rather
 than finished, and runs again with the same arguments. A task with a memory
 limit has its worker's resident size read every MEMORY_POLL seconds while it
-runs; past the limit the worker is killed, as for a timeout, and the task
-fails with MemoryLimitError.
+runs, less the warm segments the worker keeps only for reuse (its progress
+segment says how many bytes: tasks.held_bytes); past the limit the worker is
+killed, as for a timeout, and the task fails with MemoryLimitError.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ from serentak._pool.tasks import (
     WorkerOptions,
     WorkerProgress,
     describe_exit,
+    held_bytes,
+    idle_cached_bytes,
     monotonic,
     worker_main,
 )
@@ -1226,7 +1229,8 @@ class Supervisor:
                 or worker.over_memory is not None
             ):
                 continue
-            size = resident_bytes(worker.pid)
+            # The warm segments the worker keeps for reuse are no task's memory.
+            size = held_bytes(worker.pid, idle_cached_bytes(worker.progress.buf))
             if size is not None and size > task.memory_limit:
                 worker.over_memory = (task, size)
                 os.kill(worker.pid, signal.SIGKILL)
@@ -1246,18 +1250,6 @@ def _item_error(task: Task, outcome: Outcome) -> BaseException | None:
             if isinstance(error, policy.retry_on):
                 return error
     return None
-
-
-def resident_bytes(pid: int) -> int | None:
-    """The resident set size of process ``pid``, in bytes; None if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 
 
 class _Rest:
