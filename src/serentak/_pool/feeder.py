@@ -59,7 +59,7 @@ FLUSH_BUFFERED_BYTES: Final = 1 << 20
 # or TAIL_CHUNK_SECONDS of work if that is more: small, so that the workers finish
 # together and the parent has little left to unpickle once they have; not
 # smaller, as each chunk costs tens of microseconds of fixed work.
-RECALLED_FLOOR_SHARE: Final = 64
+RECALLED_FLOOR_SHARE: Final = 32
 TAIL_CHUNK_SECONDS: Final = 150e-6
 # Sized from a previous map's timing, an input that should take less work than
 # this goes in two chunks per worker: a chunk's round trip through the engine
@@ -174,6 +174,11 @@ class Chunker:
         if self._remaining is not None:
             self._remaining -= len(chunk)
         return chunk
+
+    def exhausted(self) -> bool:
+        """Whether the input is known to have no more items (a sequence sliced to its
+        end; an iterator is only known to have ended once it says so)."""
+        return self._sequence is not None and self._position >= len(self._sequence)
 
     def observe(self, items: int, busy_us: int) -> None:
         """A chunk of ``items`` items kept a worker busy for ``busy_us`` microseconds."""
@@ -463,8 +468,9 @@ class Feeder:
             # The feeder wakes once a quarter of the window is free, not per
             # chunk: it then sends chunks in batches, and short tasks cost fewer
             # thread switches.
+            # (A job fed to its end has nothing more to send: no wake-up for it.)
             window = job.ahead()
-            if (
+            if not job.fed_all and (
                 job.submitted - self._released(job) <= window - max(1, window // 4)
                 or job.buffer_bytes is not None
             ):
@@ -565,6 +571,11 @@ class Feeder:
             if task is None:
                 break
             tasks.append(task)
+            if job.chunker.exhausted():
+                # Said now, not by a later wake-up of this thread when the window
+                # frees: a map's result is complete only once its length is known.
+                self._finish(job)
+                break
             buffered += task.buffered
             if buffered >= FLUSH_BUFFERED_BYTES:
                 break
