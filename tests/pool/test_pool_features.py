@@ -231,6 +231,28 @@ def test_many_tiny_tasks_go_in_few_chunks(ctx: Any, submit: str) -> None:
     assert stats.chunks_done <= items // 100, f"{stats.chunks_done} chunks for {items} items"
 
 
+def test_warm_maps_of_ranges_give_what_the_builtin_map_gives(ctx: Any) -> None:
+    """A range travels as range slices, and a warm map of one starts with big chunks
+    (no lone first item): the results are the builtin map's, for huge values, a
+    negative step, an empty range, chunksize=1, and the same maps repeated (their
+    chunks then sized from the last map's timing)."""
+    square = _pool_targets.pool_square
+    inputs = [
+        range(10**15, 10**15 + 70_000 * 7, 7),
+        range(50_000, -50_000, -3),
+        range(-(2**70), -(2**70) + 5),
+        range(0),
+        range(10, 0, -1),
+    ]
+    with ctx.Pool(2) as pool:
+        for _ in range(2):
+            for items in inputs:
+                assert pool.map(square, items) == [x * x for x in items], items
+        assert pool.map(square, range(100, -100, -7), chunksize=1) == [
+            x * x for x in range(100, -100, -7)
+        ]
+
+
 def test_few_slow_tasks_are_spread_over_the_workers(ctx: Any, tmp_path: Path) -> None:
     """50 tasks of 40 ms: one per chunk (two would be past the 20 ms aim), the workers
     sharing them so the map takes about half the work's time.
