@@ -1,6 +1,7 @@
 #include "native.h"
 
-static PyMethodDef *method_tables[] = {serentak_proc_methods, serentak_sync_methods, NULL};
+static PyMethodDef *method_tables[] = {serentak_proc_methods, serentak_sync_methods,
+                                       serentak_ints_methods, NULL};
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,

@@ -32,6 +32,9 @@ int serentak_semlock_held_rlock(PyObject *lock);
 /* guarded.c */
 int serentak_guarded_init(PyObject *module);
 
+/* ints.c */
+extern PyMethodDef serentak_ints_methods[];
+
 /* ring.c */
 int serentak_ring_init(PyObject *module);
 

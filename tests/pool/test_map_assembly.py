@@ -18,7 +18,7 @@ import serentak
 from serentak._pool.engines.process import PREFETCH_LEAD, top_up_time
 from serentak._pool.feeder import FEED_BATCH, Chunker, ChunkTimes, Feeder, MapJob
 from serentak._pool.results import CallbackRunner, MapResult, Outcome
-from serentak._pool.tasks import Function, Kind, Task
+from serentak._pool.tasks import Function, Kind, Task, load_result, pack_result
 
 
 def _chunk(values: list[int]) -> Outcome:
@@ -261,3 +261,41 @@ def test_the_chunks_of_a_complete_map_are_left_to_the_caller() -> None:
     assert not third.loaded()
     assert result.get(1.0) == [0, 1, 2, 3, 4]
     runner.stop()
+
+
+class _Int(int):
+    """An int subclass: must come back as itself, so it goes by pickle."""
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [0, 1, -1, 255, 256, -5, 2**31 - 1, -(2**31)],
+        [2**31, -(2**31) - 1, 2**63 - 1, -(2**63), 7],
+    ],
+)
+def test_a_map_chunk_of_plain_ints_travels_packed_and_comes_back_equal(values: list[int]) -> None:
+    packed = pack_result(Kind.MAP, values)
+    assert packed.payload[:5] == b"SRTKI"
+    loaded = load_result(packed.payload, [])
+    assert loaded == values
+    assert all(type(value) is int for value in loaded)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[1, True], [1, 2**63], [1, -(2**63) - 1], [1, _Int(3)], [1, 2.0], (1, 2), [1, None]],
+)
+def test_anything_but_a_list_of_plain_int64s_is_pickled(values: Any) -> None:
+    """bools, int subclasses, ints past int64, other items, other containers: the
+    reader must get back exactly what the worker returned, type for type."""
+    packed = pack_result(Kind.MAP, values)
+    assert packed.payload[:1] == b"\x80"  # a pickle's PROTO opcode
+    loaded = load_result(packed.payload, [])
+    assert loaded == values
+    assert [type(value) for value in loaded] == [type(value) for value in values]
+
+
+def test_an_apply_returning_a_list_of_ints_is_pickled() -> None:
+    assert pack_result(Kind.APPLY, [1, 2]).payload[:1] == b"\x80"

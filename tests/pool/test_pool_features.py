@@ -253,6 +253,19 @@ def test_warm_maps_of_ranges_give_what_the_builtin_map_gives(ctx: Any) -> None:
         ]
 
 
+def test_map_results_of_ints_come_back_as_returned_type_for_type(ctx: Any) -> None:
+    """A chunk whose results are all plain ints within int64 travels packed, any
+    other pickled: chunks of each kind side by side give back exactly what the
+    workers returned (bools stay bools, big ints stay whole)."""
+    values = [1, 2, True, 3, 2**63 - 1, -(2**63), 2**64, -5, 0, False, 2**31, 7]
+    with ctx.Pool(2) as pool:
+        for chunksize in (None, 1, 2, 3):
+            results = pool.map(_pool_targets.pool_return, values, chunksize)
+            assert results == values
+            assert [type(value) for value in results] == [type(value) for value in values]
+        assert pool.starmap(_pool_targets.pool_add, [(2**40, 1), (-7, 2)]) == [2**40 + 1, -5]
+
+
 def test_few_slow_tasks_are_spread_over_the_workers(ctx: Any, tmp_path: Path) -> None:
     """50 tasks of 40 ms: one per chunk (two would be past the 20 ms aim), the workers
     sharing them so the map takes about half the work's time.

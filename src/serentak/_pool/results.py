@@ -36,10 +36,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol
 
 from serentak._exceptions import ProcessError, TimeoutError
-from serentak._ipc.buffers import unpack
 from serentak._os.waiting import RESULT_SPIN, join, spans, wait_span
 
-from .tasks import Failure, ItemFailed
+from .tasks import Failure, ItemFailed, load_result
 
 _NOT_LOADED: Final = object()
 
@@ -138,7 +137,7 @@ class Outcome:
             raise ProcessError("result lost")  # unreachable: every outcome has one or the other
         fds, self._fds = self._fds, ()
         try:
-            loaded = unpack(payload, [os.dup(fd) for fd in fds])
+            loaded = load_result(payload, [os.dup(fd) for fd in fds])
         except Exception as exc:
             what = "result" if self.ok else "exception"
             self.ok = False
