@@ -12,6 +12,8 @@ worker that dies in the middle of a write can only garble its own channel::
     MAP       task_id, func_id, [item, ...] ------>  run each item
     STARMAP   task_id, func_id, [args, ...] ------>  run each item
                                             <------  DONE   task_id, busy time, pickled result(s)
+                                                     (a map chunk's plain ints: packed
+                                                     integers, see pack_result)
                                             <------  FAILED task_id, busy time, pickled Failure
                                             <------  PARTIAL task_id, item count, pickled
                                                      results of a chunk's next items (one too
