@@ -1,7 +1,7 @@
 #include "native.h"
 
 static PyMethodDef *method_tables[] = {serentak_proc_methods, serentak_sync_methods,
-                                      serentak_ndalloc_methods, NULL};
+                                      serentak_ndalloc_methods, serentak_ints_methods, NULL};
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,

@@ -37,6 +37,9 @@ int serentak_guarded_init(PyObject *module);
 extern PyMethodDef serentak_ndalloc_methods[];
 int serentak_ndalloc_init(PyObject *module);
 
+/* ints.c */
+extern PyMethodDef serentak_ints_methods[];
+
 /* ring.c */
 int serentak_ring_init(PyObject *module);
 

@@ -231,6 +231,41 @@ def test_many_tiny_tasks_go_in_few_chunks(ctx: Any, submit: str) -> None:
     assert stats.chunks_done <= items // 100, f"{stats.chunks_done} chunks for {items} items"
 
 
+def test_warm_maps_of_ranges_give_what_the_builtin_map_gives(ctx: Any) -> None:
+    """A range travels as range slices, and a warm map of one starts with big chunks
+    (no lone first item): the results are the builtin map's, for huge values, a
+    negative step, an empty range, chunksize=1, and the same maps repeated (their
+    chunks then sized from the last map's timing)."""
+    square = _pool_targets.pool_square
+    inputs = [
+        range(10**15, 10**15 + 70_000 * 7, 7),
+        range(50_000, -50_000, -3),
+        range(-(2**70), -(2**70) + 5),
+        range(0),
+        range(10, 0, -1),
+    ]
+    with ctx.Pool(2) as pool:
+        for _ in range(2):
+            for items in inputs:
+                assert pool.map(square, items) == [x * x for x in items], items
+        assert pool.map(square, range(100, -100, -7), chunksize=1) == [
+            x * x for x in range(100, -100, -7)
+        ]
+
+
+def test_map_results_of_ints_come_back_as_returned_type_for_type(ctx: Any) -> None:
+    """A chunk whose results are all plain ints within int64 travels packed, any
+    other pickled: chunks of each kind side by side give back exactly what the
+    workers returned (bools stay bools, big ints stay whole)."""
+    values = [1, 2, True, 3, 2**63 - 1, -(2**63), 2**64, -5, 0, False, 2**31, 7]
+    with ctx.Pool(2) as pool:
+        for chunksize in (None, 1, 2, 3):
+            results = pool.map(_pool_targets.pool_return, values, chunksize)
+            assert results == values
+            assert [type(value) for value in results] == [type(value) for value in values]
+        assert pool.starmap(_pool_targets.pool_add, [(2**40, 1), (-7, 2)]) == [2**40 + 1, -5]
+
+
 def test_few_slow_tasks_are_spread_over_the_workers(ctx: Any, tmp_path: Path) -> None:
     """50 tasks of 40 ms: one per chunk (two would be past the 20 ms aim), the workers
     sharing them so the map takes about half the work's time.

@@ -55,12 +55,15 @@ SMALL_CHUNK_BYTES: Final = 4096
 # 64 MiB), and a worker left idle while the next ones are copied costs far
 # more than the engine wake-up a bigger batch saves.
 FLUSH_BUFFERED_BYTES: Final = 1 << 20
-# Sized from a previous map's timing, a chunk is never cut below this share of
-# the input (more chunks than that cost more than they balance).
-RECALLED_FLOOR_SHARE: Final = 16
-# Sized from a previous map's timing, an input whose rest should take less work
-# than this goes in two chunks per worker: a chunk's round trip through the
-# engine costs tens of microseconds, more than such a map's items take.
+# Sized from a previous map's timing, the last chunks are this share of the input,
+# or TAIL_CHUNK_SECONDS of work if that is more: small, so that the workers finish
+# together and the parent has little left to unpickle once they have; not
+# smaller, as each chunk costs tens of microseconds of fixed work.
+RECALLED_FLOOR_SHARE: Final = 32
+TAIL_CHUNK_SECONDS: Final = 150e-6
+# Sized from a previous map's timing, an input that should take less work than
+# this goes in two chunks per worker: a chunk's round trip through the engine
+# costs tens of microseconds, more than such a map's items take.
 SMALL_MAP_SECONDS: Final = 1e-3
 # Functions whose chunk timings a pool remembers for its next maps.
 REMEMBERED_FUNCTIONS: Final = 128
@@ -129,6 +132,9 @@ class Chunker:
         # A sequence is sliced, not iterated: a range's chunks stay ranges, a
         # few bytes each instead of thousands of pickled ints.
         self._sequence = iterable if isinstance(iterable, Sequence) else None
+        # A range's items are ints and its chunks travel as ranges: their size is
+        # known without weighing a first item alone (a round trip for nothing).
+        self._weighed = type(iterable) is range
         self._position = 0
         self._iterator = iter(iterable) if self._sequence is None else None
         self._fixed = size
@@ -168,6 +174,11 @@ class Chunker:
         if self._remaining is not None:
             self._remaining -= len(chunk)
         return chunk
+
+    def exhausted(self) -> bool:
+        """Whether the input is known to have no more items (a sequence sliced to its
+        end; an iterator is only known to have ended once it says so)."""
+        return self._sequence is not None and self._position >= len(self._sequence)
 
     def observe(self, items: int, busy_us: int) -> None:
         """A chunk of ``items`` items kept a worker busy for ``busy_us`` microseconds."""
@@ -214,7 +225,7 @@ class Chunker:
     def _next_size(self) -> int:
         if self._fixed is not None:
             return self._fixed
-        if not self._items_measured or not self._chunks_sized:
+        if not self._items_measured or not (self._chunks_sized or self._weighed):
             # Nothing measured yet; or recalled, but the items' size is unknown:
             # one item first, so that big items (arrays) are never sent several
             # to a chunk before their bytes are known.
@@ -226,15 +237,18 @@ class Chunker:
         elif self._bytes:
             target = min(target, CHUNK_TARGET_BYTES * self._items_sized // self._bytes)
         if self._recalled and self._remaining is not None:
-            if self._remaining * per_item < SMALL_MAP_SECONDS:
-                # All that is left is less work than a few chunks' round trips: two
-                # chunks per worker of the whole input, no halving tail (should the
-                # guess be wrong, the items still go over the workers in even parts).
+            if self._length * per_item < SMALL_MAP_SECONDS:
+                # The whole input is less work than a few chunks' round trips: two
+                # chunks per worker, no halving tail (should the guess be wrong, the
+                # items still go over the workers in even parts). Only for the
+                # whole input: the rest of a bigger map in one chunk would leave
+                # the other workers idle while one runs it.
                 return max(1, min(target, -(-self._length // (2 * self._workers))))
             # The last map's figure may not hold for this input: no chunk is more
             # than a quarter of what is left per worker until this map's first
-            # report, and the floor below is at most a sixteenth of the input.
-            floor = min(target // 10, self._length // RECALLED_FLOOR_SHARE)
+            # report, and the floor below is a small share of the input.
+            tail = max(self._length // RECALLED_FLOOR_SHARE, int(TAIL_CHUNK_SECONDS / per_item))
+            floor = min(target // 10, tail)
             return max(1, floor, min(target, self._remaining // (2 * self._workers)))
         if self._remaining is None:
             return target
@@ -454,8 +468,9 @@ class Feeder:
             # The feeder wakes once a quarter of the window is free, not per
             # chunk: it then sends chunks in batches, and short tasks cost fewer
             # thread switches.
+            # (A job fed to its end has nothing more to send: no wake-up for it.)
             window = job.ahead()
-            if (
+            if not job.fed_all and (
                 job.submitted - self._released(job) <= window - max(1, window // 4)
                 or job.buffer_bytes is not None
             ):
@@ -556,6 +571,11 @@ class Feeder:
             if task is None:
                 break
             tasks.append(task)
+            if job.chunker.exhausted():
+                # Said now, not by a later wake-up of this thread when the window
+                # frees: a map's result is complete only once its length is known.
+                self._finish(job)
+                break
             buffered += task.buffered
             if buffered >= FLUSH_BUFFERED_BYTES:
                 break

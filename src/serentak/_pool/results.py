@@ -36,10 +36,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol
 
 from serentak._exceptions import ProcessError, TimeoutError
-from serentak._ipc.buffers import unpack
 from serentak._os.waiting import RESULT_SPIN, join, spans, wait_span
 
-from .tasks import Failure, ItemFailed
+from .tasks import Failure, ItemFailed, load_result
 
 _NOT_LOADED: Final = object()
 
@@ -58,7 +57,7 @@ class Outcome:
     they are closed once it is unpickled, or when it is dropped unread.
     """
 
-    __slots__ = ("__weakref__", "_fds", "_lock", "_payload", "_then", "_value", "ok")
+    __slots__ = ("__weakref__", "_ahead", "_fds", "_lock", "_payload", "_then", "_value", "ok")
 
     def __init__(
         self,
@@ -73,6 +72,8 @@ class Outcome:
         self._lock = threading.Lock()
         self._fds = fds
         self._then: Callable[[], None] | None = None
+        # Whether preload() may unpickle it ahead of the reader (see leave_to_reader).
+        self._ahead = True
         if fds:
             weakref.finalize(self, _close_fds, fds)
 
@@ -86,7 +87,10 @@ class Outcome:
 
     def preload(self) -> None:
         """Unpickle now, in the calling thread, so that value() is quick later; then
-        call what :meth:`after_preload` was given."""
+        call what :meth:`after_preload` was given. Does nothing once the value is
+        left to its reader."""
+        if not self._ahead:
+            return
         with self._lock:
             if self._value is _NOT_LOADED:
                 self._value = self._load()
@@ -98,6 +102,12 @@ class Outcome:
     def after_preload(self, then: Callable[[], None]) -> None:
         """Have :meth:`preload` call ``then`` once it has unpickled the value."""
         self._then = then
+
+    def leave_to_reader(self) -> None:
+        """Leave the unpickling to the thread that asks for the value: it is awake, or
+        about to be, and another thread unpickling meanwhile would only hold the GIL
+        it needs (the pair would hand it over back and forth)."""
+        self._ahead = False
 
     def loaded(self) -> bool:
         """Whether the value is unpickled (value() returns or raises at once)."""
@@ -127,7 +137,7 @@ class Outcome:
             raise ProcessError("result lost")  # unreachable: every outcome has one or the other
         fds, self._fds = self._fds, ()
         try:
-            loaded = unpack(payload, [os.dup(fd) for fd in fds])
+            loaded = load_result(payload, [os.dup(fd) for fd in fds])
         except Exception as exc:
             what = "result" if self.ok else "exception"
             self.ok = False
@@ -419,6 +429,7 @@ class MapResult(ApplyResult):
                 return
             if not outcome.ok:
                 final: Outcome | None = outcome
+                self._leave_to_reader()
                 self._chunks.clear()
             else:
                 self._chunks[index] = outcome
@@ -442,7 +453,14 @@ class MapResult(ApplyResult):
     def _all_there(self) -> Outcome | None:
         if self._length is None or self._received < self._length:
             return None
+        self._leave_to_reader()
         return _Merged(self._take_all)
+
+    def _leave_to_reader(self) -> None:
+        """The caller is about to be woken: the chunks not yet unpickled are its to
+        unpickle (holding the lock)."""
+        for outcome in self._chunks.values():
+            outcome.leave_to_reader()
 
     def _merge(self) -> None:
         """Append the chunks that are next in order and already unpickled."""

@@ -12,6 +12,8 @@ worker that dies in the middle of a write can only garble its own channel::
     MAP       task_id, func_id, [item, ...] ------>  run each item
     STARMAP   task_id, func_id, [args, ...] ------>  run each item
                                             <------  DONE   task_id, busy time, pickled result(s)
+                                                     (a map chunk's plain ints: packed
+                                                     integers, see pack_result)
                                             <------  FAILED task_id, busy time, pickled Failure
                                             <------  PARTIAL task_id, item count, pickled
                                                      results of a chunk's next items (one too
@@ -336,6 +338,31 @@ class ItemFailed:
     failure: Failure
 
 
+def pack_result(kind: Kind, result: Any, *, lend_arrays: bool = False) -> Packed:
+    """A task's result as it goes back: a map chunk's list of plain ints (each within
+    int64) as fixed-width integers (written in a third of the time of a pickle, and
+    read back faster: see ``load_result``), anything else pickled (``lend_arrays``:
+    see buffers.pack)."""
+    if kind is Kind.MAP or kind is Kind.STARMAP:
+        ints = _native.pack_ints(result)
+        if ints is not None:
+            return Packed(ints)
+    return pack(result, lend_arrays=lend_arrays)
+
+
+def load_result(payload: bytes | memoryview, fds: Sequence[int]) -> Any:
+    """What ``pack_result`` packed (the descriptors go with a pickle's buffers)."""
+    if payload[:INTS_TAG_SIZE] == INTS_TAG:
+        return _native.unpack_ints(payload)
+    return unpack(payload, fds)
+
+
+# How a packed list of ints begins (then "4" or "8": the bytes per item); a pickle
+# of protocol 2 or more begins with the PROTO opcode (0x80) instead.
+INTS_TAG: Final = b"SRTKI"
+INTS_TAG_SIZE: Final = len(INTS_TAG)
+
+
 def run_task(kind: Kind, func: Callable[..., Any], args: Any) -> Any:
     """Run one task: an apply, or a chunk of a map or starmap."""
     if kind is Kind.APPLY:
@@ -580,7 +607,7 @@ class _WorkerLoop:
             self.reply(Kind.FAILED, task_id, Packed(encode_failure(Failure.of(exc))), started)
             return
         try:
-            packed = pack(result, lend_arrays=self.shared_arrays)
+            packed = pack_result(frame.kind, result, lend_arrays=self.shared_arrays)
         except BaseException as exc:
             failure = encode_failure(Failure.of_result(exc, result))
             self.reply(Kind.FAILED, task_id, Packed(failure), started)

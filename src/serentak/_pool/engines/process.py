@@ -273,6 +273,26 @@ _PRELOADED: Final = frozenset({Kind.MAP, Kind.STARMAP})
 PRELOAD_BYTES: Final = 4096
 
 
+def top_up_time(running: Task, average: float, now: float) -> float | None:
+    """When a worker running ``running`` may be sent its next task, tasks taking
+    ``average`` seconds lately: PREFETCH_LEAD before ``running`` should end.
+
+    Its end is known from its own expected time if it has one (a map's chunk):
+    the next then goes at once if it is shorter than the lead, so that a worker
+    never waits for a round trip between a map's chunks, even as they shrink
+    towards the end. Else from the usual task time, and then at most half of it
+    ahead. None: not while ``running`` runs, as it overran its time by
+    PREFETCH_PATIENCE (what would be sent could wait long behind it).
+    """
+    started = running.started
+    usual = average if running.expected is None else running.expected
+    if started is None or now - started > PREFETCH_PATIENCE * usual:
+        return None
+    if running.expected is not None:
+        return started + max(0.0, usual - PREFETCH_LEAD)
+    return started + usual - min(usual / 2, PREFETCH_LEAD)
+
+
 def _long(task: Task) -> bool:
     """Whether ``task`` is expected to take longer than PREFETCH_WORK. Such a task
     is queued on a worker only behind the one it runs, and nothing is queued
@@ -1148,16 +1168,12 @@ class Supervisor:
 
     def _top_up_time(self, worker: _Worker, now: float) -> float | None:
         """When ``worker``, running one task while tasks take PREFETCH_BELOW or more,
-        may be sent its next: PREFETCH_LEAD (at most half the usual task time)
-        before the running one should end. None: not while this task runs (it
-        overran its usual time by PREFETCH_PATIENCE, or it holds a task already)."""
+        may be sent its next (see :func:`top_up_time`); None: not while this task
+        runs, or it holds a task already."""
         average = self._average_busy
         if average is None or average < PREFETCH_BELOW or len(worker.in_flight) != 1:
             return None
-        started = worker.in_flight[0].started
-        if started is None or now - started > PREFETCH_PATIENCE * average:
-            return None
-        return started + average - min(average / 2, PREFETCH_LEAD)
+        return top_up_time(worker.in_flight[0], average, now)
 
     def _next_timeout(self) -> float | None:
         restart = self._restart_at
