@@ -105,6 +105,12 @@ PREFETCH_BELOW: Final = 1e-3
 # late, a task waits behind a running one that overruns for little longer than
 # this, even if another worker becomes free meanwhile.
 PREFETCH_LEAD: Final = 20e-3
+# Whenever the supervisor thread is awake (a result came, another worker's top-up
+# time passed), a worker whose top-up time is this close (at most a quarter of the
+# usual task time) is topped up too: workers running tasks of the same length in
+# step cost the parent one wake-up for all their top-ups, not one each, and every
+# wake-up of the parent takes a CPU from a worker.
+TOP_UP_SLACK: Final = 10e-3
 # A worker whose current task has run this many times the average gets no more.
 PREFETCH_PATIENCE: Final = 2.0
 _SMOOTHING: Final = 0.1  # weight of the newest task in the average
@@ -184,6 +190,14 @@ class AskStats:
 
 
 Command = Submit | Close | Terminate | AskStats | StopWorkers | CancelRunning
+
+
+class Here(enum.Enum):
+    """What became of a Submit that its caller's thread tried to dispatch itself."""
+
+    NOT_DONE = "not done"  # the supervisor thread takes it, as any command
+    DONE = "done"  # dispatched; the sleeping supervisor thread has nothing new to keep
+    DONE_WAKE = "done, wake"  # dispatched; the supervisor thread has a new deadline to keep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,6 +387,9 @@ class Supervisor:
         self._state = PoolState.RUN
         self._broken: BaseException | None = None  # the initializer failed
         self._kill_deadline: float | None = None
+        # When the supervisor thread's sleep ends at the latest (monotonic), e.g.
+        # 5123.42; None: it sleeps until woken. Set under the step lock.
+        self._wakes_at: float | None = None
         self._ended: list[WorkerStats] = []  # workers that are gone
         self._restarts = 0
         self._lost = 0
@@ -431,32 +448,41 @@ class Supervisor:
             if self._finished:
                 self._answer_late(command)
                 return
-            if isinstance(command, Submit) and self._submit_here(command):
-                tasks = command.tasks
-                if all(task.timeout is None and task.memory_limit is None for task in tasks):
-                    return
-                # The supervisor thread sleeps until its next deadline (or memory
-                # check): a new one must wake it.
-            else:
+            here = self._submit_here(command) if isinstance(command, Submit) else Here.NOT_DONE
+            if here is Here.DONE:
+                return
+            if here is Here.NOT_DONE:
                 self.commands.append(command)
             # Under the lock: the supervisor closes the pipe only once finished.
             # Without releasing the GIL, so that the supervisor thread, woken,
             # does not take it from us before we are done.
             _native.poke(self._wake_w)
 
-    def _submit_here(self, command: Submit) -> bool:
+    def _submit_here(self, command: Submit) -> Here:
         """Queue and dispatch ``command``'s tasks in this thread, if the supervisor
-        thread is asleep and nothing is queued before them; False if not done."""
+        thread is asleep and nothing is queued before them."""
         if self.commands or not self._step_lock.acquire(blocking=False):
-            return False
+            return Here.NOT_DONE
         try:
             if self._state is not PoolState.RUN or self._broken is not None:
-                return False
+                return Here.NOT_DONE
             self._pending.extend(command.tasks)
             self._dispatch()
+            # The supervisor thread sleeps until the deadline it knew of when it
+            # went to sleep: an earlier one these tasks brought (a timeout, a
+            # memory check, the time to send a worker its next long task ahead)
+            # must wake it, or a worker would wait a round trip for its next task.
+            timeout = self._next_timeout()
+            if timeout is None:
+                return Here.DONE
+            wakes_at = self._wakes_at
+            return (
+                Here.DONE_WAKE
+                if wakes_at is None or monotonic() + timeout < wakes_at
+                else Here.DONE
+            )
         finally:
             self._step_lock.release()
-        return True
 
     def collect(self, sink: object, seconds: float) -> None:
         """Read the result of ``sink``'s running task in the calling thread, polling
@@ -560,6 +586,7 @@ class Supervisor:
             while self._workers or (self._state is PoolState.RUN and self._broken is None):
                 with self._step_lock:
                     timeout = self._next_timeout()
+                    self._wakes_at = None if timeout is None else monotonic() + timeout
                     spin = self._expecting_results_soon()
                     collected = self._collected
                 ready = self._selector.select(0) if self._unloaded else []
@@ -1138,7 +1165,8 @@ class Supervisor:
             return 1
         if average >= PREFETCH_BELOW:
             top_up = self._top_up_time(worker, now)
-            return 2 if top_up is not None and now >= top_up else 1
+            slack = min(TOP_UP_SLACK, average / 4)
+            return 2 if top_up is not None and now >= top_up - slack else 1
         started = worker.in_flight[0].started if worker.in_flight else None
         if started is not None and now - started > PREFETCH_PATIENCE * average:
             return 1
