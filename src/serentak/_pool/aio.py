@@ -40,7 +40,7 @@ from collections.abc import (
 )
 from typing import Any, Generic, TypeVar
 
-from .api import Pool, ProgressOption, check_buffer_bounds
+from .api import Pool, ProgressOption, Submitter, check_buffer_bounds
 from .feeder import MapJob
 from .results import Outcome
 from .tasks import ItemFailed, Kind
@@ -325,6 +325,7 @@ class AsyncPool:
             context,
             max_memory_per_child=max_memory_per_child,
         )
+        self._submit = Submitter(self._pool)
         self._stopping = threading.Event()
         self._cancel_running_default = cancel_running
 
@@ -370,7 +371,7 @@ class AsyncPool:
             raise TypeError(
                 f"cancel_running must be True or False, not {type(cancel_running).__name__}"
             )
-        return self._pool._process_engine.cancel_running if cancel_running else None
+        return self._submit.cancel_running if cancel_running else None
 
     async def apply(
         self,
@@ -393,11 +394,11 @@ class AsyncPool:
                 running (its worker is killed and replaced); by default, the pool's.
         """
         sink = _ApplySink(asyncio.get_running_loop())
-        self._pool._check_running(timeout)
+        self._submit.check_running(timeout)
         if not callable(func):
             raise TypeError(f"func must be callable, not {type(func).__name__}")
         canceller = self._canceller(cancel_running)
-        self._pool._apply_to(sink, func, args, kwds, timeout)
+        self._submit.apply_to(sink, func, args, kwds, timeout)
         try:
             result: _T = await sink.future
         except asyncio.CancelledError:
@@ -448,12 +449,12 @@ class AsyncPool:
         cancel_running: bool | None,
     ) -> list[Any]:
         sink = _MapSink(asyncio.get_running_loop())
-        pool = self._pool
-        pool._check_running(timeout)
+        submit = self._submit
+        submit.check_running(timeout)
         canceller = self._canceller(cancel_running)
-        function = pool._register(func)
+        function = submit.register(func)
         items = iterable if isinstance(iterable, Sequence) else list(iterable)
-        job = pool._add_job(
+        job = submit.add_job(
             kind, function, items, len(items), chunksize, sink, timeout, progress, False
         )
         try:
@@ -533,11 +534,11 @@ class AsyncPool:
         cancel_running: bool | None,
     ) -> AsyncMapIterator[Any]:
         loop = _running_loop(f"AsyncPool.{'imap' if ordered else 'imap_unordered'}()")
-        pool = self._pool
-        pool._check_running(timeout)
+        submit = self._submit
+        submit.check_running(timeout)
         check_buffer_bounds(buffersize, buffer_bytes)
         canceller = self._canceller(cancel_running)
-        function = pool._register(func)
+        function = submit.register(func)
         items: Iterable[Any]
         if isinstance(iterable, AsyncIterable):
             items = _AsyncInput(iterable, loop, self._stopping)
@@ -548,7 +549,7 @@ class AsyncPool:
         kind = Kind.MAP_EACH if chunksize is None else Kind.MAP
         length = len(items) if isinstance(items, Sized) else None
         results: AsyncMapIterator[Any] = AsyncMapIterator(loop, ordered, canceller)
-        results.job = pool._add_job(
+        results.job = submit.add_job(
             kind,
             function,
             items,

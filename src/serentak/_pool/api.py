@@ -973,6 +973,49 @@ class Pool(BasePool):
         self._process_engine.stop_workers(kill=kill)
 
 
+class Submitter:
+    """The entry points serentak's other front ends over a :class:`Pool` (AsyncPool,
+    ProcessPoolExecutor) submit work through, below the pool's public API: they
+    call these, never the pool's private methods. Each is the pool's own bound
+    method, so its signature is the pool's.
+
+    Attributes:
+        callbacks: the pool's callback thread (sinks of the front ends run theirs there).
+        check_running: raises ValueError unless the pool takes work (and ``timeout``
+            is one it can enforce).
+        options: a call's long-job options, checked, over the pool's defaults.
+        register: a callable as the workers receive it (TypeError if not callable).
+        apply_to: runs one call; its outcome goes to a :class:`ResultSink`.
+        add_job: starts feeding a map-family call into a :class:`MapSink`.
+        imap: an imap-family call whose results an IMapIterator (sub)class yields.
+        stop_workers: SIGTERM (SIGKILL with ``kill``) every worker; each is replaced.
+        cancel_running: stops the running tasks of a sink (their workers are killed).
+    """
+
+    __slots__ = (
+        "add_job",
+        "apply_to",
+        "callbacks",
+        "cancel_running",
+        "check_running",
+        "imap",
+        "options",
+        "register",
+        "stop_workers",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.callbacks = pool._callbacks
+        self.check_running = pool._check_running
+        self.options = pool._options
+        self.register = pool._register
+        self.apply_to = pool._apply_to
+        self.add_job = pool._add_job
+        self.imap = pool._imap
+        self.stop_workers = pool._stop_workers
+        self.cancel_running = pool._process_engine.cancel_running
+
+
 # Thread pools of numerical libraries: each worker gets cores // workers threads
 # unless the user chose, so N workers running numpy do not oversubscribe.
 THREAD_LIMIT_VARIABLES: Final = (

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from serentak._exceptions import TimeoutError
 from serentak._os.waiting import in_main_thread, spans
 
-from .api import Pool, check_buffer_bounds
+from .api import Pool, Submitter, check_buffer_bounds
 from .results import CallbackRunner, IMapIterator, Outcome
 from .tasks import Kind
 
@@ -129,6 +129,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             memory_limit=memory_limit,
             seed=seed,
         )
+        self._submit = Submitter(self._pool)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._unfinished: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()
@@ -146,7 +147,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: concurrent.futures.Future[_T] = _Future()
             self._unfinished.add(future)
-            self._pool._apply_to(_FutureSink(future, self._pool._callbacks), fn, args, kwargs, None)
+            sink = _FutureSink(future, self._submit.callbacks)
+            self._submit.apply_to(sink, fn, args, kwargs, None)
             return future
 
     def map(
@@ -175,14 +177,14 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         check_buffer_bounds(buffersize, None)
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        options = self._pool._options(errors=errors)
+        options = self._submit.options(errors=errors)
         end = None if timeout is None else time.monotonic() + timeout
         arguments: Iterable[tuple[Any, ...]] = zip(*iterables)  # noqa: B905 (stops at the shortest)
         sized = [it for it in iterables if isinstance(it, Sized)]
         if sized and len(sized) == len(iterables):
             # The progress bar's total: zip() hides the inputs' lengths.
             arguments = _SizedZip(arguments, min(map(len, sized)))
-        results = self._pool._imap(
+        results = self._submit.imap(
             IMapIterator,
             Kind.STARMAP,
             fn,
@@ -234,7 +236,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
                 raise RuntimeError("cannot stop the workers after shutdown")
             for future in list(self._unfinished):
                 future.cancel()  # succeeds only for the calls no worker has taken
-            self._pool._stop_workers(kill=kill)
+            self._submit.stop_workers(kill=kill)
 
 
 class _SizedZip:

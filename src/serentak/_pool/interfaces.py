@@ -21,7 +21,8 @@ Results flow one way: a part calls the named methods of the next part's
 interface below, never another module's private methods. The thread and Dask
 engines implement :class:`Engine` too and deliver to the same sinks, so
 ``ThreadPool`` and ``serentak.distributed.Pool`` share the API, the feeder and
-the results with ``Pool``.
+the results with ``Pool``. The front ends built over a ``Pool`` (``AsyncPool``,
+``ProcessPoolExecutor``) submit their calls through ``api.Submitter``.
 
 A dead worker: the supervisor sees its sentinel, fails the tasks it held
 through ``complete_chunk`` with ``WorkerLostError``, and starts another.
