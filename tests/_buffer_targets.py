@@ -179,3 +179,10 @@ def hold_arrays(total_mib: int, piece_mib: int, keep: bool) -> int:
     if keep:
         serentak.worker_state().setdefault("held", []).append(pieces)
     return len(pieces)
+
+
+def handler_name() -> str:
+    """The name of the data-memory handler numpy allocates with here."""
+    core = getattr(np, "_core", None) or np.core
+    name: str = core.multiarray.get_handler_name()
+    return name

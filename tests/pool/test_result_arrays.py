@@ -28,6 +28,12 @@ def test_a_result_array_is_born_in_a_segment_and_its_segment_is_reused(ctx: Any)
         assert pool.apply(targets.allocations) == (0, 1, 0)
 
 
+def test_a_worker_allocates_with_the_shared_handler_and_the_parent_does_not(ctx: Any) -> None:
+    with ctx.Pool(1) as pool:
+        assert pool.apply(targets.handler_name) == "serentak_shared"
+    assert targets.handler_name() == "default_allocator"
+
+
 def test_a_result_the_worker_keeps_and_writes_later_does_not_change(ctx: Any) -> None:
     with ctx.Pool(1) as pool:
         first = pool.apply(targets.double_and_keep, (np.full(BIG, 1.0),))
