@@ -234,23 +234,12 @@ def _place(
     offset = HEADER
     for buffer in buffers:
         raw = buffer.raw()
-        shared = _shm.locate(raw)
-        if shared is not None:
-            fd, position = shared
+        lives = _lives_in(raw, lend_arrays)
+        if lives is not None:
+            fd, position, kind = lives
             index = next((i for i, (f, _) in enumerate(segments) if f == fd), len(segments))
             if index == len(segments):
-                segments.append((fd, SegmentKind.SHARED))
-            entries.append((index, position, raw.nbytes))
-            continue
-        born = _native.ndalloc_locate(raw) if lend_arrays else None
-        if born is not None:
-            # An array a pool worker's numpy allocated in a segment of its own
-            # (see enable_shared_arrays): it travels as a pooled segment, its
-            # busy word now SENT, with no copy.
-            fd, position = born
-            index = next((i for i, (f, _) in enumerate(segments) if f == fd), len(segments))
-            if index == len(segments):
-                segments.append((fd, SegmentKind.POOLED))
+                segments.append((fd, kind))
             entries.append((index, position, raw.nbytes))
             continue
         offset += -offset % ALIGNMENT
@@ -266,6 +255,18 @@ def _place(
         segments.append((segment.fd, SegmentKind.POOLED))
         entries = [(index if i == -1 else i, o, n) for i, o, n in entries]
     return segments, entries
+
+
+def _lives_in(raw: memoryview, lend_arrays: bool) -> tuple[int, int, SegmentKind] | None:
+    """Where ``raw`` lives in shared memory already, if it does (segment fd, offset,
+    how it travels): in a shared segment of serentak's, or (with ``lend_arrays``) in a
+    segment a pool worker's numpy allocated it in (see enable_shared_arrays), which
+    travels as a pooled segment, its busy word now SENT, with no copy."""
+    shared = _shm.locate(raw)
+    if shared is not None:
+        return (*shared, SegmentKind.SHARED)
+    born = _native.ndalloc_locate(raw) if lend_arrays else None
+    return None if born is None else (*born, SegmentKind.POOLED)
 
 
 def unpack(payload: bytes | memoryview, fds: Sequence[int]) -> Any:
