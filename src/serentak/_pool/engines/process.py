@@ -1125,15 +1125,17 @@ class Supervisor:
             # One task (an apply): the first idle worker takes it, as below (the
             # one that last ran a task may still be polling for the next); a big
             # one, the idle worker that least recently took a big task.
-            idle = [
-                worker
-                for worker in self._workers.values()
-                if not worker.in_flight and not worker.retiring and self._may_take_more(worker)
-            ]
-            if idle:
-                if self._pending[0].buffered >= BIG_TASK_BYTES:
-                    idle.sort(key=lambda worker: worker.big_turn)
-                self._send_task(idle[0], self._pending.popleft())
+            chosen: _Worker | None = None
+            big = self._pending[0].buffered >= BIG_TASK_BYTES
+            for worker in self._workers.values():
+                if not worker.in_flight and not worker.retiring and self._may_take_more(worker):
+                    if not big:
+                        chosen = worker
+                        break
+                    if chosen is None or worker.big_turn < chosen.big_turn:
+                        chosen = worker
+            if chosen is not None:
+                self._send_task(chosen, self._pending.popleft())
                 return
         room: list[tuple[_Worker, int]] = []  # (worker, how many more tasks it may take)
         for worker in self._workers.values():
