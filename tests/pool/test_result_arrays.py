@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 import _buffer_targets as targets
+import _pool_targets
 from serentak._os import _native
 
 MIB = 1 << 20
@@ -96,3 +97,22 @@ def test_an_array_sent_through_a_pipe_is_a_snapshot(ctx: Any) -> None:
     finally:
         ours.close()
         process.join()
+
+
+def test_big_tasks_are_dealt_in_turn_to_the_idle_workers(ctx: Any) -> None:
+    """Each result is born in a warm segment of the worker that made it, and a map's
+    results are all held until it returns: a worker that ran more big tasks of a
+    map than ever before makes a fresh segment. So big tasks go to the idle worker
+    that least recently took one, not always to the first idle worker."""
+    source = np.full(BIG, 1.0)
+    with ctx.Pool(2) as pool:
+        # One at a time: both workers are idle whenever a task is sent.
+        pids = [pool.apply(_pool_targets.pool_pid, (source,))[1] for _ in range(6)]
+        assert len(set(pids)) == 2
+        assert all(pids[i] != pids[i + 1] for i in range(5)), pids
+        # Small tasks still go to the first idle worker (it may be polling for
+        # its next task already): they do not disturb the turns of big ones.
+        assert pool.apply(_pool_targets.pool_pid, (1,))[1] in pids
+        big = [pool.apply(_pool_targets.pool_pid, (source,))[1] for _ in range(2)]
+        assert big[0] != pids[-1], (pids, big)
+        assert big[1] != big[0], (pids, big)

@@ -113,6 +113,14 @@ PREFETCH_LEAD: Final = 20e-3
 TOP_UP_SLACK: Final = 10e-3
 # A worker whose current task has run this many times the average gets no more.
 PREFETCH_PATIENCE: Final = 2.0
+# A task whose arguments carry this many bytes of out-of-band buffers or more is
+# dealt round-robin among the workers free to take it, not to the first of them:
+# each of its results is born in a warm shared segment of the worker that made
+# it, and the caller holds a map's results until the map returns, so a worker
+# that ran more of a map's big tasks than ever before has to make a fresh
+# segment (tens of milliseconds of page faults for 64 MiB), while the worker
+# left idle keeps warm segments it does not use.
+BIG_TASK_BYTES: Final = 1 << 20
 _SMOOTHING: Final = 0.1  # weight of the newest task in the average
 # While tasks this short are running, the supervisor thread polls for their results
 # (for RESULT_SPIN) before it sleeps.
@@ -331,6 +339,7 @@ class _Worker:
         self.failed = 0
         self.busy_us = 0
         self.retiring = False  # reached maxtasksperchild: gets no more tasks
+        self.big_turn = 0  # when it was last dealt a big task (a deal number; 0: never)
         self.timed_out: Task | None = None  # killed by us because this task overran
         self.cancelled: Task | None = None  # killed by us because this task's caller gave up
         # Killed by us because this task's memory limit was passed, and the size reached.
@@ -399,6 +408,7 @@ class Supervisor:
         # Tasks to run again once their backoff has passed: (when, order, task).
         self._delayed: list[tuple[float, int, Task]] = []
         self._delay_order = itertools.count()
+        self._big_deals = itertools.count(1)  # numbers the big tasks dealt (big_turn)
         self._next_memory_check: float | None = None
         self._started_workers = 0
         self._restart_at: float | None = None  # when to try again to start a worker
@@ -1112,11 +1122,21 @@ class Supervisor:
 
     def _dispatch_to_workers(self, now: float) -> None:
         if len(self._pending) == 1:
-            # One task (an apply): the first idle worker takes it, as below.
+            # One task (an apply): the first idle worker takes it, as below (the
+            # one that last ran a task may still be polling for the next); a big
+            # one, the idle worker that least recently took a big task.
+            chosen: _Worker | None = None
+            big = self._pending[0].buffered >= BIG_TASK_BYTES
             for worker in self._workers.values():
                 if not worker.in_flight and not worker.retiring and self._may_take_more(worker):
-                    self._send_task(worker, self._pending.popleft())
-                    return
+                    if not big:
+                        chosen = worker
+                        break
+                    if chosen is None or worker.big_turn < chosen.big_turn:
+                        chosen = worker
+            if chosen is not None:
+                self._send_task(chosen, self._pending.popleft())
+                return
         room: list[tuple[_Worker, int]] = []  # (worker, how many more tasks it may take)
         for worker in self._workers.values():
             depth = self._depth(worker, now)
@@ -1135,8 +1155,9 @@ class Supervisor:
                 room.append((worker, capacity))
         # Idle workers first, then one task to each in turn: a few new tasks of
         # unknown length are spread out, not all sent ahead to one worker.
+        # Among equals, the one that least recently took a big task first.
         if len(room) > 1:
-            room.sort(key=lambda entry: len(entry[0].in_flight))
+            room.sort(key=lambda entry: (len(entry[0].in_flight), entry[0].big_turn))
         while room:
             left = []
             for worker, capacity in room:
@@ -1188,6 +1209,8 @@ class Supervisor:
                 self._queue(worker, Frame(Kind.FORGET, 0, forgotten))
         if not worker.in_flight:
             task.started = monotonic()
+        if task.buffered >= BIG_TASK_BYTES:
+            worker.big_turn = next(self._big_deals)
         worker.in_flight.append(task)
         self._queue(
             worker, Frame(task.kind, task.task_id, function.func_id, task.payload, fds=task.fds)
