@@ -93,6 +93,38 @@ def q() -> Iterator[_queues.Queue]:
 # ---- one process ------------------------------------------------------------------------
 
 
+def test_a_put_after_the_ring_was_full_moves_the_feeders_backlog_itself(
+    q: _queues.Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the ring was full for a moment (its reader late), later puts must not all
+    go through the feeder thread: that thread and the putting one then handed the GIL
+    back and forth for every message, ten times slower, for as long as the producer
+    went on. A put that finds room moves the backlog itself, in order, then its own."""
+    held = threading.Event()
+    feed = _queues._Channel._feed
+
+    def held_feed(channel: _queues._Channel, local: Any) -> None:
+        held.wait(PATIENCE)
+        feed(channel, local)
+
+    monkeypatch.setattr(_queues._Channel, "_feed", held_feed)
+    count = ring_capacity(q) // BULKY + 4  # the ring's worth, and a backlog
+    for index in range(count):
+        q.put(index.to_bytes(4, "little") + bytes(BULKY))
+    local = channel_of(q)._local_state
+    backlog = len(local.buffer)
+    assert backlog > 0
+    try:
+        for index in range(backlog + 1):  # room for the backlog and one more
+            assert int.from_bytes(q.get(timeout=PATIENCE)[:4], "little") == index
+        q.put(count.to_bytes(4, "little") + bytes(BULKY))
+        assert not local.buffer, "the backlog was left to the feeder thread"
+    finally:
+        held.set()
+    for index in range(backlog + 1, count + 1):
+        assert int.from_bytes(q.get(timeout=PATIENCE)[:4], "little") == index
+
+
 def test_put_get_fifo_of_any_picklable(q: _queues.Queue) -> None:
     items: list[Any] = [
         1,

@@ -282,7 +282,9 @@ class _Local:
     ``mutex`` orders the buffer's changes and this process's slot count;
     the feeder thread puts from the front of ``buffer`` and removes a message
     only once it is in the ring, so a put that finds the buffer not empty
-    queues behind it.
+    queues behind it. ``sending``: the feeder is putting ``buffer[0]`` (outside
+    the mutex); while it is not, a putting thread moves what the ring has room
+    for itself (see ``_Channel._drain_locked``).
     """
 
     __slots__ = (
@@ -293,6 +295,7 @@ class _Local:
         "idle",
         "mutex",
         "pid",
+        "sending",
         "slot",
         "thread",
     )
@@ -306,6 +309,7 @@ class _Local:
         self.slot = -1
         self.closing = False
         self.cancelled = False
+        self.sending = False
 
     def drain(self) -> None:
         """Wait until the feeder has put everything (unless the join was cancelled)."""
@@ -512,6 +516,8 @@ class _Channel:
             if self._buffering:
                 local = self._local()
                 with local.mutex:
+                    if local.buffer:
+                        self._drain_locked(local)
                     if not local.buffer and self._publish(message, 0.0):
                         return
                     if self._buffer_locked(local, message):
@@ -563,6 +569,21 @@ class _Channel:
             finally:
                 self._space_waiters.add(_MINUS_ONE)
 
+    def _drain_locked(self, local: _Local) -> None:
+        """Put, in order, what of the buffer the ring has room for now, from this
+        (putting) thread. Once the ring was full for a moment (its reader late,
+        descheduled), every later put went to the feeder thread, and that thread
+        and the producing one handed the GIL back and forth for each message: the
+        queue stayed ten times slower for as long as the producer kept putting."""
+        buffer = local.buffer
+        while buffer and not local.sending:
+            message = buffer[0]
+            if not self._publish(message, 0.0):
+                return
+            buffer.popleft()
+            self._shared.slots[local.slot].held -= 1
+            message.discard()
+
     def _buffer_locked(self, local: _Local, message: _EncodedMessage) -> bool:
         """Leave the message to this process's feeder thread; False if no slot is free."""
         slot = self._claim_slot(local)
@@ -591,12 +612,14 @@ class _Channel:
                         self._closer()
                     return
                 message = buffer[0]
+                local.sending = True
             try:
                 self._publish(message, None)
             except Exception:
                 traceback.print_exc()  # this message is lost; the next ones go on
             with local.mutex:
                 # Out of the buffer only once in the ring: puts made meanwhile queue behind it.
+                local.sending = False
                 buffer.popleft()
                 self._shared.slots[local.slot].held -= 1
             message.discard()
