@@ -578,7 +578,10 @@ class _Channel:
         buffer = local.buffer
         while buffer and not local.sending:
             message = buffer[0]
-            if not self._publish(message, 0.0):
+            # One whose fds go in a datagram is left to the feeder: the socket's
+            # few datagrams, not the ring, are what hold those back, and a put
+            # trying them each time only adds failed sends to a loaded machine.
+            if message.fds or not self._publish(message, 0.0):
                 return
             buffer.popleft()
             self._shared.slots[local.slot].held -= 1
